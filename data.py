@@ -1,0 +1,177 @@
+"""Datasets as whole tensors: images uint8 (N, 3, 32, 32) and labels int64 (N,), plus class names.
+
+Loading a split once into one tensor replaces the tutorial's per-sample DataLoader + ToTensor:
+`images.float() / 255` is numerically what ToTensor gives, and batches are slices of a permutation.
+"""
+import codecs
+import hashlib
+import os
+import pickle
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+try:
+    from numpy._core.multiarray import _reconstruct
+except ImportError:  # numpy < 2
+    from numpy.core.multiarray import _reconstruct
+
+from model import CIFAR10_CLASSES
+
+CIFAR_FOLDER = "cifar-10-batches-py"
+CIFAR_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+CACHE_FORMAT = 1
+
+
+class DataError(Exception):
+    """Data that cannot be used; the message says what is wrong and how to fix it."""
+
+
+class _ArrayOnlyUnpickler(pickle.Unpickler):
+    """CIFAR-10's python batches are pickles of dicts of numpy arrays. Allowing only numpy's array
+    reconstruction keeps a tampered data file from running code."""
+
+    def find_class(self, module, name):
+        if (module, name) in {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct")}:
+            return _reconstruct
+        if (module, name) in {("numpy", "ndarray"), ("numpy", "dtype")}:
+            return getattr(np, name)
+        if (module, name) == ("_codecs", "encode"):  # how protocol-2 pickles from Python 3 store bytes
+            return codecs.encode
+        raise pickle.UnpicklingError(f"unexpected object {module}.{name}")
+
+
+def _read_cifar_batch(path):
+    try:
+        with open(path, "rb") as f:
+            entry = _ArrayOnlyUnpickler(f, encoding="latin1").load()
+        data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(entry["labels"] if "labels" in entry else entry["fine_labels"], dtype=np.int64)
+        if len(labels) != len(data):
+            raise ValueError(f"{len(data)} images but {len(labels)} labels")
+        return data, labels
+    except Exception as e:  # any malformation of a data file means the same thing to the user
+        raise DataError(f"{path} is not a readable CIFAR-10 batch ({type(e).__name__}: {str(e)[:120]}); "
+                        f"delete the {CIFAR_FOLDER} folder and download it again") from None
+
+
+def load_cifar10(data_dir, split, download):
+    """The torchvision CIFAR-10 files in DATA_DIR/cifar-10-batches-py, downloaded by torchvision if missing."""
+    folder = Path(data_dir) / CIFAR_FOLDER
+    files = [folder / name for name in CIFAR_FILES[split]]
+    if not all(f.is_file() for f in files):
+        if not download:
+            raise DataError(f"CIFAR-10 is not in {folder} and --no-download was given; "
+                            "drop --no-download to fetch it, or point --data-dir at a folder that has it")
+        _download_cifar10(data_dir, split)
+    parts = [_read_cifar_batch(f) for f in files]
+    images = torch.from_numpy(np.concatenate([p[0] for p in parts]))
+    labels = torch.from_numpy(np.concatenate([p[1] for p in parts]))
+    if labels.numel() and (labels.min() < 0 or labels.max() >= len(CIFAR10_CLASSES)):
+        raise DataError(f"{folder} has labels outside 0-9; delete the folder and download it again")
+    return images, labels, list(CIFAR10_CLASSES)
+
+
+def _download_cifar10(data_dir, split):
+    import torchvision  # only needed for the one-time download
+
+    try:
+        Path(data_dir).mkdir(parents=True, exist_ok=True)
+        torchvision.datasets.CIFAR10(root=str(data_dir), train=(split == "train"), download=True)
+    except (OSError, RuntimeError) as e:  # URLError is an OSError
+        raise DataError(f"could not download CIFAR-10 into {data_dir} ({str(e)[:150]}); "
+                        "check the network, or place cifar-10-python.tar.gz there by hand") from None
+
+
+def _list_folder_split(root, split):
+    split_dir = Path(root) / split
+    if not split_dir.is_dir():
+        raise DataError(f"{split_dir} does not exist; a folder dataset needs DIR/train/<class>/ "
+                        "and DIR/test/<class>/ image folders")
+    try:
+        classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+        files = [(p, c) for c in classes for p in sorted((split_dir / c).iterdir())
+                 if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    except OSError as e:
+        raise DataError(f"cannot read {split_dir} ({e.strerror or e}); check its permissions") from None
+    if not classes or not files:
+        raise DataError(f"{split_dir} holds no class folders with images; expected {split_dir}/<class>/*.jpg")
+    return classes, files
+
+
+def _decode_image(path):
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if im.size != (32, 32):
+                im = im.resize((32, 32), Image.BILINEAR)
+            return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+    except Exception as e:  # PIL raises many types for bad files
+        raise DataError(f"image {path} cannot be read ({type(e).__name__}); remove or replace it") from None
+
+
+def _fingerprint(files):
+    digest = hashlib.sha1()
+    for path, label in files:
+        st = path.stat()
+        digest.update(f"{path.name}|{label}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def load_folder(root, split, classes=None):
+    """DIR/SPLIT/<class>/* images, converted to RGB 32x32. Decoded once, then cached next to the data
+    (DIR/.tudui-cache/) when that folder is writable, so later runs start in a fraction of a second."""
+    found, files = _list_folder_split(root, split)
+    classes = classes or found
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        raise DataError(f"{Path(root) / split} has classes {unknown} that the training split lacks; "
+                        "both splits need the same class folders")
+    index = {c: i for i, c in enumerate(classes)}
+    files = [(p, index[c]) for p, c in files]
+    cache = Path(root) / ".tudui-cache" / f"{split}.pt"
+    key = f"{CACHE_FORMAT}:{_fingerprint(files)}:{','.join(classes)}"
+    try:
+        cached = torch.load(cache, weights_only=True)
+        if cached.get("key") == key:
+            return cached["images"], cached["labels"], classes
+    except Exception:  # a missing, stale or damaged cache is rebuilt
+        pass
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # PIL decodes without the GIL
+        images = torch.from_numpy(np.stack(list(pool.map(_decode_image, [p for p, _ in files]))))
+    labels = torch.tensor([label for _, label in files], dtype=torch.int64)
+    _write_cache(cache, {"key": key, "images": images, "labels": labels})
+    return images, labels, classes
+
+
+def _write_cache(path, payload):
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(exist_ok=True)
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except OSError:  # a read-only data folder just means no cache
+        tmp.unlink(missing_ok=True)
+
+
+def load_dataset(kind, data_dir, download=True):
+    """(train_images, train_labels, test_images, test_labels, classes)."""
+    if kind == "cifar10":
+        train_x, train_y, classes = load_cifar10(data_dir, "train", download)
+        test_x, test_y, _ = load_cifar10(data_dir, "test", download)
+    else:
+        train_x, train_y, classes = load_folder(data_dir, "train")
+        test_x, test_y, _ = load_folder(data_dir, "test", classes)
+    return train_x, train_y, test_x, test_y, classes
+
+
+def load_test_split(kind, data_dir, download=True):
+    if kind == "cifar10":
+        return load_cifar10(data_dir, "test", download)
+    classes, _ = _list_folder_split(data_dir, "train")
+    return load_folder(data_dir, "test", classes)

@@ -1,0 +1,163 @@
+"""The tutorial's Tudui CIFAR-10 network, and a safe way to load any Tudui checkpoint.
+
+    from model import Tudui, load_tudui
+    net = load_tudui("logs_train/RUN/best.pth")   # eval mode, with .classes and .preprocess
+
+Importing this module runs nothing. `python model.py` pushes a batch of ones through the network.
+"""
+import pickle
+import zipfile
+
+import torch
+from torch import nn
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck")
+
+# How raw pixels become network input: x / 255, then (x - mean) / std when mean and std are set.
+# The tutorial's ToTensor is exactly x / 255, so that is what a checkpoint without this field gets.
+TUTORIAL_PREPROCESS = {"mean": None, "std": None}
+
+
+class Tudui(nn.Module):
+    """The tutorial's network, layer for layer. It has no activation functions: that is the tutorial's
+    design (max-pooling is its only non-linearity), kept so its trained weights load unchanged."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.model = nn.Sequential(
+            nn.Conv2d(3, 32, 5, 1, 2),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 32, 5, 1, 2),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 5, 1, 2),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(64 * 4 * 4, 64),
+            nn.Linear(64, num_classes),
+        )
+
+    def forward(self, x):
+        return self.model(x)
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used; the message says why and what to do."""
+
+
+class _PickledModule:
+    """Stand-in for the module classes inside the tutorial's whole-model pickles
+    (`torch.save(tudui, path)`). Unpickling fills plain attributes only; no module code runs."""
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+# Exactly the classes a tutorial whole-model file names, each mapped to the inert stand-in.
+_WHOLE_MODEL_GLOBALS = [(_PickledModule, name) for name in (
+    "__main__.Tudui", "model.Tudui",
+    "torch.nn.modules.container.Sequential",
+    "torch.nn.modules.conv.Conv2d",
+    "torch.nn.modules.pooling.MaxPool2d",
+    "torch.nn.modules.flatten.Flatten",
+    "torch.nn.modules.linear.Linear",
+)]
+
+
+def _state_dict_of_pickled_module(module, prefix=""):
+    state = getattr(module, "state", None)
+    if not isinstance(state, dict):
+        raise CheckpointError("the pickled model has an unexpected layout")
+    tensors = {}
+    skip_buffers = state.get("_non_persistent_buffers_set") or set()
+    for group in ("_parameters", "_buffers"):
+        for name, value in (state.get(group) or {}).items():
+            if value is not None and name not in skip_buffers:
+                tensors[prefix + name] = value
+    for name, child in (state.get("_modules") or {}).items():
+        tensors.update(_state_dict_of_pickled_module(child, prefix + name + "."))
+    return tensors
+
+
+def read_checkpoint(path, map_location="cpu"):
+    """torch.load(path, weights_only=True), with the tutorial's whole-model pickles allowed through
+    inert stand-ins. Any other global in the pickle is refused by torch before it can run."""
+    try:
+        with torch.serialization.safe_globals(_WHOLE_MODEL_GLOBALS):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} does not exist; check the path") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"checkpoint {path} is a directory; pass a .pth file inside it") from None
+    except PermissionError:
+        raise CheckpointError(f"checkpoint {path} is not readable; check its permissions") from None
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()
+        hint = next((line for line in first if "GLOBAL" in line or "Unsupported" in line), "")
+        raise CheckpointError(
+            f"checkpoint {path} was refused: its pickle asks for code outside the allow-list "
+            f"({hint.strip() or 'unsupported content'}); only load checkpoints you trust the origin of, "
+            "and re-save them as a state_dict") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError, TypeError,
+            IndexError, OverflowError, MemoryError, UnicodeDecodeError, zipfile.BadZipFile) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"checkpoint {path} is not a readable PyTorch file ({reason[:200]}); "
+            "it may be truncated or corrupt, use another copy (last.pth, best.pth or an epoch file)") from None
+
+
+def unpack_checkpoint(obj, path="checkpoint"):
+    """(state_dict, classes or None, preprocess) from anything read_checkpoint returns."""
+    if isinstance(obj, _PickledModule):
+        return _state_dict_of_pickled_module(obj), None, dict(TUTORIAL_PREPROCESS)
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        classes = obj.get("classes")
+        preprocess = obj.get("preprocess") or dict(TUTORIAL_PREPROCESS)
+        return obj["model"], (list(classes) if classes else None), preprocess
+    if isinstance(obj, dict) and obj and all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()):
+        return obj, None, dict(TUTORIAL_PREPROCESS)
+    raise CheckpointError(f"{path} holds no Tudui weights (found {type(obj).__name__}); "
+                          "pass a checkpoint written by train.py, a state_dict or a tutorial model file")
+
+
+def build_from_state_dict(state_dict, path="checkpoint"):
+    """A Tudui with these weights, or a CheckpointError naming the mismatch."""
+    final_bias = state_dict.get("model.8.bias")
+    if not torch.is_tensor(final_bias) or final_bias.dim() != 1:
+        keys = ", ".join(list(state_dict)[:4])
+        raise CheckpointError(f"{path} is not a Tudui checkpoint: expected keys model.0.weight ... model.8.bias, "
+                              f"found {keys}{' ...' if len(state_dict) > 4 else ''}")
+    net = Tudui(num_classes=final_bias.shape[0])
+    expected = net.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{path} does not match the Tudui network: missing {missing or 'nothing'}, "
+                              f"unexpected {unexpected or 'nothing'}")
+    for key, tensor in expected.items():
+        got = state_dict[key]
+        if not torch.is_tensor(got) or got.shape != tensor.shape:
+            shape = tuple(got.shape) if torch.is_tensor(got) else type(got).__name__
+            raise CheckpointError(f"{path} does not match the Tudui network: {key} has shape {shape}, "
+                                  f"Tudui needs {tuple(tensor.shape)}")
+    net.load_state_dict({k: v.float() for k, v in state_dict.items()})
+    return net
+
+
+def load_tudui(path, map_location="cpu"):
+    """Load a Tudui in eval mode from any Tudui checkpoint: one written by train.py, a bare state_dict,
+    or a tutorial `torch.save(tudui, ...)` file. The model carries `.classes` (names, one per output)
+    and `.preprocess` (the pixel normalization it was trained with). Raises CheckpointError."""
+    state_dict, classes, preprocess = unpack_checkpoint(read_checkpoint(path, map_location), path)
+    net = build_from_state_dict(state_dict, path)
+    num_classes = net.model[-1].out_features
+    if classes is None or len(classes) != num_classes:
+        classes = list(CIFAR10_CLASSES) if num_classes == 10 else [str(i) for i in range(num_classes)]
+    net.classes = classes
+    net.preprocess = preprocess
+    return net.to(map_location).eval()
+
+
+if __name__ == "__main__":
+    tudui = Tudui()
+    print(tudui(torch.ones((64, 3, 32, 32))).shape)

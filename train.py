@@ -1,0 +1,548 @@
+"""Train the tutorial's Tudui network on CIFAR-10.
+
+    python train.py                      # the tutorial's routine: 10 epochs, SGD lr 0.01, batch 64
+    python train.py --recipe tuned       # same network, better recipe
+    python train.py --resume logs_train/RUN/last.pth
+    tensorboard --logdir logs_train
+
+From Python: `from train import main; metrics = main(["--epochs", "1"])`.
+"""
+import argparse
+import fcntl
+import io
+import json
+import math
+import os
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from data import DataError, load_dataset, load_test_split
+from model import CheckpointError, Tudui, build_from_state_dict, load_tudui, read_checkpoint, unpack_checkpoint
+
+# Settings that a recipe chooses. The tutorial's are the defaults; every one can be overridden by its flag.
+RECIPES = {
+    "tutorial": dict(lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, schedule="constant",
+                     warmup=0.0, augment=False, normalize=False, label_smoothing=0.0),
+    "tuned": dict(lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4, schedule="cosine",
+                  warmup=0.0, augment=True, normalize=True, label_smoothing=0.1),
+}
+EVAL_BATCH_SIZE = 500  # evaluation needs no gradients, so bigger batches just mean fewer steps
+CHECKPOINT_FORMAT = "tudui-train-checkpoint/1"
+
+
+class UsageError(Exception):
+    """Bad input: printed as one line, exit code 2."""
+
+
+# ---------------------------------------------------------------------------------------------- configuration
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows '(default: X)' on every flag, except the recipe flags, whose help names each recipe's value."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description="Train the tutorial's Tudui CNN on CIFAR-10.",
+                                formatter_class=DefaultsHelpFormatter)
+    p.add_argument("--recipe", choices=sorted(RECIPES), default="tutorial",
+                   help="training recipe; the flags below marked 'recipe' override it")
+    p.add_argument("--epochs", type=int, default=10, help="total epochs (with --resume: the total to reach)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per training step")
+    p.add_argument("--lr", type=float, help="recipe: 0.01 (tutorial), 0.01 (tuned)")
+    p.add_argument("--momentum", type=float, help="recipe: 0 (tutorial), 0.9 (tuned)")
+    p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, help="recipe: off (tutorial), on (tuned)")
+    p.add_argument("--weight-decay", type=float, help="recipe: 0 (tutorial), 5e-4 (tuned)")
+    p.add_argument("--schedule", choices=["constant", "cosine", "onecycle"],
+                   help="learning-rate schedule, per step; recipe: constant (tutorial), cosine (tuned)")
+    p.add_argument("--warmup", type=float, help="fraction of steps spent warming the lr up from 0; recipe: 0")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction,
+                   help="random flips and +-2 px shifts of each training batch; recipe: off (tutorial), on (tuned)")
+    p.add_argument("--normalize", action=argparse.BooleanOptionalAction,
+                   help="per-channel mean/std normalization; recipe: off (tutorial), on (tuned)")
+    p.add_argument("--label-smoothing", type=float, help="recipe: 0 (tutorial), 0.1 (tuned)")
+    p.add_argument("--dataset", choices=["cifar10", "folder"], default="cifar10",
+                   help="cifar10: torchvision's CIFAR-10 in --data-dir; folder: DIR/train/<class>/*, DIR/test/<class>/*")
+    p.add_argument("--data-dir", default="./data", help="where the dataset is (or is downloaded to)")
+    p.add_argument("--no-download", action="store_true", help="fail instead of downloading CIFAR-10")
+    p.add_argument("--logdir", default="./logs_train", help="TensorBoard folder; each run gets LOGDIR/RUN_NAME")
+    p.add_argument("--run-name", help="default: a timestamp, or the resumed run's name")
+    p.add_argument("--ckpt-dir", help="default: the run's folder, LOGDIR/RUN_NAME")
+    p.add_argument("--resume", metavar="PATH", help="continue from a checkpoint written by this script")
+    p.add_argument("--evaluate", metavar="CHECKPOINT", help="only evaluate CHECKPOINT on the test split")
+    p.add_argument("--tta", action="store_true", help="with --evaluate: average predictions over the image and its flip")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
+                   help="auto: cuda, then mps, then cpu")
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast (CPU and CUDA)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the initial weights, data order and augmentation")
+    p.add_argument("--log-every", type=int, default=100, help="log the train loss every N steps")
+    p.add_argument("--quiet", action="store_true", help="print only errors and the final line")
+    return p
+
+
+def parse_args(argv):
+    """Flags, then the recipe's settings for any recipe flag not given. On --resume the checkpoint's
+    configuration is the default instead, so a resumed run trains exactly as it began."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    resumed = None
+    if args.resume:
+        resumed = load_training_checkpoint(args.resume)
+        machine_specific = {"device", "quiet", "resume", "evaluate", "tta"}
+        known = {k: v for k, v in resumed["config"].items() if k in vars(args) and k not in machine_specific}
+        parser.set_defaults(**known)
+        args = parser.parse_args(argv)
+    for key, value in RECIPES[args.recipe].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    check_args(args)
+    return args, resumed
+
+
+def check_args(args):
+    problems = [
+        (args.epochs < 1, f"--epochs must be at least 1 (got {args.epochs})"),
+        (args.batch_size < 1, f"--batch-size must be at least 1 (got {args.batch_size})"),
+        (not args.lr > 0 or not math.isfinite(args.lr), f"--lr must be a positive number (got {args.lr})"),
+        (not 0 <= args.momentum < 1, f"--momentum must be in [0, 1) (got {args.momentum})"),
+        (args.nesterov and args.momentum == 0, "--nesterov needs --momentum above 0"),
+        (args.weight_decay < 0, f"--weight-decay must be 0 or more (got {args.weight_decay})"),
+        (not 0 <= args.warmup < 1, f"--warmup must be a fraction in [0, 1) (got {args.warmup})"),
+        (not 0 <= args.label_smoothing < 1, f"--label-smoothing must be in [0, 1) (got {args.label_smoothing})"),
+        (args.log_every < 1, f"--log-every must be at least 1 (got {args.log_every})"),
+        (args.tta and not args.evaluate, "--tta applies to --evaluate only"),
+    ]
+    for bad, message in problems:
+        if bad:
+            raise UsageError(message)
+
+
+def pick_device(name):
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available[name]:
+        raise UsageError(f"--device {name} is not available on this machine; use --device auto or cpu")
+    return torch.device(name)
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+def channel_stats(images):
+    """Per-channel mean and std of uint8 images, on the 0-1 scale ToTensor gives."""
+    x = images.double().div_(255).transpose(0, 1).reshape(images.shape[1], -1)
+    return x.mean(1).tolist(), x.std(1).tolist()
+
+
+def to_input(images_u8, preprocess):
+    """uint8 (B, 3, H, W) -> the network's float input: x / 255 (ToTensor), then the optional normalization."""
+    x = images_u8.float().div_(255)
+    if preprocess.get("mean") is not None:
+        mean = torch.tensor(preprocess["mean"], device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(preprocess["std"], device=x.device).view(1, -1, 1, 1)
+        x = x.sub_(mean).div_(std)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def epoch_generator(seed, epoch):
+    """Each epoch's randomness (order, augmentation) depends only on (seed, epoch): resumed runs and every
+    distributed rank draw exactly what an uninterrupted single process would."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def augment_plan(n, generator):
+    """Per-image flip flags and (dy, dx) shifts in [-2, 2] for one epoch."""
+    flips = torch.rand(n, generator=generator) < 0.5
+    shifts = torch.randint(-2, 3, (n, 2), generator=generator)
+    return flips, shifts
+
+
+def augment_batch(images, flips, shifts, pad=2):
+    """Flip and translate a uint8 batch on its own device as tensor ops: zero-pad, then gather each
+    image's shifted 32x32 window."""
+    images = torch.where(flips.view(-1, 1, 1, 1), images.flip(3), images)
+    b, c, h, w = images.shape
+    padded = nn.functional.pad(images, (pad, pad, pad, pad))
+    rows = (torch.arange(h, device=images.device) + pad - shifts[:, 0:1]).view(b, 1, h, 1)
+    cols = (torch.arange(w, device=images.device) + pad - shifts[:, 1:2]).view(b, 1, 1, w)
+    batch = torch.arange(b, device=images.device).view(b, 1, 1, 1)
+    chans = torch.arange(c, device=images.device).view(1, c, 1, 1)
+    return padded[batch, chans, rows, cols]
+
+
+# ---------------------------------------------------------------------------------------------- model and optimizer
+
+def build_model(num_classes, device, seed):
+    torch.manual_seed(seed)
+    return Tudui(num_classes).to(device, memory_format=torch.channels_last)
+
+
+def build_optimizer(model, args):
+    return torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
+                           nesterov=args.nesterov, weight_decay=args.weight_decay)
+
+
+def lr_at(step, total_steps, args):
+    """The learning rate for a 0-based step: a pure function of the step, so resuming needs no scheduler state."""
+    warmup = int(args.warmup * total_steps)
+    if step < warmup:
+        return args.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    if args.schedule == "cosine":
+        return args.lr * 0.5 * (1 + math.cos(math.pi * progress))
+    if args.schedule == "onecycle":  # linear up for 30% of the steps, then linear down to 0
+        return args.lr * (progress / 0.3 if progress < 0.3 else (1 - progress) / 0.7)
+    return args.lr
+
+
+# ---------------------------------------------------------------------------------------------- train and test
+
+def train_one_epoch(model, optimizer, loss_fn, data, epoch, start_step, total_steps, args, device, progress):
+    """One pass over the training set in a seeded order. Losses and correct counts stay on the device
+    and are read once at the end: no host-device sync inside the epoch."""
+    images, labels = data["train_x"], data["train_y"]
+    n = len(labels)
+    gen = epoch_generator(args.seed, epoch)
+    order = torch.randperm(n, generator=gen).to(device, non_blocking=True)
+    if args.augment:
+        flips, shifts = (t.to(device, non_blocking=True) for t in augment_plan(n, gen))
+    steps = math.ceil(n / args.batch_size)
+    losses = torch.zeros(steps, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    lrs = []
+    model.train()
+    for i in range(steps):
+        idx = order[i * args.batch_size:(i + 1) * args.batch_size]
+        batch = images[idx]
+        if args.augment:
+            batch = augment_batch(batch, flips[idx], shifts[idx])
+        x, y = to_input(batch, data["preprocess"]), labels[idx]
+        lr = lr_at(start_step + i, total_steps, args)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+            outputs = model(x)
+            loss = loss_fn(outputs.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses[i] = loss.detach()
+        correct += (outputs.argmax(1) == y).sum()
+        lrs.append(lr)
+        progress.update(1)
+    return losses.cpu(), correct.item() / n, lrs
+
+
+@torch.no_grad()
+def test(model, images, labels, num_classes, preprocess, device, amp=False, tta=False):
+    """Mean per-sample loss, accuracy and confusion matrix (rows: true class, columns: predicted)."""
+    model.eval()
+    loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
+    for start in range(0, len(labels), EVAL_BATCH_SIZE):
+        x = to_input(images[start:start + EVAL_BATCH_SIZE], preprocess)
+        y = labels[start:start + EVAL_BATCH_SIZE]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(x).float()
+            if tta:
+                logits = (logits.softmax(1) + model(x.flip(3)).float().softmax(1)).div_(2).log_()
+        total_loss += loss_fn(logits, y)
+        confusion += torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes ** 2)
+    model.train()
+    confusion = confusion.view(num_classes, num_classes).cpu()
+    n = max(1, len(labels))
+    return {"test_loss": total_loss.item() / n, "test_accuracy": confusion.trace().item() / n,
+            "confusion": confusion}
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+def atomic_write(data, path):
+    """Write bytes so that PATH is always either the old file or the complete new one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoints(state, ckpt_dir, epoch, is_best):
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
+    names = [f"tudui_epoch_{epoch}.pth", "last.pth"] + (["best.pth"] if is_best else [])
+    try:
+        for name in names:
+            atomic_write(data, Path(ckpt_dir) / name)
+    except OSError as e:
+        raise UsageError(f"cannot write checkpoint to {ckpt_dir} ({e.strerror or e}); free some space or "
+                         "choose another --ckpt-dir; the checkpoints already there are intact") from None
+
+
+def load_training_checkpoint(path):
+    obj = read_checkpoint(path)
+    if not (isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT):
+        raise CheckpointError(f"{path} is not a training checkpoint written by train.py, so it cannot be resumed; "
+                              "to start from its weights, evaluate or fine-tune it in a new run")
+    return obj
+
+
+def rng_state(device):
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng_state(state, device):
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def plain_config(args):
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+
+
+# ---------------------------------------------------------------------------------------------- logging
+
+class RunLock:
+    """An OS lock on the run folder: a second run on the same folder is refused, and the lock dies with
+    its process, so a killed run never blocks its own resume."""
+
+    def __init__(self, run_dir):
+        self.file = open(Path(run_dir) / ".lock", "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.close()
+            raise UsageError(f"another run is writing to {run_dir}; wait for it to finish "
+                             "or pick another --run-name") from None
+
+    def release(self):
+        self.file.close()
+
+
+class Progress:
+    """A tqdm bar per epoch on a terminal; nothing otherwise."""
+
+    def __init__(self, total, epoch, enabled):
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, desc=f"epoch {epoch}", leave=False, unit="step")
+
+    def update(self, n):
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def say(args, *parts):
+    if not args.quiet:
+        print(*parts, flush=True)
+
+
+def log_epoch(writer, metrics_file, record, losses, lrs, start_step, args, classes):
+    """TensorBoard scalars and one metrics.jsonl line for a finished epoch."""
+    for i in range(len(losses)):
+        step = start_step + i + 1  # the tutorial counts steps from 1 and logs when the count hits a multiple
+        if step % args.log_every == 0:
+            writer.add_scalar("train_loss", losses[i].item(), step)
+            writer.add_scalar("lr", lrs[i], step)
+            say(args, f"step {step}, loss {losses[i].item():.4f}")
+    epoch = record["epoch"]
+    for key in ("test_loss", "test_accuracy", "train_loss_mean", "train_accuracy", "images_per_s", "epoch_seconds"):
+        writer.add_scalar(key, record[key], epoch)
+    for name, acc in zip(classes, record["per_class_accuracy"]):
+        writer.add_scalar(f"per_class_accuracy/{name}", acc, epoch)
+    writer.flush()
+    metrics_file.write(json.dumps(record) + "\n")
+    metrics_file.flush()
+
+
+def per_class_accuracy(confusion):
+    totals = confusion.sum(1).clamp(min=1)
+    return (confusion.diag().double() / totals).tolist()
+
+
+def truncate_metrics(path, last_epoch):
+    """Drop metrics.jsonl lines of epochs after the checkpoint a run resumes from."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("epoch", -1) <= last_epoch]
+    atomic_write("".join(line + "\n" for line in kept).encode(), path)
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+def evaluate_only(args, device):
+    net = load_tudui(args.evaluate, map_location="cpu").to(device, memory_format=torch.channels_last)
+    images, labels, classes = load_test_split(args.dataset, args.data_dir, not args.no_download)
+    if len(classes) != len(net.classes):
+        raise UsageError(f"{args.evaluate} predicts {len(net.classes)} classes but the dataset has {len(classes)}; "
+                         "evaluate it on the dataset it was trained for")
+    result = test(net, images.to(device), labels.to(device), len(classes), net.preprocess, device, args.amp, args.tta)
+    print(format_report(result, net.classes))
+    return {k: v for k, v in result.items() if k != "confusion"} | {
+        "per_class_accuracy": dict(zip(net.classes, per_class_accuracy(result["confusion"])))}
+
+
+def format_report(result, classes):
+    accs = per_class_accuracy(result["confusion"])
+    width = max(6, max(len(c) for c in classes))
+    lines = [f"test loss {result['test_loss']:.4f}, accuracy {result['test_accuracy']:.2%} "
+             f"on {result['confusion'].sum().item()} images", "",
+             f"{'class':<{width}}  accuracy",
+             *(f"{c:<{width}}  {a:8.2%}" for c, a in zip(classes, accs)), "",
+             "confusion matrix (rows: true class, columns: predicted)",
+             " " * width + "".join(f"{c[:6]:>7}" for c in classes)]
+    for c, row in zip(classes, result["confusion"].tolist()):
+        lines.append(f"{c:<{width}}" + "".join(f"{v:>7}" for v in row))
+    return "\n".join(lines)
+
+
+def prepare_data(args, device):
+    train_x, train_y, test_x, test_y, classes = load_dataset(args.dataset, args.data_dir, not args.no_download)
+    if args.normalize:
+        mean, std = channel_stats(train_x)
+        preprocess = {"mean": mean, "std": std}
+    else:
+        preprocess = {"mean": None, "std": None}
+    # One copy to the device; every batch is then a slice of these tensors.
+    return {"train_x": train_x.to(device), "train_y": train_y.to(device), "test_x": test_x.to(device),
+            "test_y": test_y.to(device), "classes": classes, "preprocess": preprocess}
+
+
+def train(args, resumed, device):
+    data = prepare_data(args, device)
+    classes = data["classes"]
+    model = build_model(len(classes), device, args.seed)
+    optimizer = build_optimizer(model, args)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+    start_epoch, step, best_accuracy = 0, 0, -1.0
+    if resumed:
+        if resumed["classes"] != classes:
+            raise UsageError(f"{args.resume} was trained on classes {resumed['classes']}, but this dataset has "
+                             f"{classes}; resume with the same --dataset and --data-dir")
+        model.load_state_dict(build_from_state_dict(resumed["model"], args.resume).state_dict())
+        optimizer.load_state_dict(resumed["optimizer"])
+        restore_rng_state(resumed["rng"], device)
+        data["preprocess"] = resumed["preprocess"]
+        start_epoch, step, best_accuracy = resumed["epoch"] + 1, resumed["step"], resumed["best_accuracy"]
+    if args.device == "auto" or device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    run_dir = Path(args.logdir) / args.run_name
+    ckpt_dir = Path(args.ckpt_dir) if args.ckpt_dir else run_dir
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create {e.filename} ({e.strerror}); choose another --logdir or --ckpt-dir") from None
+    lock = RunLock(run_dir)
+    from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow and only the trainer needs it
+
+    writer = SummaryWriter(log_dir=str(run_dir), purge_step=step + 1 if resumed else None)
+    metrics_path = run_dir / "metrics.jsonl"
+    truncate_metrics(metrics_path, start_epoch - 1)
+    atomic_write(json.dumps(plain_config(args), indent=2).encode(), run_dir / "config.json")
+    say(args, f"run {run_dir} | checkpoints in {ckpt_dir} | device {device} | "
+              f"{len(data['train_y'])} train / {len(data['test_y'])} test images, {len(classes)} classes")
+
+    steps_per_epoch = math.ceil(len(data["train_y"]) / args.batch_size)
+    total_steps = steps_per_epoch * args.epochs
+    record = resumed["metrics"] if resumed else {}
+    show_bar = not args.quiet and sys.stderr.isatty()
+    try:
+        with open(metrics_path, "a") as metrics_file:
+            for epoch in range(start_epoch, args.epochs):
+                started = time.perf_counter()
+                progress = Progress(steps_per_epoch, epoch, show_bar)
+                losses, train_accuracy, lrs = train_one_epoch(
+                    model, optimizer, loss_fn, data, epoch, step, total_steps, args, device, progress)
+                progress.close()
+                if not torch.isfinite(losses).all():
+                    bad = step + int((~torch.isfinite(losses)).nonzero()[0]) + 1
+                    raise UsageError(f"the training loss became non-finite at step {bad} (epoch {epoch}); the "
+                                     f"learning rate is likely too high for this network (--lr {args.lr}), lower it. "
+                                     f"Checkpoints from earlier epochs are untouched")
+                train_seconds = time.perf_counter() - started
+                result = test(model, data["test_x"], data["test_y"], len(classes), data["preprocess"], device, args.amp)
+                record = {
+                    "epoch": epoch, "step": step + len(losses),
+                    "train_loss_mean": losses.double().mean().item(), "train_accuracy": train_accuracy,
+                    "test_loss": result["test_loss"], "test_accuracy": result["test_accuracy"],
+                    "per_class_accuracy": per_class_accuracy(result["confusion"]),
+                    "lr": lrs[-1], "epoch_seconds": time.perf_counter() - started,
+                    "images_per_s": len(data["train_y"]) / train_seconds,
+                }
+                is_best = record["test_accuracy"] > best_accuracy
+                best_accuracy = max(best_accuracy, record["test_accuracy"])
+                save_checkpoints({
+                    "format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "epoch": epoch, "step": record["step"], "config": plain_config(args), "classes": classes,
+                    "preprocess": data["preprocess"], "test_accuracy": record["test_accuracy"],
+                    "test_loss": record["test_loss"], "best_accuracy": best_accuracy, "metrics": record,
+                    "rng": rng_state(device),
+                }, ckpt_dir, epoch, is_best)
+                log_epoch(writer, metrics_file, record, losses, lrs, step, args, classes)
+                step = record["step"]
+                say(args, f"epoch {epoch}: train loss {record['train_loss_mean']:.4f}, "
+                          f"test loss {record['test_loss']:.4f}, test accuracy {record['test_accuracy']:.2%}, "
+                          f"{record['epoch_seconds']:.1f} s, {record['images_per_s']:.0f} images/s")
+    finally:
+        writer.close()
+        lock.release()
+    return {"epoch": record.get("epoch"), "step": step, "test_loss": record.get("test_loss"),
+            "test_accuracy": record.get("test_accuracy"), "best_accuracy": best_accuracy,
+            "train_loss": record.get("train_loss_mean"), "run_dir": str(run_dir), "ckpt_dir": str(ckpt_dir)}
+
+
+def main(argv=None):
+    """Train (or with --evaluate, evaluate) and return the final metrics as a dict.
+    Bad input exits with code 2 and one line on stderr."""
+    try:
+        args, resumed = parse_args(argv)
+        device = pick_device(args.device)
+        if args.evaluate:
+            return evaluate_only(args, device)
+        if args.run_name is None:
+            args.run_name = datetime.now().strftime("%Y%m%d-%H%M%S")
+        metrics = train(args, resumed, device)
+    except (UsageError, DataError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if args.quiet:
+        print(f"test accuracy {metrics['test_accuracy']:.2%}, checkpoints in {metrics['ckpt_dir']}")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
