@@ -102,17 +102,39 @@ def _list_folder_split(root, split):
     return classes, files
 
 
-def _decode_image(path):
-    from PIL import Image
+MAX_IMAGE_PIXELS = 40_000_000  # about a 6000x6000 photo; anything larger is refused before decoding
 
+
+def decode_image(path):
+    """Any image PIL reads (grayscale, RGBA, palette, CMYK ...) as uint8 RGB (3, 32, 32), resized
+    bilinearly as torchvision's Resize((32, 32)) does. Raises DataError naming the problem."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
     try:
         with Image.open(path) as im:
+            if im.width * im.height > MAX_IMAGE_PIXELS:
+                raise DataError(f"image {path} is too large ({im.width}x{im.height} pixels, limit "
+                                f"{MAX_IMAGE_PIXELS:,}); shrink it first")
             im = im.convert("RGB")
             if im.size != (32, 32):
                 im = im.resize((32, 32), Image.BILINEAR)
-            return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
-    except Exception as e:  # PIL raises many types for bad files
-        raise DataError(f"image {path} cannot be read ({type(e).__name__}); remove or replace it") from None
+            return np.array(im, dtype=np.uint8).transpose(2, 0, 1).copy()
+    except FileNotFoundError:
+        problem = "does not exist; check the path"
+    except IsADirectoryError:
+        problem = "is a directory; pass the image files inside it"
+    except PermissionError:
+        problem = "is not readable; check its permissions"
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        problem = f"is too large (over {MAX_IMAGE_PIXELS:,} pixels); shrink it first"
+    except UnidentifiedImageError:
+        problem = "is not an image format PIL can read; convert it to PNG or JPEG"
+    except DataError:
+        raise
+    except Exception as e:  # PIL raises many kinds for damaged files: truncated data, bad headers, bombs
+        problem = f"is damaged or truncated ({type(e).__name__}: {str(e)[:100]}); remove or replace it"
+    raise DataError(f"image {path} {problem}")
 
 
 def _fingerprint(files):
@@ -143,7 +165,7 @@ def load_folder(root, split, classes=None):
     except Exception:  # a missing, stale or damaged cache is rebuilt
         pass
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # PIL decodes without the GIL
-        images = torch.from_numpy(np.stack(list(pool.map(_decode_image, [p for p, _ in files]))))
+        images = torch.from_numpy(np.stack(list(pool.map(decode_image, [p for p, _ in files]))))
     labels = torch.tensor([label for _, label in files], dtype=torch.int64)
     _write_cache(cache, {"key": key, "images": images, "labels": labels})
     return images, labels, classes
@@ -170,8 +192,10 @@ def load_dataset(kind, data_dir, download=True):
     return train_x, train_y, test_x, test_y, classes
 
 
-def load_test_split(kind, data_dir, download=True):
+def load_test_split(kind, data_dir, download=True, classes=None):
+    """The test split alone, labelled in the order of CLASSES (a checkpoint's class names) when its
+    folders are among them, else in sorted folder order as training uses."""
     if kind == "cifar10":
         return load_cifar10(data_dir, "test", download)
-    classes, _ = _list_folder_split(data_dir, "train")
-    return load_folder(data_dir, "test", classes)
+    found, _ = _list_folder_split(data_dir, "test")
+    return load_folder(data_dir, "test", classes if classes and set(found) <= set(classes) else found)

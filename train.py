@@ -404,7 +404,7 @@ def truncate_metrics(path, last_epoch):
 
 def evaluate_only(args, device):
     net = load_tudui(args.evaluate, map_location="cpu").to(device, memory_format=torch.channels_last)
-    images, labels, classes = load_test_split(args.dataset, args.data_dir, not args.no_download)
+    images, labels, classes = load_test_split(args.dataset, args.data_dir, not args.no_download, net.classes)
     if len(classes) != len(net.classes):
         raise UsageError(f"{args.evaluate} predicts {len(net.classes)} classes but the dataset has {len(classes)}; "
                          "evaluate it on the dataset it was trained for")

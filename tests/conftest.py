@@ -81,3 +81,12 @@ def run_script(*args, cwd=ROOT, timeout=240, env=None):
 def needs_shared(*parts):
     path = SHARED.joinpath(*parts)
     return pytest.mark.skipif(not path.exists(), reason=f"{path} is absent (only the team's machines have ../shared)")
+
+
+@pytest.fixture(scope="session")
+def real_cifar(tmp_path_factory):
+    """The real CIFAR-10 test images from ../shared, unpacked once (evaluation only)."""
+    archive = SHARED / "cifar10-jpg.tar.xz"
+    root = tmp_path_factory.mktemp("real_cifar")
+    subprocess.run(["tar", "-xJf", str(archive), "-C", str(root), "test"], check=True)
+    return root

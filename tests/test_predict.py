@@ -1,0 +1,194 @@
+"""predict.py and load_tudui: every kind of Tudui checkpoint, safely; bad images one line each."""
+import json
+import textwrap
+
+import pytest
+import torch
+
+import train
+from conftest import ROOT, SHARED, needs_shared, run_script
+from model import CheckpointError, Tudui, load_tudui
+
+TUTORIAL_MODEL_SOURCE = textwrap.dedent("""
+    import torch
+    from torch import nn
+
+    class Tudui(nn.Module):
+        def __init__(self):
+            super(Tudui, self).__init__()
+            self.model = nn.Sequential(
+                nn.Conv2d(3, 32, 5, 1, 2), nn.MaxPool2d(2), nn.Conv2d(32, 32, 5, 1, 2), nn.MaxPool2d(2),
+                nn.Conv2d(32, 64, 5, 1, 2), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(64 * 4 * 4, 64),
+                nn.Linear(64, 10))
+
+        def forward(self, x):
+            return self.model(x)
+""")
+
+
+def tutorial_whole_model(folder, where):
+    """Save a whole model the tutorial's way; its pickle names the class __main__.Tudui or model.Tudui."""
+    folder.mkdir()
+    if where == "__main__":
+        script = TUTORIAL_MODEL_SOURCE + "\ntorch.manual_seed(1)\ntorch.save(Tudui(), 'whole.pth')\n"
+    else:
+        (folder / "model.py").write_text(TUTORIAL_MODEL_SOURCE)
+        script = "import torch\nfrom model import *\ntorch.manual_seed(1)\ntorch.save(Tudui(), 'whole.pth')\n"
+    (folder / "save.py").write_text(script)
+    assert run_script("save.py", cwd=folder).returncode == 0
+    return folder / "whole.pth"
+
+
+def reference_weights():
+    torch.manual_seed(1)
+    return Tudui().state_dict()
+
+
+@pytest.mark.parametrize("where", ["__main__", "model"])
+def test_tutorial_whole_model_file_loads_with_its_weights(tmp_path, where):
+    net = load_tudui(tutorial_whole_model(tmp_path / "saved", where))
+    assert not net.training
+    for key, tensor in reference_weights().items():
+        assert torch.equal(net.state_dict()[key], tensor)
+
+
+def test_bare_state_dict_loads(tmp_path):
+    torch.save(reference_weights(), tmp_path / "weights.pth")
+    assert torch.equal(load_tudui(tmp_path / "weights.pth").model[0].weight, reference_weights()["model.0.weight"])
+
+
+def test_training_checkpoint_loads_with_classes_and_preprocessing(folder_dir, tmp_path):
+    train.main(["--dataset", "folder", "--data-dir", str(folder_dir), "--epochs", "1", "--device", "cpu",
+                "--logdir", str(tmp_path), "--run-name", "r", "--quiet", "--normalize"])
+    net = load_tudui(tmp_path / "r" / "last.pth")
+    assert net.classes == ["cat", "dog", "ship"] and len(net.preprocess["mean"]) == 3
+
+
+def test_hostile_pickle_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return open, (str(marker), "w")
+    torch.save({"model": Exploit()}, tmp_path / "evil.pth")
+    with pytest.raises(CheckpointError, match="refused"):
+        load_tudui(tmp_path / "evil.pth")
+    assert not marker.exists()
+
+
+def test_state_dict_of_another_shape_names_the_mismatch(tmp_path):
+    weights = reference_weights()
+    weights["model.7.weight"] = torch.zeros(64, 2048)
+    torch.save(weights, tmp_path / "wide.pth")
+    with pytest.raises(CheckpointError, match=r"model.7.weight has shape \(64, 2048\), Tudui needs \(64, 1024\)"):
+        load_tudui(tmp_path / "wide.pth")
+
+
+def test_state_dict_of_another_network_is_refused(tmp_path):
+    torch.save(torch.nn.Linear(3, 4).state_dict(), tmp_path / "linear.pth")
+    with pytest.raises(CheckpointError, match="not a Tudui checkpoint"):
+        load_tudui(tmp_path / "linear.pth")
+
+
+def test_other_class_count_loads_with_that_width(tmp_path):
+    torch.save(Tudui(num_classes=4).state_dict(), tmp_path / "four.pth")
+    assert load_tudui(tmp_path / "four.pth").classes == ["0", "1", "2", "3"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "weights.pth"
+    torch.save(reference_weights(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """One image per awkward mode, each a different size."""
+    from PIL import Image
+    folder = tmp_path_factory.mktemp("images")
+    base = Image.new("RGB", (40, 30), (200, 30, 30))
+    for mode in ("RGB", "L", "RGBA", "P", "CMYK"):
+        base.convert(mode).save(folder / f"{mode}.{'jpg' if mode == 'CMYK' else 'png'}")
+    return folder
+
+
+def test_every_image_mode_is_classified(checkpoint, images):
+    paths = sorted(images.iterdir())
+    result = run_script(ROOT / "predict.py", "--checkpoint", checkpoint, *paths)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == len(paths) == 5
+
+
+def test_json_output_parses_with_top_k(checkpoint, images):
+    result = run_script(ROOT / "predict.py", "--checkpoint", checkpoint, "--json", "--top-k", "3", images / "RGB.png")
+    record = json.loads(result.stdout)
+    assert record["path"].endswith("RGB.png") and len(record["predictions"]) == 3
+    probabilities = [p["probability"] for p in record["predictions"]]
+    assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1.0001
+
+
+def huge_png(path):
+    """A valid PNG header announcing 100000x100000 pixels, with almost no data behind it."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 10))
+                     + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda p: None, "does not exist"),
+    (lambda p: p.mkdir(), "is a directory"),
+    (lambda p: p.write_text("just text"), "is not an image format"),
+    (lambda p: p.write_bytes((ROOT / "tests" / "data" / "sample.png").read_bytes()[:300]), "damaged or truncated"),
+    (huge_png, "too large"),
+])
+def test_bad_image_gets_one_line_and_the_others_are_still_classified(checkpoint, images, tmp_path, make, words):
+    bad = tmp_path / "bad.png"
+    make(bad)
+    result = run_script(ROOT / "predict.py", "--checkpoint", checkpoint, bad, images / "RGB.png")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and words in result.stderr
+    assert result.stdout.startswith(str(images / "RGB.png"))
+
+
+@pytest.mark.parametrize("make", [lambda p: None, lambda p: p.write_bytes(b"\x00garbage")])
+def test_bad_checkpoint_exits_2_with_one_line(images, tmp_path, make):
+    make(tmp_path / "bad.pth")
+    result = run_script(ROOT / "predict.py", "--checkpoint", tmp_path / "bad.pth", images / "RGB.png")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_evaluate_prints_per_class_accuracy_and_confusion_matrix(folder_dir, tmp_path, capsys):
+    torch.save(Tudui(num_classes=3).state_dict(), tmp_path / "three.pth")
+    metrics = train.main(["--evaluate", str(tmp_path / "three.pth"), "--dataset", "folder",
+                          "--data-dir", str(folder_dir), "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert "confusion matrix" in out and set(metrics["per_class_accuracy"]) == {"0", "1", "2"}
+    rows = [line for line in out.splitlines() if line.split() and line.split()[0] in {"0", "1", "2"}]
+    assert sum(int(v) for row in rows[-3:] for v in row.split()[1:]) == 18  # every test image counted once
+
+
+@needs_shared("tutorial", "tudui_29_gpu.pth")
+def test_tutorial_checkpoint_classifies_the_tutorials_pictures():
+    folder = SHARED / "tutorial"
+    result = run_script(ROOT / "predict.py", "--checkpoint", folder / "tudui_29_gpu.pth", "--json", "--device", "cpu",
+                        folder / "airplane.png", folder / "dog.png")
+    labels = [json.loads(line)["predictions"][0]["class"] for line in result.stdout.splitlines()]
+    assert labels == ["airplane", "dog"]
+
+
+@needs_shared("tutorial", "tudui_0.pth")
+def test_tutorial_file_naming_model_tudui_loads():
+    assert load_tudui(SHARED / "tutorial" / "tudui_0.pth").model[8].out_features == 10
+
+
+@needs_shared("cifar10-jpg.tar.xz")
+def test_tutorial_checkpoint_scores_about_61_percent_on_the_real_test_images(real_cifar):
+    metrics = train.main(["--evaluate", str(SHARED / "tutorial" / "tudui_29_gpu.pth"), "--dataset", "folder",
+                          "--data-dir", str(real_cifar), "--device", "cpu"])
+    assert 0.60 <= metrics["test_accuracy"] <= 0.625
