@@ -92,12 +92,14 @@ def read_checkpoint(path, map_location="cpu"):
     except PermissionError:
         raise CheckpointError(f"checkpoint {path} is not readable; check its permissions") from None
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()
-        hint = next((line for line in first if "GLOBAL" in line or "Unsupported" in line), "")
+        message = str(e)
+        asked = next((line.strip() for line in message.splitlines() if "GLOBAL" in line), None)
+        if asked is None:  # not a refused global: the pickle itself is damaged
+            raise CheckpointError(f"checkpoint {path} is not a readable PyTorch file (damaged pickle); "
+                                  "it may be truncated or corrupt, use another copy") from None
         raise CheckpointError(
-            f"checkpoint {path} was refused: its pickle asks for code outside the allow-list "
-            f"({hint.strip() or 'unsupported content'}); only load checkpoints you trust the origin of, "
-            "and re-save them as a state_dict") from None
+            f"checkpoint {path} was refused: its pickle asks for code outside the allow-list ({asked[:160]}); "
+            "nothing from it was run. Only load checkpoints from sources you trust, saved as a state_dict") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError, TypeError,
             IndexError, OverflowError, MemoryError, UnicodeDecodeError, zipfile.BadZipFile) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

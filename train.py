@@ -13,7 +13,9 @@ import io
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -26,9 +28,9 @@ from model import CheckpointError, Tudui, build_from_state_dict, load_tudui, rea
 
 # Settings that a recipe chooses. The tutorial's are the defaults; every one can be overridden by its flag.
 RECIPES = {
-    "tutorial": dict(lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, schedule="constant",
+    "tutorial": dict(batch_size=64, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, schedule="constant",
                      warmup=0.0, augment=False, normalize=False, label_smoothing=0.0),
-    "tuned": dict(lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4, schedule="cosine",
+    "tuned": dict(batch_size=256, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4, schedule="onecycle",
                   warmup=0.0, augment=True, normalize=True, label_smoothing=0.1),
 }
 EVAL_BATCH_SIZE = 500  # evaluation needs no gradients, so bigger batches just mean fewer steps
@@ -37,6 +39,37 @@ CHECKPOINT_FORMAT = "tudui-train-checkpoint/1"
 
 class UsageError(Exception):
     """Bad input: printed as one line, exit code 2."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C: the run stopped cleanly between two steps."""
+
+
+class StopOnCtrlC:
+    """The first Ctrl-C asks the loop to stop after the current step; a second one exits at once.
+    Only installed from the main thread (signal handlers cannot be set from others)."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, self._exit_now)
+        print("\nstopping after this step (Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
+
+    @staticmethod
+    def _exit_now(signum, frame):
+        os._exit(130)
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
 
 
 # ---------------------------------------------------------------------------------------------- configuration
@@ -54,13 +87,14 @@ def build_parser():
     p.add_argument("--recipe", choices=sorted(RECIPES), default="tutorial",
                    help="training recipe; the flags below marked 'recipe' override it")
     p.add_argument("--epochs", type=int, default=10, help="total epochs (with --resume: the total to reach)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per training step")
-    p.add_argument("--lr", type=float, help="recipe: 0.01 (tutorial), 0.01 (tuned)")
+    p.add_argument("--batch-size", type=int, help="images per training step; recipe: 64 (tutorial), 256 (tuned)")
+    p.add_argument("--lr", type=float, help="(peak) learning rate; recipe: 0.01 (tutorial), 0.05 (tuned)")
     p.add_argument("--momentum", type=float, help="recipe: 0 (tutorial), 0.9 (tuned)")
     p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, help="recipe: off (tutorial), on (tuned)")
     p.add_argument("--weight-decay", type=float, help="recipe: 0 (tutorial), 5e-4 (tuned)")
     p.add_argument("--schedule", choices=["constant", "cosine", "onecycle"],
-                   help="learning-rate schedule, per step; recipe: constant (tutorial), cosine (tuned)")
+                   help="learning-rate schedule, per step; onecycle warms up for 30%% of the steps, then "
+                        "anneals (as torch's OneCycleLR); recipe: constant (tutorial), onecycle (tuned)")
     p.add_argument("--warmup", type=float, help="fraction of steps spent warming the lr up from 0; recipe: 0")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction,
                    help="random flips and +-2 px shifts of each training batch; recipe: off (tutorial), on (tuned)")
@@ -200,16 +234,20 @@ def lr_at(step, total_steps, args):
     progress = (step - warmup) / max(1, total_steps - warmup)
     if args.schedule == "cosine":
         return args.lr * 0.5 * (1 + math.cos(math.pi * progress))
-    if args.schedule == "onecycle":  # linear up for 30% of the steps, then linear down to 0
-        return args.lr * (progress / 0.3 if progress < 0.3 else (1 - progress) / 0.7)
+    if args.schedule == "onecycle":  # torch.optim.lr_scheduler.OneCycleLR's defaults, cosine both ways
+        start, end = args.lr / 25, args.lr / 25 / 1e4
+        if progress < 0.3:
+            return start + (args.lr - start) * (1 - math.cos(math.pi * progress / 0.3)) / 2
+        return end + (args.lr - end) * (1 + math.cos(math.pi * (progress - 0.3) / 0.7)) / 2
     return args.lr
 
 
 # ---------------------------------------------------------------------------------------------- train and test
 
-def train_one_epoch(model, optimizer, loss_fn, data, epoch, start_step, total_steps, args, device, progress):
+def train_one_epoch(model, optimizer, loss_fn, data, epoch, start_step, total_steps, args, device, progress, stop):
     """One pass over the training set in a seeded order. Losses and correct counts stay on the device
-    and are read once at the end: no host-device sync inside the epoch."""
+    and are read once at the end: no host-device sync inside the epoch. Raises Interrupted when
+    Ctrl-C was pressed; the partial epoch is then discarded."""
     images, labels = data["train_x"], data["train_y"]
     n = len(labels)
     gen = epoch_generator(args.seed, epoch)
@@ -240,6 +278,8 @@ def train_one_epoch(model, optimizer, loss_fn, data, epoch, start_step, total_st
         correct += (outputs.argmax(1) == y).sum()
         lrs.append(lr)
         progress.update(1)
+        if stop.requested:
+            raise Interrupted
     return losses.cpu(), correct.item() / n, lrs
 
 
@@ -288,17 +328,20 @@ def atomic_write(data, path):
         raise
 
 
+def write_run_file(data, path):
+    """atomic_write, with a failure (full disk, read-only folder) reported as one line."""
+    try:
+        atomic_write(data, path)
+    except OSError as e:
+        raise UsageError(f"cannot write {path} ({e.strerror or e}); free some space or choose another "
+                         "--logdir/--ckpt-dir; the files already there are intact") from None
+
+
 def save_checkpoints(state, ckpt_dir, epoch, is_best):
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    data = buffer.getvalue()
-    names = [f"tudui_epoch_{epoch}.pth", "last.pth"] + (["best.pth"] if is_best else [])
-    try:
-        for name in names:
-            atomic_write(data, Path(ckpt_dir) / name)
-    except OSError as e:
-        raise UsageError(f"cannot write checkpoint to {ckpt_dir} ({e.strerror or e}); free some space or "
-                         "choose another --ckpt-dir; the checkpoints already there are intact") from None
+    for name in [f"tudui_epoch_{epoch}.pth", "last.pth"] + (["best.pth"] if is_best else []):
+        write_run_file(buffer.getvalue(), Path(ckpt_dir) / name)
 
 
 def load_training_checkpoint(path):
@@ -397,7 +440,7 @@ def truncate_metrics(path, last_epoch):
         return
     kept = [line for line in path.read_text().splitlines()
             if line.strip() and json.loads(line).get("epoch", -1) <= last_epoch]
-    atomic_write("".join(line + "\n" for line in kept).encode(), path)
+    write_run_file("".join(line + "\n" for line in kept).encode(), path)
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -472,7 +515,7 @@ def train(args, resumed, device):
     writer = SummaryWriter(log_dir=str(run_dir), purge_step=step + 1 if resumed else None)
     metrics_path = run_dir / "metrics.jsonl"
     truncate_metrics(metrics_path, start_epoch - 1)
-    atomic_write(json.dumps(plain_config(args), indent=2).encode(), run_dir / "config.json")
+    write_run_file(json.dumps(plain_config(args), indent=2).encode(), run_dir / "config.json")
     say(args, f"run {run_dir} | checkpoints in {ckpt_dir} | device {device} | "
               f"{len(data['train_y'])} train / {len(data['test_y'])} test images, {len(classes)} classes")
 
@@ -481,18 +524,16 @@ def train(args, resumed, device):
     record = resumed["metrics"] if resumed else {}
     show_bar = not args.quiet and sys.stderr.isatty()
     try:
-        with open(metrics_path, "a") as metrics_file:
+        with open(metrics_path, "a") as metrics_file, StopOnCtrlC() as stop:
             for epoch in range(start_epoch, args.epochs):
                 started = time.perf_counter()
                 progress = Progress(steps_per_epoch, epoch, show_bar)
-                losses, train_accuracy, lrs = train_one_epoch(
-                    model, optimizer, loss_fn, data, epoch, step, total_steps, args, device, progress)
-                progress.close()
-                if not torch.isfinite(losses).all():
-                    bad = step + int((~torch.isfinite(losses)).nonzero()[0]) + 1
-                    raise UsageError(f"the training loss became non-finite at step {bad} (epoch {epoch}); the "
-                                     f"learning rate is likely too high for this network (--lr {args.lr}), lower it. "
-                                     f"Checkpoints from earlier epochs are untouched")
+                try:
+                    losses, train_accuracy, lrs = train_one_epoch(
+                        model, optimizer, loss_fn, data, epoch, step, total_steps, args, device, progress, stop)
+                finally:
+                    progress.close()
+                stop_if_not_finite(losses, step, epoch, args)
                 train_seconds = time.perf_counter() - started
                 result = test(model, data["test_x"], data["test_y"], len(classes), data["preprocess"], device, args.amp)
                 record = {
@@ -517,12 +558,26 @@ def train(args, resumed, device):
                 say(args, f"epoch {epoch}: train loss {record['train_loss_mean']:.4f}, "
                           f"test loss {record['test_loss']:.4f}, test accuracy {record['test_accuracy']:.2%}, "
                           f"{record['epoch_seconds']:.1f} s, {record['images_per_s']:.0f} images/s")
+    except Interrupted:
+        last = ckpt_dir / "last.pth"
+        how = f"resume with: python train.py --resume {last}" if last.exists() else "no epoch finished, nothing saved"
+        raise Interrupted(f"interrupted in epoch {epoch}; its partial progress is discarded. {how}") from None
     finally:
         writer.close()
         lock.release()
     return {"epoch": record.get("epoch"), "step": step, "test_loss": record.get("test_loss"),
             "test_accuracy": record.get("test_accuracy"), "best_accuracy": best_accuracy,
             "train_loss": record.get("train_loss_mean"), "run_dir": str(run_dir), "ckpt_dir": str(ckpt_dir)}
+
+
+def stop_if_not_finite(losses, step, epoch, args):
+    """A diverged run stops before anything of its epoch is saved, so best.pth and last.pth stay good."""
+    finite = torch.isfinite(losses)
+    if not finite.all():
+        bad = step + int((~finite).nonzero()[0]) + 1
+        raise UsageError(f"the training loss became non-finite at step {bad} (epoch {epoch}); the learning rate "
+                         f"is likely too high for this network (--lr {args.lr}): lower it. Checkpoints of earlier "
+                         "epochs are untouched")
 
 
 def main(argv=None):
@@ -539,6 +594,9 @@ def main(argv=None):
     except (UsageError, DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except Interrupted as e:
+        print(e, file=sys.stderr)
+        raise SystemExit(130) from None
     if args.quiet:
         print(f"test accuracy {metrics['test_accuracy']:.2%}, checkpoints in {metrics['ckpt_dir']}")
     return metrics

@@ -20,7 +20,7 @@ def scalars(run_dir):
 def test_help_shows_every_default():
     result = run_script(ROOT / "train.py", "--help")
     assert result.returncode == 0
-    for text in ("--epochs", "default: 10", "--batch-size", "default: 64", "0.01 (tutorial)",
+    for text in ("--epochs", "default: 10", "--batch-size", "64 (tutorial)", "0.01 (tutorial)",
                  "default: ./data", "default: ./logs_train", "default: auto", "default: 100", "default: 0"):
         assert text in " ".join(result.stdout.split())
 

@@ -1,0 +1,83 @@
+"""Time the tutorial's loop (bench/tutorial_loop.py) and train.py side by side, on the same data, in
+one run, on every device present (or those given), and print a table: images/s, seconds per epoch,
+process wall time, peak memory and the speed-up.
+
+    python bench/compare.py --dataset folder --data-dir DIR --epochs 1
+    python bench/compare.py --dataset folder --data-dir DIR --epochs 10 --devices cuda --variants fp32 amp
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(cmd):
+    """Run CMD in a fresh process; returns (its stdout, wall seconds, its peak RSS in MB)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            sys.exit(f"benchmark command failed: {' '.join(map(str, cmd))}\n{err.read()[-2000:]}")
+        return out.read(), wall, usage.ru_maxrss / 1024
+
+
+def tutorial(args, device):
+    out, wall, rss = run([sys.executable, ROOT / "bench" / "tutorial_loop.py", "--dataset", args.dataset,
+                          "--data-dir", args.data_dir, "--epochs", str(args.epochs), "--device", device])
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")], wall, rss
+
+
+def ours(args, device, variant):
+    with tempfile.TemporaryDirectory() as logdir:
+        extra = ["--amp"] if variant == "amp" else []
+        _, wall, rss = run([sys.executable, ROOT / "train.py", "--dataset", args.dataset, "--data-dir",
+                            args.data_dir, "--no-download", "--epochs", str(args.epochs), "--device", device,
+                            "--logdir", logdir, "--run-name", "bench", "--quiet", *extra])
+        lines = (Path(logdir) / "bench" / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(line) for line in lines], wall, rss
+
+
+def summary(name, records, wall, rss):
+    images_per_s = statistics.median(r["images_per_s"] for r in records)
+    epoch_s = statistics.median(r["epoch_seconds"] for r in records)
+    return {"loop": name, "images_per_s": images_per_s, "epoch_s": epoch_s,
+            "loop_s": sum(r["epoch_seconds"] for r in records), "wall_s": wall, "peak_rss_mb": rss,
+            "accuracy": records[-1]["test_accuracy"]}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="cifar10")
+    p.add_argument("--data-dir", default="./data")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--devices", nargs="+", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    p.add_argument("--variants", nargs="+", default=["fp32", "amp"], choices=["fp32", "amp"])
+    args = p.parse_args()
+    print(f"{os.cpu_count()} CPU cores; " + (torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"))
+    print(f"| device | loop | images/s | s/epoch (median) | loop s | process wall s | peak RSS MB | "
+          f"test acc | speed-up |\n|---|---|---|---|---|---|---|---|---|")
+    for device in args.devices:
+        base = summary("tutorial", *tutorial(args, device))
+        rows = [base] + [summary(f"train.py {v}", *ours(args, device, v)) for v in args.variants]
+        for row in rows:
+            print(f"| {device} | {row['loop']} | {row['images_per_s']:.0f} | {row['epoch_s']:.2f} | "
+                  f"{row['loop_s']:.2f} | {row['wall_s']:.1f} | {row['peak_rss_mb']:.0f} | {row['accuracy']:.2%} | "
+                  f"{row['images_per_s'] / base['images_per_s']:.2f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""Crashes, interruptions, full disks, concurrent runs and hostile input lose nothing and run nothing."""
+import fcntl
+import io
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import train
+from conftest import ROOT, run_script, write_image_folder
+from data import DataError, decode_image
+from model import CheckpointError, Tudui, load_tudui
+
+FINAL_NAMES = ("last.pth", "best.pth")
+
+
+def train_command(cifar_dir, logdir, *extra):
+    return [sys.executable, str(ROOT / "train.py"), "--data-dir", str(cifar_dir), "--no-download", "--device", "cpu",
+            "--logdir", str(logdir), "--run-name", "run", "--quiet", "--recipe", "tuned", "--batch-size", "64", "--lr", "0.01", *extra]
+
+
+def assert_every_final_file_loads(run_dir):
+    for path in run_dir.glob("*.pth"):  # temporary files are hidden (.name.pid.tmp): never matched
+        torch.load(path, weights_only=True)  # a torn file raises here
+
+
+def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_weights(cifar_dir, tmp_path):
+    flags = ["--data-dir", str(cifar_dir), "--no-download", "--device", "cpu", "--run-name", "run", "--quiet",
+             "--recipe", "tuned", "--lr", "0.01", "--batch-size", "64", "--epochs", "30"]
+    summaries = {}
+    for name, kills in (("straight", 0), ("killed", 30)):
+        result = run_script(ROOT / "tests" / "kill_driver.py", tmp_path / f"{name}-snapshots", kills, 0, "--",
+                            *flags, "--logdir", tmp_path / name)
+        assert result.returncode == 0, result.stderr
+        summaries[name] = json.loads(result.stdout.splitlines()[-1])
+    assert summaries["killed"]["exit_code"] == 0 and summaries["killed"]["kills"] >= 24
+    for snapshot in (tmp_path / "killed-snapshots").iterdir():  # the folder as each kill left it
+        assert_every_final_file_loads(snapshot)
+    straight = torch.load(tmp_path / "straight" / "run" / "last.pth", weights_only=True)
+    resumed = torch.load(tmp_path / "killed" / "run" / "last.pth", weights_only=True)
+    assert resumed["epoch"] == straight["epoch"] == 29
+    assert all(torch.equal(straight["model"][k], resumed["model"][k]) for k in straight["model"])
+
+
+def test_ctrl_c_stops_cleanly_prints_the_resume_command_and_exits_130(cifar_dir, tmp_path):
+    proc = subprocess.Popen(train_command(cifar_dir, tmp_path, "--epochs", "100000"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run_dir = tmp_path / "run"
+    deadline = time.time() + 60
+    while not (run_dir / "last.pth").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert f"python train.py --resume {run_dir / 'last.pth'}" in err and "Traceback" not in err
+    assert_every_final_file_loads(run_dir)
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(run_dir))
+
+
+def test_second_ctrl_c_exits_at_once():
+    stop = train.StopOnCtrlC()
+    with stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested
+        assert signal.getsignal(signal.SIGINT) == train.StopOnCtrlC._exit_now
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_full_disk_is_one_clear_line_and_earlier_checkpoints_survive(train_args, tmp_path, monkeypatch, capsys):
+    train.main(train_args + ["--epochs", "1"])
+    run_dir = tmp_path / "logs" / "run"
+    before = {p.name: p.read_bytes() for p in run_dir.glob("*.pth")}
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(os, "fsync", disk_full)  # the moment a full disk reports the lost write
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--resume", str(run_dir / "last.pth"), "--epochs", "2", "--device", "cpu", "--quiet"])
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "No space left on device" in err and len(err.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in run_dir.glob("*.pth")} == before
+    assert not list(run_dir.glob(".*.tmp"))
+
+
+def test_second_run_on_the_same_folder_is_refused(train_args, tmp_path, capsys):
+    run_dir = tmp_path / "logs" / "run"
+    run_dir.mkdir(parents=True)
+    with open(run_dir / ".lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running train.py holds it
+        with pytest.raises(SystemExit):
+            train.main(train_args + ["--epochs", "1"])
+    assert "another run is writing to" in capsys.readouterr().err
+    assert not list(run_dir.glob("*.pth"))
+
+
+def test_non_finite_loss_stops_and_keeps_the_good_checkpoints(train_args, tmp_path, capsys):
+    train.main(train_args + ["--epochs", "1"])
+    run_dir = tmp_path / "logs" / "run"
+    before = {p.name: p.read_bytes() for p in run_dir.glob("*.pth")}
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--resume", str(run_dir / "last.pth"), "--epochs", "2", "--lr", "1e30", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "non-finite" in err and "learning rate" in err
+    assert {p.name: p.read_bytes() for p in run_dir.glob("*.pth")} == before
+
+
+def checkpoint_bytes():
+    buffer = io.BytesIO()
+    torch.save(Tudui().state_dict(), buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("damage", [
+    lambda good: good[: len(good) // 2],
+    lambda good: bytes(random.Random(1).randrange(256) for _ in range(4096)),
+    lambda good: b"",
+])
+def test_damaged_checkpoint_is_one_clear_line(tmp_path, damage, train_args, capsys):
+    path = tmp_path / "damaged.pth"
+    path.write_bytes(damage(checkpoint_bytes()))
+    with pytest.raises(CheckpointError, match="not a readable PyTorch file"):
+        load_tudui(path)
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(train_args + ["--resume", str(path)])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1
+    assert err.startswith(f"error: checkpoint {path} is not a readable PyTorch file")
+
+
+def test_truncated_checkpoint_is_one_line_for_resume_evaluate_and_predict(tmp_path, cifar_dir):
+    path = tmp_path / "truncated.pth"
+    path.write_bytes(checkpoint_bytes()[:5000])
+    for command in ([ROOT / "train.py", "--resume", path], [ROOT / "train.py", "--evaluate", path,
+                    "--data-dir", cifar_dir, "--no-download"], [ROOT / "predict.py", "--checkpoint", path, path]):
+        result = run_script(*command)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and str(path) in result.stderr
+
+
+def test_truncated_image_in_a_folder_dataset_is_one_clear_line(tmp_path, capsys):
+    root = write_image_folder(tmp_path / "data", train_per_class=2, test_per_class=1)
+    victim = next((root / "train" / "cat").glob("*.png"))
+    victim.write_bytes(victim.read_bytes()[:60])
+    with pytest.raises(SystemExit):
+        train.main(["--dataset", "folder", "--data-dir", str(root), "--logdir", str(tmp_path)])
+    assert f"image {victim} is damaged or truncated" in capsys.readouterr().err
+
+
+FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def mutate(data, edits):
+    data = bytearray(data)
+    for position, value in edits:
+        data[position % len(data)] = value
+    return bytes(data)
+
+
+@FUZZ
+@given(st.binary(max_size=2048) | st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=8).map(
+    lambda edits: mutate(checkpoint_bytes(), edits)))
+def test_load_tudui_raises_only_checkpoint_error_on_any_bytes(tmp_path, data):
+    path = tmp_path / "fuzz.pth"
+    path.write_bytes(data)
+    try:
+        load_tudui(path)
+    except CheckpointError:
+        pass
+
+
+def png_bytes():
+    from PIL import Image
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), (10, 200, 30)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@FUZZ
+@given(st.binary(max_size=2048) | st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=8).map(
+    lambda edits: mutate(png_bytes(), edits)))
+def test_image_loading_raises_only_data_error_on_any_bytes(tmp_path, data):
+    path = tmp_path / "fuzz.png"
+    path.write_bytes(data)
+    try:
+        assert decode_image(path).shape == (3, 32, 32)
+    except DataError:
+        pass
+
+
+def test_a_checkpoint_zip_with_a_hostile_pickle_inside_runs_nothing(tmp_path):
+    marker = tmp_path / "ran"
+    payload = f"cos\nsystem\n(S'touch {marker}'\ntR.".encode()
+    good = zipfile.ZipFile(io.BytesIO(checkpoint_bytes()))
+    with zipfile.ZipFile(tmp_path / "evil.pth", "w") as evil:
+        for item in good.infolist():
+            evil.writestr(item, payload if item.filename.endswith("data.pkl") else good.read(item))
+    with pytest.raises(CheckpointError, match="refused"):
+        load_tudui(tmp_path / "evil.pth")
+    assert not marker.exists()
