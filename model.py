@@ -6,6 +6,7 @@
 Importing this module runs nothing. `python model.py` pushes a batch of ones through the network.
 """
 import pickle
+import re
 import zipfile
 
 import torch
@@ -92,13 +93,13 @@ def read_checkpoint(path, map_location="cpu"):
     except PermissionError:
         raise CheckpointError(f"checkpoint {path} is not readable; check its permissions") from None
     except pickle.UnpicklingError as e:
-        message = str(e)
-        asked = next((line.strip() for line in message.splitlines() if "GLOBAL" in line), None)
+        asked = re.search(r"GLOBAL ([\w.]+)", str(e))
         if asked is None:  # not a refused global: the pickle itself is damaged
             raise CheckpointError(f"checkpoint {path} is not a readable PyTorch file (damaged pickle); "
                                   "it may be truncated or corrupt, use another copy") from None
         raise CheckpointError(
-            f"checkpoint {path} was refused: its pickle asks for code outside the allow-list ({asked[:160]}); "
+            f"checkpoint {path} was refused: its pickle asks for {asked.group(1)}, which is not "
+            "on the allow-list; "
             "nothing from it was run. Only load checkpoints from sources you trust, saved as a state_dict") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError, TypeError,
             IndexError, OverflowError, MemoryError, UnicodeDecodeError, zipfile.BadZipFile) as e:
