@@ -17,6 +17,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from datetime import datetime
 from pathlib import Path
 
@@ -411,8 +412,39 @@ def say(args, *parts):
         print(*parts, flush=True)
 
 
-def log_epoch(writer, metrics_file, record, losses, lrs, start_step, args, classes):
-    """TensorBoard scalars and one metrics.jsonl line for a finished epoch."""
+def log_run_start(writer, model, args, data, device):
+    """Once per run (not again on resume): the network graph, and the configuration in the HPARAMS tab,
+    written into the run's own folder (add_hparams would make a stray extra run) and tied to its
+    test_accuracy and test_loss curves."""
+    from torch.utils.tensorboard.summary import hparams
+
+    example = to_input(data["test_x"][:1], data["preprocess"])
+    with warnings.catch_warnings():  # add_graph traces with torch.jit, which warns that it is deprecated
+        warnings.simplefilter("ignore", FutureWarning)
+        writer.add_graph(model, example)
+    config = {k: ("none" if v is None else v) for k, v in plain_config(args).items()
+              if isinstance(v, (int, float, str, bool)) or v is None}
+    for summary in hparams(config, {"test_accuracy": 0.0, "test_loss": 0.0}):
+        writer._get_file_writer().add_summary(summary)
+
+
+GRID_IMAGES = 32  # test images shown with their predictions each epoch
+
+
+@torch.no_grad()
+def grid_predictions(model, data):
+    """(images, labels, predictions) on the CPU for the first GRID_IMAGES test images."""
+    images, labels = data["test_x"][:GRID_IMAGES], data["test_y"][:GRID_IMAGES]
+    model.eval()
+    predictions = model(to_input(images, data["preprocess"])).argmax(1)
+    model.train()
+    return images.cpu(), labels.cpu(), predictions.cpu()
+
+
+def log_epoch(writer, metrics_file, record, losses, lrs, start_step, args, classes, confusion, grid):
+    """TensorBoard scalars and pictures, and one metrics.jsonl line, for a finished epoch."""
+    from report import confusion_image, prediction_grid
+
     for i in range(len(losses)):
         step = start_step + i + 1  # the tutorial counts steps from 1 and logs when the count hits a multiple
         if step % args.log_every == 0:
@@ -424,6 +456,8 @@ def log_epoch(writer, metrics_file, record, losses, lrs, start_step, args, class
         writer.add_scalar(key, record[key], epoch)
     for name, acc in zip(classes, record["per_class_accuracy"]):
         writer.add_scalar(f"per_class_accuracy/{name}", acc, epoch)
+    writer.add_image("confusion_matrix", confusion_image(confusion, classes), epoch, dataformats="HWC")
+    writer.add_image("test_predictions", prediction_grid(*grid, classes), epoch, dataformats="HWC")
     writer.flush()
     metrics_file.write(json.dumps(record) + "\n")
     metrics_file.flush()
@@ -516,6 +550,8 @@ def train(args, resumed, device):
     metrics_path = run_dir / "metrics.jsonl"
     truncate_metrics(metrics_path, start_epoch - 1)
     write_run_file(json.dumps(plain_config(args), indent=2).encode(), run_dir / "config.json")
+    if not resumed:
+        log_run_start(writer, model, args, data, device)
     say(args, f"run {run_dir} | checkpoints in {ckpt_dir} | device {device} | "
               f"{len(data['train_y'])} train / {len(data['test_y'])} test images, {len(classes)} classes")
 
@@ -553,7 +589,8 @@ def train(args, resumed, device):
                     "test_loss": record["test_loss"], "best_accuracy": best_accuracy, "metrics": record,
                     "rng": rng_state(device),
                 }, ckpt_dir, epoch, is_best)
-                log_epoch(writer, metrics_file, record, losses, lrs, step, args, classes)
+                log_epoch(writer, metrics_file, record, losses, lrs, step, args, classes, result["confusion"],
+                          grid_predictions(model, data))
                 step = record["step"]
                 say(args, f"epoch {epoch}: train loss {record['train_loss_mean']:.4f}, "
                           f"test loss {record['test_loss']:.4f}, test accuracy {record['test_accuracy']:.2%}, "

@@ -1,0 +1,91 @@
+"""Pictures for TensorBoard and the README, drawn with PIL (no plotting library needed).
+
+Each function returns a uint8 numpy array (H, W, 3), which `SummaryWriter.add_image(..., dataformats="HWC")`
+takes, or which `PIL.Image.fromarray(...).save(...)` writes as a PNG.
+"""
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+WHITE, BLACK, GREY, RED, GREEN = (255, 255, 255), (0, 0, 0), (150, 150, 150), (210, 40, 40), (30, 150, 60)
+
+
+def _font(size):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def confusion_image(confusion, classes, cell=44):
+    """The confusion matrix as a heat map: rows are the true class, columns the predicted one, each
+    cell shaded by the share of its row and labelled with its count."""
+    counts = np.asarray(confusion, dtype=np.int64)
+    shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    font, margin = _font(12), 90
+    size = margin + cell * len(classes) + 10
+    picture = Image.new("RGB", (size, size + 20), WHITE)
+    draw = ImageDraw.Draw(picture)
+    draw.text((margin, 2), "predicted class", fill=BLACK, font=font)
+    for i, name in enumerate(classes):
+        draw.text((4, margin + i * cell + cell // 2 - 6), name[:11], fill=BLACK, font=font)
+        label = Image.new("RGB", (margin - 24, 14), WHITE)
+        ImageDraw.Draw(label).text((0, 0), name[:11], fill=BLACK, font=font)
+        picture.paste(label.rotate(90, expand=True), (margin + i * cell + cell // 2 - 7, 20))
+        for j in range(len(classes)):
+            shade = int(255 * (1 - shares[i, j]))
+            colour = (shade, shade, 255) if i != j else (shade, 255, shade)
+            box = (margin + j * cell, margin + i * cell, margin + (j + 1) * cell - 1, margin + (i + 1) * cell - 1)
+            draw.rectangle(box, fill=colour, outline=GREY)
+            draw.text((box[0] + 4, box[1] + cell // 2 - 6), str(counts[i, j]),
+                      fill=WHITE if shares[i, j] > 0.6 else BLACK, font=font)
+    draw.text((4, size), "rows: true class; cells shaded by share of the row", fill=BLACK, font=font)
+    return np.asarray(picture)
+
+
+def prediction_grid(images, labels, predictions, classes, columns=8, scale=3):
+    """Test images with 'predicted (true)' under each; mistakes framed and labelled in red."""
+    font = _font(11)
+    tile_w, tile_h = 32 * scale, 32 * scale + 28
+    rows = -(-len(images) // columns)
+    picture = Image.new("RGB", (columns * (tile_w + 6), rows * (tile_h + 6)), WHITE)
+    draw = ImageDraw.Draw(picture)
+    for k, (image, label, predicted) in enumerate(zip(images, labels, predictions)):
+        x, y = (k % columns) * (tile_w + 6) + 3, (k // columns) * (tile_h + 6) + 3
+        tile = Image.fromarray(np.asarray(image).transpose(1, 2, 0)).resize((tile_w, 32 * scale), Image.NEAREST)
+        picture.paste(tile, (x, y))
+        right = int(label) == int(predicted)
+        colour = GREEN if right else RED
+        draw.rectangle((x - 2, y - 2, x + tile_w + 1, y + 32 * scale + 1), outline=colour, width=2)
+        draw.text((x, y + 32 * scale + 2), classes[int(predicted)][:14], fill=colour, font=font)
+        draw.text((x, y + 32 * scale + 14), "" if right else f"({classes[int(label)][:12]})", fill=BLACK, font=font)
+    return np.asarray(picture)
+
+
+def curves_image(series, title, width=720, height=420):
+    """Line chart of {name: [(epoch, value), ...]} with values as fractions shown in percent."""
+    font, colours = _font(13), [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189)]
+    picture = Image.new("RGB", (width, height), WHITE)
+    draw = ImageDraw.Draw(picture)
+    left, top, right, bottom = 60, 36, width - 20, height - 44
+    points = [p for values in series.values() for p in values]
+    x_max = max(1, max(x for x, _ in points))
+    y_lo = min(0.1 * int(10 * min(y for _, y in points)), 0.9)
+    y_hi = min(1.0, 0.1 * (int(10 * max(y for _, y in points)) + 1))
+
+    def at(x, y):
+        return left + (right - left) * x / x_max, bottom - (bottom - top) * (y - y_lo) / (y_hi - y_lo)
+    draw.text((left, 8), title, fill=BLACK, font=font)
+    for tick in np.arange(y_lo, y_hi + 1e-9, 0.1):
+        _, y = at(0, tick)
+        draw.line((left, y, right, y), fill=(225, 225, 225))
+        draw.text((8, y - 7), f"{tick:.0%}", fill=BLACK, font=font)
+    for tick in range(0, x_max + 1, max(1, x_max // 10)):
+        x, _ = at(tick, y_lo)
+        draw.text((x - 4, bottom + 6), str(tick), fill=BLACK, font=font)
+    draw.text(((left + right) // 2 - 20, bottom + 24), "epoch", fill=BLACK, font=font)
+    draw.rectangle((left, top, right, bottom), outline=BLACK)
+    for k, (name, values) in enumerate(series.items()):
+        colour = colours[k % len(colours)]
+        draw.line([at(x, y) for x, y in values], fill=colour, width=3)
+        draw.text((right - 260, bottom - 24 - 18 * k), f"— {name}: {values[-1][1]:.2%}", fill=colour, font=font)
+    return np.asarray(picture)
