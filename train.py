@@ -245,10 +245,15 @@ def lr_at(step, total_steps, args):
 
 # ---------------------------------------------------------------------------------------------- train and test
 
-def train_one_epoch(model, optimizer, loss_fn, data, epoch, start_step, total_steps, args, device, progress, stop):
+def train_one_epoch(model, optimizer, loss_fn, data, epoch, start_step, total_steps, args, device, progress, stop,
+                    rank=0, world=1):
     """One pass over the training set in a seeded order. Losses and correct counts stay on the device
     and are read once at the end: no host-device sync inside the epoch. Raises Interrupted when
-    Ctrl-C was pressed; the partial epoch is then discarded."""
+    Ctrl-C was pressed; the partial epoch is then discarded.
+
+    Under torchrun every rank draws the same order and takes its slice of each global batch. Each rank's
+    summed loss is scaled by world / global batch size, so DDP's gradient average equals the single-process
+    mean over the global batch, even for an uneven last batch."""
     images, labels = data["train_x"], data["train_y"]
     n = len(labels)
     gen = epoch_generator(args.seed, epoch)
@@ -256,12 +261,13 @@ def train_one_epoch(model, optimizer, loss_fn, data, epoch, start_step, total_st
     if args.augment:
         flips, shifts = (t.to(device, non_blocking=True) for t in augment_plan(n, gen))
     steps = math.ceil(n / args.batch_size)
-    losses = torch.zeros(steps, device=device)
+    batch_sizes = torch.tensor([min(args.batch_size, n - i * args.batch_size) for i in range(steps)])
+    loss_sums = torch.zeros(steps, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     lrs = []
     model.train()
     for i in range(steps):
-        idx = order[i * args.batch_size:(i + 1) * args.batch_size]
+        idx = order[i * args.batch_size:(i + 1) * args.batch_size].tensor_split(world)[rank]
         batch = images[idx]
         if args.augment:
             batch = augment_batch(batch, flips[idx], shifts[idx])
@@ -271,22 +277,30 @@ def train_one_epoch(model, optimizer, loss_fn, data, epoch, start_step, total_st
             group["lr"] = lr
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
             outputs = model(x)
-            loss = loss_fn(outputs.float(), y)
+            loss_sum = loss_fn(outputs.float(), y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss_sum * (world / batch_sizes[i].item())).backward()
         optimizer.step()
-        losses[i] = loss.detach()
+        loss_sums[i] = loss_sum.detach()
         correct += (outputs.argmax(1) == y).sum()
         lrs.append(lr)
         progress.update(1)
         if stop.requested:
             raise Interrupted
-    return losses.cpu(), correct.item() / n, lrs
+    if world > 1:
+        import torch.distributed as dist
+        dist.all_reduce(loss_sums)
+        dist.all_reduce(correct)
+    return loss_sums.cpu() / batch_sizes, correct.item() / n, lrs
 
 
 @torch.no_grad()
-def test(model, images, labels, num_classes, preprocess, device, amp=False, tta=False):
-    """Mean per-sample loss, accuracy and confusion matrix (rows: true class, columns: predicted)."""
+def test(model, images, labels, num_classes, preprocess, device, amp=False, tta=False, rank=0, world=1):
+    """Mean per-sample loss, accuracy and confusion matrix (rows: true class, columns: predicted).
+    Under torchrun each rank scores its share of the test set and the sums are all-reduced."""
+    n = len(labels)
+    share = slice(rank * n // world, (rank + 1) * n // world)
+    images, labels = images[share], labels[share]
     model.eval()
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
@@ -301,8 +315,12 @@ def test(model, images, labels, num_classes, preprocess, device, amp=False, tta=
         total_loss += loss_fn(logits, y)
         confusion += torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes ** 2)
     model.train()
+    if world > 1:
+        import torch.distributed as dist
+        dist.all_reduce(total_loss)
+        dist.all_reduce(confusion)
     confusion = confusion.view(num_classes, num_classes).cpu()
-    n = max(1, len(labels))
+    n = max(1, n)
     return {"test_loss": total_loss.item() / n, "test_accuracy": confusion.trace().item() / n,
             "confusion": confusion}
 
@@ -517,12 +535,44 @@ def prepare_data(args, device):
             "test_y": test_y.to(device), "classes": classes, "preprocess": preprocess}
 
 
-def train(args, resumed, device):
+class RunRecorder:
+    """Everything a run writes: its folder, lock, TensorBoard writer, metrics.jsonl and checkpoints.
+    Under torchrun only rank 0 has one; the other ranks write nothing."""
+
+    def __init__(self, args, resumed, start_epoch, step):
+        self.run_dir = Path(args.logdir) / args.run_name
+        self.ckpt_dir = Path(args.ckpt_dir) if args.ckpt_dir else self.run_dir
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"cannot create {e.filename} ({e.strerror}); choose another --logdir or --ckpt-dir") from None
+        self.lock = RunLock(self.run_dir)
+        from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow and only the trainer needs it
+
+        self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=step + 1 if resumed else None)
+        metrics_path = self.run_dir / "metrics.jsonl"
+        truncate_metrics(metrics_path, start_epoch - 1)
+        self.metrics_file = open(metrics_path, "a")
+        write_run_file(json.dumps(plain_config(args), indent=2).encode(), self.run_dir / "config.json")
+
+    def epoch_done(self, checkpoint, is_best, losses, lrs, start_step, args, classes, confusion, grid):
+        save_checkpoints(checkpoint, self.ckpt_dir, checkpoint["epoch"], is_best)
+        log_epoch(self.writer, self.metrics_file, checkpoint["metrics"], losses, lrs, start_step, args, classes,
+                  confusion, grid)
+
+    def close(self):
+        self.writer.close()
+        self.metrics_file.close()
+        self.lock.release()
+
+
+def train(args, resumed, device, rank=0, world=1):
     data = prepare_data(args, device)
     classes = data["classes"]
     model = build_model(len(classes), device, args.seed)
     optimizer = build_optimizer(model, args)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+    loss_fn = nn.CrossEntropyLoss(reduction="sum", label_smoothing=args.label_smoothing)
     start_epoch, step, best_accuracy = 0, 0, -1.0
     if resumed:
         if resumed["classes"] != classes:
@@ -533,45 +583,39 @@ def train(args, resumed, device):
         restore_rng_state(resumed["rng"], device)
         data["preprocess"] = resumed["preprocess"]
         start_epoch, step, best_accuracy = resumed["epoch"] + 1, resumed["step"], resumed["best_accuracy"]
-    if args.device == "auto" or device.type == "cuda":
+    if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    train_model = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    run_dir = Path(args.logdir) / args.run_name
-    ckpt_dir = Path(args.ckpt_dir) if args.ckpt_dir else run_dir
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"cannot create {e.filename} ({e.strerror}); choose another --logdir or --ckpt-dir") from None
-    lock = RunLock(run_dir)
-    from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow and only the trainer needs it
-
-    writer = SummaryWriter(log_dir=str(run_dir), purge_step=step + 1 if resumed else None)
-    metrics_path = run_dir / "metrics.jsonl"
-    truncate_metrics(metrics_path, start_epoch - 1)
-    write_run_file(json.dumps(plain_config(args), indent=2).encode(), run_dir / "config.json")
-    if not resumed:
-        log_run_start(writer, model, args, data, device)
-    say(args, f"run {run_dir} | checkpoints in {ckpt_dir} | device {device} | "
-              f"{len(data['train_y'])} train / {len(data['test_y'])} test images, {len(classes)} classes")
-
+    recorder = RunRecorder(args, resumed, start_epoch, step) if rank == 0 else None
+    if recorder and not resumed:
+        log_run_start(recorder.writer, model, args, data, device)
+    if recorder:
+        say(args, f"run {recorder.run_dir} | checkpoints in {recorder.ckpt_dir} | device {device}"
+                  f"{f' x {world} processes' if world > 1 else ''} | {len(data['train_y'])} train / "
+                  f"{len(data['test_y'])} test images, {len(classes)} classes")
     steps_per_epoch = math.ceil(len(data["train_y"]) / args.batch_size)
     total_steps = steps_per_epoch * args.epochs
     record = resumed["metrics"] if resumed else {}
     show_bar = not args.quiet and sys.stderr.isatty()
     try:
-        with open(metrics_path, "a") as metrics_file, StopOnCtrlC() as stop:
+        with StopOnCtrlC() as stop:
             for epoch in range(start_epoch, args.epochs):
                 started = time.perf_counter()
                 progress = Progress(steps_per_epoch, epoch, show_bar)
                 try:
                     losses, train_accuracy, lrs = train_one_epoch(
-                        model, optimizer, loss_fn, data, epoch, step, total_steps, args, device, progress, stop)
+                        train_model, optimizer, loss_fn, data, epoch, step, total_steps, args, device, progress,
+                        stop, rank, world)
                 finally:
                     progress.close()
                 stop_if_not_finite(losses, step, epoch, args)
                 train_seconds = time.perf_counter() - started
-                result = test(model, data["test_x"], data["test_y"], len(classes), data["preprocess"], device, args.amp)
+                result = test(model, data["test_x"], data["test_y"], len(classes), data["preprocess"], device,
+                              args.amp, rank=rank, world=world)
                 record = {
                     "epoch": epoch, "step": step + len(losses),
                     "train_loss_mean": losses.double().mean().item(), "train_accuracy": train_accuracy,
@@ -582,29 +626,30 @@ def train(args, resumed, device):
                 }
                 is_best = record["test_accuracy"] > best_accuracy
                 best_accuracy = max(best_accuracy, record["test_accuracy"])
-                save_checkpoints({
-                    "format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "epoch": epoch, "step": record["step"], "config": plain_config(args), "classes": classes,
-                    "preprocess": data["preprocess"], "test_accuracy": record["test_accuracy"],
-                    "test_loss": record["test_loss"], "best_accuracy": best_accuracy, "metrics": record,
-                    "rng": rng_state(device),
-                }, ckpt_dir, epoch, is_best)
-                log_epoch(writer, metrics_file, record, losses, lrs, step, args, classes, result["confusion"],
-                          grid_predictions(model, data))
+                if recorder:
+                    recorder.epoch_done({
+                        "format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "epoch": epoch, "step": record["step"], "config": plain_config(args), "classes": classes,
+                        "preprocess": data["preprocess"], "test_accuracy": record["test_accuracy"],
+                        "test_loss": record["test_loss"], "best_accuracy": best_accuracy, "metrics": record,
+                        "rng": rng_state(device),
+                    }, is_best, losses, lrs, step, args, classes, result["confusion"], grid_predictions(model, data))
                 step = record["step"]
                 say(args, f"epoch {epoch}: train loss {record['train_loss_mean']:.4f}, "
                           f"test loss {record['test_loss']:.4f}, test accuracy {record['test_accuracy']:.2%}, "
                           f"{record['epoch_seconds']:.1f} s, {record['images_per_s']:.0f} images/s")
     except Interrupted:
-        last = ckpt_dir / "last.pth"
-        how = f"resume with: python train.py --resume {last}" if last.exists() else "no epoch finished, nothing saved"
+        last = recorder.ckpt_dir / "last.pth" if recorder else None
+        how = f"resume with: python train.py --resume {last}" if last and last.exists() else "nothing saved yet"
         raise Interrupted(f"interrupted in epoch {epoch}; its partial progress is discarded. {how}") from None
     finally:
-        writer.close()
-        lock.release()
+        if recorder:
+            recorder.close()
     return {"epoch": record.get("epoch"), "step": step, "test_loss": record.get("test_loss"),
             "test_accuracy": record.get("test_accuracy"), "best_accuracy": best_accuracy,
-            "train_loss": record.get("train_loss_mean"), "run_dir": str(run_dir), "ckpt_dir": str(ckpt_dir)}
+            "train_loss": record.get("train_loss_mean"),
+            "run_dir": str(recorder.run_dir) if recorder else None,
+            "ckpt_dir": str(recorder.ckpt_dir) if recorder else None}
 
 
 def stop_if_not_finite(losses, step, epoch, args):
@@ -620,23 +665,53 @@ def stop_if_not_finite(losses, step, epoch, args):
 def main(argv=None):
     """Train (or with --evaluate, evaluate) and return the final metrics as a dict.
     Bad input exits with code 2 and one line on stderr."""
+    rank, world = 0, 1
     try:
         args, resumed = parse_args(argv)
-        device = pick_device(args.device)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not args.evaluate:
+            rank, world, device = join_torchrun(args)
+        else:
+            device = pick_device(args.device)
         if args.evaluate:
             return evaluate_only(args, device)
         if args.run_name is None:
             args.run_name = datetime.now().strftime("%Y%m%d-%H%M%S")
-        metrics = train(args, resumed, device)
+        metrics = train(args, resumed, device, rank, world)
     except (UsageError, DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     except Interrupted as e:
         print(e, file=sys.stderr)
         raise SystemExit(130) from None
-    if args.quiet:
+    finally:
+        if world > 1:
+            torch.distributed.destroy_process_group()
+    if args.quiet and rank == 0:
         print(f"test accuracy {metrics['test_accuracy']:.2%}, checkpoints in {metrics['ckpt_dir']}")
     return metrics
+
+
+def join_torchrun(args):
+    """Under torchrun: join the process group (nccl on CUDA, gloo on CPU) and return (rank, world, device).
+    --batch-size stays the global batch; only rank 0 prints and writes files."""
+    import torch.distributed as dist
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if args.batch_size % world:
+        raise UsageError(f"--batch-size {args.batch_size} is the global batch and must divide evenly across "
+                         f"{world} processes; use a multiple of {world}")
+    use_cuda = args.device in ("auto", "cuda") and torch.cuda.is_available()
+    if args.device not in ("auto", "cpu", "cuda") or (args.device == "cuda" and not use_cuda):
+        raise UsageError(f"--device {args.device} cannot be used under torchrun here; use cuda (nccl) or cpu (gloo)")
+    if use_cuda:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    if rank != 0:
+        args.quiet = True
+    return rank, world, device
 
 
 if __name__ == "__main__":

@@ -1,0 +1,43 @@
+"""train.py under torchrun: DistributedDataParallel on CPU (gloo) computes what one process computes."""
+import sys
+
+import pytest
+import torch
+
+import train
+from conftest import ROOT, run_script
+
+FLAGS = ["--no-download", "--device", "cpu", "--quiet", "--epochs", "1", "--batch-size", "64",
+         "--momentum", "0.9", "--augment", "--normalize", "--run-name", "run"]
+
+
+def test_two_gloo_processes_match_one_process_and_leave_one_set_of_files(cifar_dir, tmp_path):
+    result = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", ROOT / "train.py",
+                        "--data-dir", cifar_dir, "--logdir", tmp_path / "ddp", *FLAGS, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("test accuracy") == 1  # only rank 0 speaks
+    train.main(["--data-dir", str(cifar_dir), "--logdir", str(tmp_path / "single"), *FLAGS])
+
+    assert [p.name for p in (tmp_path / "ddp").iterdir()] == ["run"]
+    files = sorted(p.name for p in (tmp_path / "ddp" / "run").iterdir() if not p.name.startswith("."))
+    assert len([f for f in files if f.startswith("events.out")]) == 1
+    assert [f for f in files if f.endswith(".pth")] == ["best.pth", "last.pth", "tudui_epoch_0.pth"]
+    ddp = torch.load(tmp_path / "ddp" / "run" / "last.pth", weights_only=True)
+    single = torch.load(tmp_path / "single" / "run" / "last.pth", weights_only=True)
+    for key, tensor in single["model"].items():
+        torch.testing.assert_close(ddp["model"][key], tensor, atol=1e-4, rtol=0)
+    assert ddp["test_accuracy"] == single["test_accuracy"]
+    assert ddp["metrics"]["train_loss_mean"] == pytest.approx(single["metrics"]["train_loss_mean"], abs=1e-4)
+
+
+def test_global_batch_that_does_not_divide_across_processes_is_one_clear_line(monkeypatch, capsys, cifar_dir):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--data-dir", str(cifar_dir), "--batch-size", "64"])
+    assert exit_info.value.code == 2 and "must divide evenly across 3 processes" in capsys.readouterr().err
+
+
+def test_plain_python_run_never_touches_torch_distributed(train_args):
+    train.main(train_args + ["--epochs", "1"])
+    assert not torch.distributed.is_initialized()
