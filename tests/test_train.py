@@ -209,3 +209,34 @@ def test_bad_input_on_the_command_line_prints_no_traceback(tmp_path):
     result = run_script(ROOT / "train.py", "--resume", tmp_path / "missing.pth")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip() == f"error: checkpoint {tmp_path / 'missing.pth'} does not exist; check the path"
+
+
+def test_fast_epoch_matches_a_plain_eager_loop_within_float_tolerance(cifar_dir):
+    """train_one_epoch (channels_last, tensor batches, device-side loss buffer) against the textbook loop
+    (NCHW, mean loss, .item() per step) over the same order: equal within float tolerance, not bit-equal,
+    because channels_last convolutions sum in another order."""
+    from data import load_cifar10
+    images, labels, _ = load_cifar10(cifar_dir, "train", download=False)
+    args, _ = train.parse_args(["--batch-size", "64"])
+    device = torch.device("cpu")
+
+    torch.manual_seed(0)
+    plain = Tudui()
+    optimizer = torch.optim.SGD(plain.parameters(), lr=0.01)
+    order = torch.randperm(len(labels), generator=train.epoch_generator(0, 0))
+    for i in range(0, len(labels), 64):
+        idx = order[i:i + 64]
+        loss = torch.nn.functional.cross_entropy(plain(images[idx].float() / 255), labels[idx])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        loss.item()
+
+    fast = train.build_model(10, device, seed=0)
+    data = {"train_x": images, "train_y": labels, "preprocess": {"mean": None, "std": None}}
+    losses, _, _ = train.train_one_epoch(
+        fast, train.build_optimizer(fast, args), torch.nn.CrossEntropyLoss(reduction="sum"), data, 0, 0, 4, args,
+        device, train.Progress(4, 0, False), train.StopOnCtrlC())
+    assert losses[-1].item() == pytest.approx(loss.item(), rel=1e-4)
+    for key, tensor in plain.state_dict().items():
+        torch.testing.assert_close(fast.state_dict()[key], tensor, rtol=1e-4, atol=1e-5)
