@@ -87,5 +87,8 @@ def curves_image(series, title, width=720, height=420):
     for k, (name, values) in enumerate(series.items()):
         colour = colours[k % len(colours)]
         draw.line([at(x, y) for x, y in values], fill=colour, width=3)
-        draw.text((right - 260, bottom - 24 - 18 * k), f"— {name}: {values[-1][1]:.2%}", fill=colour, font=font)
+        key_y = bottom - 24 - 18 * k
+        draw.line((right - 270, key_y + 7, right - 250, key_y + 7), fill=colour, width=3)
+        draw.text((right - 244, key_y), f"{name}: {values[-1][1]:.2%} after epoch {values[-1][0]}",
+                  fill=colour, font=font)
     return np.asarray(picture)

@@ -45,7 +45,7 @@ def main():
     while True:
         resume = ["--resume", str(run_dir / "last.pth")] if (run_dir / "last.pth").exists() else []
         pid = start(argv + resume)
-        deadline = time.monotonic() + (rng.uniform(0.05, 0.8) if killed < kills else 600)
+        deadline = time.monotonic() + (rng.uniform(0.05, 0.5) if killed < kills else 600)
         while time.monotonic() < deadline:
             done, status = os.waitpid(pid, os.WNOHANG)
             if done:

@@ -5,6 +5,7 @@ import textwrap
 import pytest
 import torch
 
+import predict
 import train
 from conftest import ROOT, SHARED, needs_shared, run_script
 from model import CheckpointError, Tudui, load_tudui
@@ -113,16 +114,24 @@ def images(tmp_path_factory):
     return folder
 
 
-def test_every_image_mode_is_classified(checkpoint, images):
+def run_predict(capsys, *argv):
+    """predict.py's main in this process: (exit code, stdout, stderr)."""
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+def test_every_image_mode_is_classified(checkpoint, images, capsys):
     paths = sorted(images.iterdir())
-    result = run_script(ROOT / "predict.py", "--checkpoint", checkpoint, *paths)
-    assert result.returncode == 0, result.stderr
-    assert len(result.stdout.splitlines()) == len(paths) == 5
+    code, out, err = run_predict(capsys, "--checkpoint", checkpoint, *paths)
+    assert code == 0 and err == ""
+    assert [line.split(":")[0] for line in out.splitlines()] == [str(p) for p in paths]
 
 
-def test_json_output_parses_with_top_k(checkpoint, images):
-    result = run_script(ROOT / "predict.py", "--checkpoint", checkpoint, "--json", "--top-k", "3", images / "RGB.png")
-    record = json.loads(result.stdout)
+def test_json_output_parses_with_top_k(checkpoint, images, capsys):
+    _, out, _ = run_predict(capsys, "--checkpoint", checkpoint, "--json", "--top-k", "3", images / "RGB.png")
+    record = json.loads(out)
     assert record["path"].endswith("RGB.png") and len(record["predictions"]) == 3
     probabilities = [p["probability"] for p in record["predictions"]]
     assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1.0001
@@ -140,27 +149,34 @@ def huge_png(path):
                      + chunk(b"IEND", b""))
 
 
-@pytest.mark.parametrize("make, words", [
-    (lambda p: None, "does not exist"),
-    (lambda p: p.mkdir(), "is a directory"),
-    (lambda p: p.write_text("just text"), "is not an image format"),
-    (lambda p: p.write_bytes((ROOT / "tests" / "data" / "sample.png").read_bytes()[:300]), "damaged or truncated"),
-    (huge_png, "too large"),
-])
-def test_bad_image_gets_one_line_and_the_others_are_still_classified(checkpoint, images, tmp_path, make, words):
-    bad = tmp_path / "bad.png"
-    make(bad)
-    result = run_script(ROOT / "predict.py", "--checkpoint", checkpoint, bad, images / "RGB.png")
+BAD_IMAGES = {
+    "missing.png": (lambda p: None, "does not exist"),
+    "folder.png": (lambda p: p.mkdir(), "is a directory"),
+    "text.png": (lambda p: p.write_text("just text"), "is not an image format"),
+    "truncated.png": (lambda p: p.write_bytes((ROOT / "tests" / "data" / "sample.png").read_bytes()[:300]),
+                      "damaged or truncated"),
+    "huge.png": (huge_png, "too large"),
+}
+
+
+def test_each_bad_image_gets_one_line_and_the_good_ones_are_still_classified(checkpoint, images, tmp_path):
+    for name, (make, _) in BAD_IMAGES.items():
+        make(tmp_path / name)
+    good = images / "RGB.png"
+    result = run_script(ROOT / "predict.py", "--checkpoint", checkpoint, good, *(tmp_path / n for n in BAD_IMAGES), good)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and words in result.stderr
-    assert result.stdout.startswith(str(images / "RGB.png"))
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == len(BAD_IMAGES)
+    for line, (name, (_, words)) in zip(errors, BAD_IMAGES.items()):
+        assert line.startswith(f"error: image {tmp_path / name} ") and words in line
+    assert [line.split(":")[0] for line in result.stdout.splitlines()] == [str(good), str(good)]
 
 
 @pytest.mark.parametrize("make", [lambda p: None, lambda p: p.write_bytes(b"\x00garbage")])
-def test_bad_checkpoint_exits_2_with_one_line(images, tmp_path, make):
+def test_bad_checkpoint_exits_2_with_one_line(images, tmp_path, make, capsys):
     make(tmp_path / "bad.pth")
-    result = run_script(ROOT / "predict.py", "--checkpoint", tmp_path / "bad.pth", images / "RGB.png")
-    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    code, out, err = run_predict(capsys, "--checkpoint", tmp_path / "bad.pth", images / "RGB.png")
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and str(tmp_path / "bad.pth") in err
 
 
 def test_evaluate_prints_per_class_accuracy_and_confusion_matrix(folder_dir, tmp_path, capsys):
