@@ -154,7 +154,7 @@ def test_truncated_image_in_a_folder_dataset_is_one_clear_line(tmp_path, capsys)
     assert f"image {victim} is damaged or truncated" in capsys.readouterr().err
 
 
-FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def mutate(data, edits):
@@ -164,9 +164,14 @@ def mutate(data, edits):
     return bytes(data)
 
 
+def random_or_mutated(valid):
+    """Hypothesis strategy: arbitrary bytes, or VALID with up to 8 bytes overwritten."""
+    edits = st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=8)
+    return st.binary(max_size=2048) | edits.map(lambda e: mutate(valid, e))
+
+
 @FUZZ
-@given(st.binary(max_size=2048) | st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=8).map(
-    lambda edits: mutate(checkpoint_bytes(), edits)))
+@given(random_or_mutated(checkpoint_bytes()))
 def test_load_tudui_raises_only_checkpoint_error_on_any_bytes(tmp_path, data):
     path = tmp_path / "fuzz.pth"
     path.write_bytes(data)
@@ -184,8 +189,7 @@ def png_bytes():
 
 
 @FUZZ
-@given(st.binary(max_size=2048) | st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=8).map(
-    lambda edits: mutate(png_bytes(), edits)))
+@given(random_or_mutated(png_bytes()))
 def test_image_loading_raises_only_data_error_on_any_bytes(tmp_path, data):
     path = tmp_path / "fuzz.png"
     path.write_bytes(data)
