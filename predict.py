@@ -15,7 +15,7 @@ import torch
 
 from data import DataError, decode_image
 from model import CheckpointError, load_tudui
-from train import UsageError, pick_device, to_input
+from train import UsageError, normalizer, pick_device, to_input
 
 
 def build_parser():
@@ -34,7 +34,7 @@ def build_parser():
 @torch.no_grad()
 def classify(net, image_u8, device, tta=False):
     """Class probabilities for one uint8 (3, 32, 32) image, preprocessed exactly as in training."""
-    x = to_input(image_u8.unsqueeze(0).to(device), net.preprocess)
+    x = to_input(image_u8.unsqueeze(0).to(device), normalizer(net.preprocess, device))
     probs = net(x).float().softmax(1)
     if tta:
         probs = (probs + net(x.flip(3)).float().softmax(1)) / 2

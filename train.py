@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from data import DataError, load_dataset, load_test_split
-from model import CheckpointError, Tudui, build_from_state_dict, load_tudui, read_checkpoint, unpack_checkpoint
+from model import CheckpointError, Tudui, build_from_state_dict, load_tudui, read_checkpoint
 
 # Settings that a recipe chooses. The tutorial's are the defaults; every one can be overridden by its flag.
 RECIPES = {
@@ -179,13 +179,19 @@ def channel_stats(images):
     return x.mean(1).tolist(), x.std(1).tolist()
 
 
-def to_input(images_u8, preprocess):
-    """uint8 (B, 3, H, W) -> the network's float input: x / 255 (ToTensor), then the optional normalization."""
+def normalizer(preprocess, device):
+    """A checkpoint's preprocess dict as (mean, std) tensors on DEVICE, made once so that no step copies
+    from the host; None when the input is plain x / 255."""
+    if preprocess.get("mean") is None:
+        return None
+    return tuple(torch.tensor(preprocess[k], device=device).view(1, -1, 1, 1) for k in ("mean", "std"))
+
+
+def to_input(images_u8, norm=None):
+    """uint8 (B, 3, H, W) -> the network's float input: x / 255 (ToTensor), then (x - mean) / std if NORM."""
     x = images_u8.float().div_(255)
-    if preprocess.get("mean") is not None:
-        mean = torch.tensor(preprocess["mean"], device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(preprocess["std"], device=x.device).view(1, -1, 1, 1)
-        x = x.sub_(mean).div_(std)
+    if norm is not None:
+        x = x.sub_(norm[0]).div_(norm[1])
     return x.contiguous(memory_format=torch.channels_last)
 
 
@@ -271,7 +277,7 @@ def train_one_epoch(model, optimizer, loss_fn, data, epoch, start_step, total_st
         batch = images[idx]
         if args.augment:
             batch = augment_batch(batch, flips[idx], shifts[idx])
-        x, y = to_input(batch, data["preprocess"]), labels[idx]
+        x, y = to_input(batch, data["norm"]), labels[idx]
         lr = lr_at(start_step + i, total_steps, args)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -301,12 +307,13 @@ def test(model, images, labels, num_classes, preprocess, device, amp=False, tta=
     n = len(labels)
     share = slice(rank * n // world, (rank + 1) * n // world)
     images, labels = images[share], labels[share]
+    norm = normalizer(preprocess, device)
     model.eval()
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
     for start in range(0, len(labels), EVAL_BATCH_SIZE):
-        x = to_input(images[start:start + EVAL_BATCH_SIZE], preprocess)
+        x = to_input(images[start:start + EVAL_BATCH_SIZE], norm)
         y = labels[start:start + EVAL_BATCH_SIZE]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(x).float()
@@ -436,7 +443,7 @@ def log_run_start(writer, model, args, data, device):
     test_accuracy and test_loss curves."""
     from torch.utils.tensorboard.summary import hparams
 
-    example = to_input(data["test_x"][:1], data["preprocess"])
+    example = to_input(data["test_x"][:1], data["norm"])
     with warnings.catch_warnings():  # add_graph traces with torch.jit, which warns that it is deprecated
         warnings.simplefilter("ignore", FutureWarning)
         writer.add_graph(model, example)
@@ -454,7 +461,7 @@ def grid_predictions(model, data):
     """(images, labels, predictions) on the CPU for the first GRID_IMAGES test images."""
     images, labels = data["test_x"][:GRID_IMAGES], data["test_y"][:GRID_IMAGES]
     model.eval()
-    predictions = model(to_input(images, data["preprocess"])).argmax(1)
+    predictions = model(to_input(images, data["norm"])).argmax(1)
     model.train()
     return images.cpu(), labels.cpu(), predictions.cpu()
 
@@ -583,6 +590,7 @@ def train(args, resumed, device, rank=0, world=1):
         restore_rng_state(resumed["rng"], device)
         data["preprocess"] = resumed["preprocess"]
         start_epoch, step, best_accuracy = resumed["epoch"] + 1, resumed["step"], resumed["best_accuracy"]
+    data["norm"] = normalizer(data["preprocess"], device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     train_model = model

@@ -68,8 +68,8 @@ def main():
     p.add_argument("--variants", nargs="+", default=["fp32", "amp"], choices=["fp32", "amp"])
     args = p.parse_args()
     print(f"{os.cpu_count()} CPU cores; " + (torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"))
-    print(f"| device | loop | images/s | s/epoch (median) | loop s | process wall s | peak RSS MB | "
-          f"test acc | speed-up |\n|---|---|---|---|---|---|---|---|---|")
+    print("| device | loop | images/s | s/epoch (median) | loop s | process wall s | peak RSS MB | "
+          "test acc | speed-up |\n|---|---|---|---|---|---|---|---|---|")
     for device in args.devices:
         base = summary("tutorial", *tutorial(args, device))
         rows = [base] + [summary(f"train.py {v}", *ours(args, device, v)) for v in args.variants]

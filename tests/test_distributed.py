@@ -1,5 +1,4 @@
 """train.py under torchrun: DistributedDataParallel on CPU (gloo) computes what one process computes."""
-import sys
 
 import pytest
 import torch

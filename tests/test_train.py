@@ -125,13 +125,13 @@ def test_uint8_to_input_equals_torchvision_to_tensor():
     from torchvision.transforms.functional import to_tensor
     images, _ = class_images(4, 10, seed=0)
     expected = torch.stack([to_tensor(Image.fromarray(im.transpose(1, 2, 0))) for im in images])
-    assert torch.equal(train.to_input(torch.from_numpy(images), {"mean": None}), expected)
+    assert torch.equal(train.to_input(torch.from_numpy(images)), expected)
 
 
 def test_test_loss_is_the_mean_per_sample_loss_whatever_the_batch_size(monkeypatch):
     images, labels = (torch.from_numpy(a) for a in class_images(30, 10, seed=1))
     net = Tudui()
-    expected = torch.nn.functional.cross_entropy(net(train.to_input(images, {"mean": None})), labels).item()
+    expected = torch.nn.functional.cross_entropy(net(train.to_input(images)), labels).item()
     for batch in (7, 500):
         monkeypatch.setattr(train, "EVAL_BATCH_SIZE", batch)
         result = train.test(net, images, labels, 10, {"mean": None}, torch.device("cpu"))
@@ -233,7 +233,7 @@ def test_fast_epoch_matches_a_plain_eager_loop_within_float_tolerance(cifar_dir)
         loss.item()
 
     fast = train.build_model(10, device, seed=0)
-    data = {"train_x": images, "train_y": labels, "preprocess": {"mean": None, "std": None}}
+    data = {"train_x": images, "train_y": labels, "norm": None}
     losses, _, _ = train.train_one_epoch(
         fast, train.build_optimizer(fast, args), torch.nn.CrossEntropyLoss(reduction="sum"), data, 0, 0, 4, args,
         device, train.Progress(4, 0, False), train.StopOnCtrlC())
