@@ -7,6 +7,7 @@ Importing this module runs nothing. `python model.py` pushes a batch of ones thr
 """
 import pickle
 import re
+import warnings
 import zipfile
 
 import torch
@@ -84,7 +85,8 @@ def read_checkpoint(path, map_location="cpu"):
     """torch.load(path, weights_only=True), with the tutorial's whole-model pickles allowed through
     inert stand-ins. Any other global in the pickle is refused by torch before it can run."""
     try:
-        with torch.serialization.safe_globals(_WHOLE_MODEL_GLOBALS):
+        with torch.serialization.safe_globals(_WHOLE_MODEL_GLOBALS), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about odd pickle protocols; errors below say it all
             return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} does not exist; check the path") from None
