@@ -15,7 +15,7 @@ import torch
 
 from data import DataError, decode_image
 from model import CheckpointError, load_tudui
-from train import UsageError, normalizer, pick_device, to_input
+from train import UsageError, normalizer, pick_device, run_cli, to_input
 
 
 def build_parser():
@@ -81,4 +81,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

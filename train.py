@@ -722,5 +722,14 @@ def join_torchrun(args):
     return rank, world, device
 
 
+def run_cli(entry):
+    """Run a script's main; a reader that closes the pipe early (`| head`) ends it quietly, as any Unix tool."""
+    try:
+        entry()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        raise SystemExit(1) from None
+
+
 if __name__ == "__main__":
-    main()
+    run_cli(main)

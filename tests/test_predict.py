@@ -208,3 +208,17 @@ def test_tutorial_checkpoint_scores_about_61_percent_on_the_real_test_images(rea
     metrics = train.main(["--evaluate", str(SHARED / "tutorial" / "tudui_29_gpu.pth"), "--dataset", "folder",
                           "--data-dir", str(real_cifar), "--device", "cpu"])
     assert 0.60 <= metrics["test_accuracy"] <= 0.625
+
+
+def test_output_into_a_closed_pipe_ends_without_a_traceback(checkpoint, images, cifar_dir):
+    """Like `| head` that has read its lines and gone: exit code 1, nothing on stderr."""
+    import os
+    import subprocess
+    import sys
+    for command in (["predict.py", "--checkpoint", checkpoint, images / "RGB.png"],
+                    ["train.py", "--evaluate", checkpoint, "--data-dir", cifar_dir, "--no-download"]):
+        proc = subprocess.Popen([sys.executable, str(ROOT / command[0]), *map(str, command[1:])],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        proc.stdout.close()
+        assert (proc.stderr.read(), proc.wait(timeout=60)) == ("", 1)
