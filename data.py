@@ -132,7 +132,7 @@ def decode_image(path):
         problem = "is not an image format PIL can read; convert it to PNG or JPEG"
     except DataError:
         raise
-    except Exception as e:  # PIL raises many kinds for damaged files: truncated data, bad headers, bombs
+    except Exception as e:  # PIL raises many kinds for damaged files: truncated data, bad headers
         problem = f"is damaged or truncated ({type(e).__name__}: {str(e)[:100]}); remove or replace it"
     raise DataError(f"image {path} {problem}")
 

@@ -73,7 +73,7 @@ def main(argv=None):
 
     warnings.simplefilter("error", Image.DecompressionBombWarning)  # a bomb is a bad image, not a warning
     try:
-        results, code = predict(argv)
+        _, code = predict(argv)
     except (UsageError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -267,7 +267,7 @@ def train_one_epoch(model, optimizer, loss_fn, data, epoch, start_step, total_st
     if args.augment:
         flips, shifts = (t.to(device, non_blocking=True) for t in augment_plan(n, gen))
     steps = math.ceil(n / args.batch_size)
-    batch_sizes = torch.tensor([min(args.batch_size, n - i * args.batch_size) for i in range(steps)])
+    batch_sizes = [min(args.batch_size, n - i * args.batch_size) for i in range(steps)]
     loss_sums = torch.zeros(steps, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     lrs = []
@@ -285,7 +285,7 @@ def train_one_epoch(model, optimizer, loss_fn, data, epoch, start_step, total_st
             outputs = model(x)
             loss_sum = loss_fn(outputs.float(), y)
         optimizer.zero_grad(set_to_none=True)
-        (loss_sum * (world / batch_sizes[i].item())).backward()
+        (loss_sum * (world / batch_sizes[i])).backward()
         optimizer.step()
         loss_sums[i] = loss_sum.detach()
         correct += (outputs.argmax(1) == y).sum()
@@ -297,7 +297,7 @@ def train_one_epoch(model, optimizer, loss_fn, data, epoch, start_step, total_st
         import torch.distributed as dist
         dist.all_reduce(loss_sums)
         dist.all_reduce(correct)
-    return loss_sums.cpu() / batch_sizes, correct.item() / n, lrs
+    return loss_sums.cpu() / torch.tensor(batch_sizes), correct.item() / n, lrs
 
 
 @torch.no_grad()
@@ -555,13 +555,18 @@ class RunRecorder:
         except OSError as e:
             raise UsageError(f"cannot create {e.filename} ({e.strerror}); choose another --logdir or --ckpt-dir") from None
         self.lock = RunLock(self.run_dir)
-        from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow and only the trainer needs it
+        self.writer = self.metrics_file = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # imported late: slow, and only training needs it
 
-        self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=step + 1 if resumed else None)
-        metrics_path = self.run_dir / "metrics.jsonl"
-        truncate_metrics(metrics_path, start_epoch - 1)
-        self.metrics_file = open(metrics_path, "a")
-        write_run_file(json.dumps(plain_config(args), indent=2).encode(), self.run_dir / "config.json")
+            self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=step + 1 if resumed else None)
+            metrics_path = self.run_dir / "metrics.jsonl"
+            truncate_metrics(metrics_path, start_epoch - 1)
+            self.metrics_file = open(metrics_path, "a")
+            write_run_file(json.dumps(plain_config(args), indent=2).encode(), self.run_dir / "config.json")
+        except BaseException:  # a full disk here must not leave the lock or files open (notebooks go on)
+            self.close()
+            raise
 
     def epoch_done(self, checkpoint, is_best, losses, lrs, start_step, args, classes, confusion, grid):
         save_checkpoints(checkpoint, self.ckpt_dir, checkpoint["epoch"], is_best)
@@ -569,8 +574,9 @@ class RunRecorder:
                   confusion, grid)
 
     def close(self):
-        self.writer.close()
-        self.metrics_file.close()
+        for opened in (self.writer, self.metrics_file):
+            if opened is not None:
+                opened.close()
         self.lock.release()
 
 
@@ -599,17 +605,17 @@ def train(args, resumed, device, rank=0, world=1):
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     recorder = RunRecorder(args, resumed, start_epoch, step) if rank == 0 else None
-    if recorder and not resumed:
-        log_run_start(recorder.writer, model, args, data, device)
-    if recorder:
-        say(args, f"run {recorder.run_dir} | checkpoints in {recorder.ckpt_dir} | device {device}"
-                  f"{f' x {world} processes' if world > 1 else ''} | {len(data['train_y'])} train / "
-                  f"{len(data['test_y'])} test images, {len(classes)} classes")
     steps_per_epoch = math.ceil(len(data["train_y"]) / args.batch_size)
     total_steps = steps_per_epoch * args.epochs
     record = resumed["metrics"] if resumed else {}
     show_bar = not args.quiet and sys.stderr.isatty()
     try:
+        if recorder and not resumed:
+            log_run_start(recorder.writer, model, args, data, device)
+        if recorder:
+            say(args, f"run {recorder.run_dir} | checkpoints in {recorder.ckpt_dir} | device {device}"
+                      f"{f' x {world} processes' if world > 1 else ''} | {len(data['train_y'])} train / "
+                      f"{len(data['test_y'])} test images, {len(classes)} classes")
         with StopOnCtrlC() as stop:
             for epoch in range(start_epoch, args.epochs):
                 started = time.perf_counter()
