@@ -30,9 +30,9 @@ from model import CheckpointError, Tudui, build_from_state_dict, load_tudui, rea
 # Settings that a recipe chooses. The tutorial's are the defaults; every one can be overridden by its flag.
 RECIPES = {
     "tutorial": dict(batch_size=64, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, schedule="constant",
-                     warmup=0.0, augment=False, normalize=False, label_smoothing=0.0),
-    "tuned": dict(batch_size=256, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4, schedule="onecycle",
-                  warmup=0.0, augment=True, normalize=True, label_smoothing=0.1),
+                     warmup=0.0, augment=False, translate=2, normalize=False, label_smoothing=0.0),
+    "tuned": dict(batch_size=128, lr=0.04, momentum=0.9, nesterov=True, weight_decay=1e-3, schedule="cosine",
+                  warmup=0.0, augment=True, translate=1, normalize=True, label_smoothing=0.1),
 }
 EVAL_BATCH_SIZE = 500  # evaluation needs no gradients, so bigger batches just mean fewer steps
 CHECKPOINT_FORMAT = "tudui-train-checkpoint/1"
@@ -88,17 +88,19 @@ def build_parser():
     p.add_argument("--recipe", choices=sorted(RECIPES), default="tutorial",
                    help="training recipe; the flags below marked 'recipe' override it")
     p.add_argument("--epochs", type=int, default=10, help="total epochs (with --resume: the total to reach)")
-    p.add_argument("--batch-size", type=int, help="images per training step; recipe: 64 (tutorial), 256 (tuned)")
-    p.add_argument("--lr", type=float, help="(peak) learning rate; recipe: 0.01 (tutorial), 0.05 (tuned)")
+    p.add_argument("--batch-size", type=int, help="images per training step; recipe: 64 (tutorial), 128 (tuned)")
+    p.add_argument("--lr", type=float, help="(peak) learning rate; recipe: 0.01 (tutorial), 0.04 (tuned)")
     p.add_argument("--momentum", type=float, help="recipe: 0 (tutorial), 0.9 (tuned)")
     p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, help="recipe: off (tutorial), on (tuned)")
-    p.add_argument("--weight-decay", type=float, help="recipe: 0 (tutorial), 5e-4 (tuned)")
+    p.add_argument("--weight-decay", type=float, help="recipe: 0 (tutorial), 1e-3 (tuned)")
     p.add_argument("--schedule", choices=["constant", "cosine", "onecycle"],
                    help="learning-rate schedule, per step; onecycle warms up for 30%% of the steps, then "
-                        "anneals (as torch's OneCycleLR); recipe: constant (tutorial), onecycle (tuned)")
+                        "anneals (as torch's OneCycleLR); recipe: constant (tutorial), cosine (tuned)")
     p.add_argument("--warmup", type=float, help="fraction of steps spent warming the lr up from 0; recipe: 0")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction,
-                   help="random flips and +-2 px shifts of each training batch; recipe: off (tutorial), on (tuned)")
+                   help="random flips and shifts of each training batch; recipe: off (tutorial), on (tuned)")
+    p.add_argument("--translate", type=int,
+                   help="with --augment: largest shift in pixels; recipe: 2 (tutorial), 1 (tuned)")
     p.add_argument("--normalize", action=argparse.BooleanOptionalAction,
                    help="per-channel mean/std normalization; recipe: off (tutorial), on (tuned)")
     p.add_argument("--label-smoothing", type=float, help="recipe: 0 (tutorial), 0.1 (tuned)")
@@ -115,6 +117,8 @@ def build_parser():
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
                    help="auto: cuda, then mps, then cpu")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast (CPU and CUDA)")
+    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=True,
+                   help="on one CUDA GPU, replay each training step as a recorded CUDA graph")
     p.add_argument("--seed", type=int, default=0, help="seeds the initial weights, data order and augmentation")
     p.add_argument("--log-every", type=int, default=100, help="log the train loss every N steps")
     p.add_argument("--quiet", action="store_true", help="print only errors and the final line")
@@ -129,7 +133,7 @@ def parse_args(argv):
     resumed = None
     if args.resume:
         resumed = load_training_checkpoint(args.resume)
-        machine_specific = {"device", "quiet", "resume", "evaluate", "tta"}
+        machine_specific = {"device", "cuda_graph", "quiet", "resume", "evaluate", "tta"}
         known = {k: v for k, v in resumed["config"].items() if k in vars(args) and k not in machine_specific}
         parser.set_defaults(**known)
         args = parser.parse_args(argv)
@@ -148,6 +152,7 @@ def check_args(args):
         (not 0 <= args.momentum < 1, f"--momentum must be in [0, 1) (got {args.momentum})"),
         (args.nesterov and args.momentum == 0, "--nesterov needs --momentum above 0"),
         (args.weight_decay < 0, f"--weight-decay must be 0 or more (got {args.weight_decay})"),
+        (not 0 <= args.translate <= 16, f"--translate must be 0 to 16 pixels (got {args.translate})"),
         (not 0 <= args.warmup < 1, f"--warmup must be a fraction in [0, 1) (got {args.warmup})"),
         (not 0 <= args.label_smoothing < 1, f"--label-smoothing must be in [0, 1) (got {args.label_smoothing})"),
         (args.log_every < 1, f"--log-every must be at least 1 (got {args.log_every})"),
@@ -201,16 +206,16 @@ def epoch_generator(seed, epoch):
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
-def augment_plan(n, generator):
-    """Per-image flip flags and (dy, dx) shifts in [-2, 2] for one epoch."""
+def augment_plan(n, generator, max_shift):
+    """Per-image flip flags and (dy, dx) shifts in [-max_shift, max_shift] for one epoch."""
     flips = torch.rand(n, generator=generator) < 0.5
-    shifts = torch.randint(-2, 3, (n, 2), generator=generator)
+    shifts = torch.randint(-max_shift, max_shift + 1, (n, 2), generator=generator)
     return flips, shifts
 
 
-def augment_batch(images, flips, shifts, pad=2):
-    """Flip and translate a uint8 batch on its own device as tensor ops: zero-pad, then gather each
-    image's shifted 32x32 window."""
+def augment_batch(images, flips, shifts, pad):
+    """Flip and translate a uint8 batch on its own device as tensor ops: zero-pad by PAD (the largest
+    shift), then gather each image's shifted window."""
     images = torch.where(flips.view(-1, 1, 1, 1), images.flip(3), images)
     b, c, h, w = images.shape
     padded = nn.functional.pad(images, (pad, pad, pad, pad))
@@ -228,9 +233,40 @@ def build_model(num_classes, device, seed):
     return Tudui(num_classes).to(device, memory_format=torch.channels_last)
 
 
-def build_optimizer(model, args):
+def build_optimizer(model, args, graphed=False):
+    """SGD. For a CUDA graph it is the fused kernel reading its learning rate from a device tensor:
+    a graph replays the numbers it was captured with, so a changing lr must live in memory it reads."""
+    if graphed:
+        lr = torch.tensor(args.lr, device=next(model.parameters()).device)
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=args.momentum, nesterov=args.nesterov,
+                               weight_decay=args.weight_decay, fused=True)
     return torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                            nesterov=args.nesterov, weight_decay=args.weight_decay)
+
+
+def set_lr(optimizer, lr):
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
+
+
+def optimizer_state(optimizer):
+    """state_dict() with a plain-number lr, so checkpoints stay portable between graphed and plain runs."""
+    state = optimizer.state_dict()
+    for group in state["param_groups"]:
+        group["lr"] = float(group["lr"])
+        group["fused"] = None
+    return state
+
+
+def load_optimizer_state(optimizer, state):
+    """Momentum buffers from a checkpoint, keeping this run's own lr holder and kernel choice."""
+    own = [{k: group[k] for k in ("lr", "fused")} for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, settings in zip(optimizer.param_groups, own):
+        group.update(settings)
 
 
 def lr_at(step, total_steps, args):
@@ -251,8 +287,78 @@ def lr_at(step, total_steps, args):
 
 # ---------------------------------------------------------------------------------------------- train and test
 
-def train_one_epoch(model, optimizer, loss_fn, data, epoch, start_step, total_steps, args, device, progress, stop,
-                    rank=0, world=1):
+class TrainStep:
+    """One SGD step on the training images at IDX: gather, augment, convert, forward, loss, backward,
+    update. Returns the batch's summed loss and correct count as device tensors (read them before the
+    next call: with a graph they are reused).
+
+    With GRAPHED (one CUDA GPU), full batches run as a CUDA graph: the step's ~60 kernels are recorded
+    once and replayed with a single launch. Tudui is so small that launching kernels, not running them,
+    bounds an eager GPU step, so this is where most of the GPU speed comes from. The graph replays the
+    kernels of this same code on the same tensors, so it computes the same updates (its SGD is the fused
+    kernel, equal to the plain one within float rounding). What changes between steps lives in tensors
+    the graph reads: the batch's indices, the lr and the epoch's augmentation plan. The last, smaller
+    batch of an epoch runs eagerly."""
+
+    EAGER_WARMUP_STEPS = 3  # before capture: cuDNN picks its algorithms and the momentum buffers exist
+
+    def __init__(self, model, optimizer, loss_fn, data, args, graphed, world=1):
+        self.model, self.optimizer, self.loss_fn, self.args, self.world = model, optimizer, loss_fn, args, world
+        self.images, self.labels, self.norm = data["train_x"], data["train_y"], data["norm"]
+        n, device = len(self.labels), self.labels.device
+        self.flips = torch.zeros(n, dtype=torch.bool, device=device)
+        self.shifts = torch.zeros(n, 2, dtype=torch.int64, device=device)
+        self.graphed = graphed
+        self.graph = None
+        self.warmup_left = self.EAGER_WARMUP_STEPS
+        if graphed:
+            self.static_idx = torch.zeros(args.batch_size, dtype=torch.int64, device=device)
+
+    def set_augmentation(self, flips, shifts):
+        self.flips.copy_(flips)
+        self.shifts.copy_(shifts)
+
+    def _step(self, idx, scale):
+        batch = self.images[idx]
+        if self.args.augment:
+            batch = augment_batch(batch, self.flips[idx], self.shifts[idx], self.args.translate)
+        x, y = to_input(batch, self.norm), self.labels[idx]
+        # no autocast weight cache: a graph must not capture casts cached outside it
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.args.amp, cache_enabled=False):
+            outputs = self.model(x)
+            loss_sum = self.loss_fn(outputs.float(), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        (loss_sum * scale).backward()
+        self.optimizer.step()
+        return loss_sum.detach(), (outputs.argmax(1) == y).sum()
+
+    def __call__(self, idx, global_batch_size, lr):
+        set_lr(self.optimizer, lr)
+        scale = self.world / global_batch_size
+        if not self.graphed or len(idx) != self.args.batch_size:
+            return self._step(idx, scale)
+        self.static_idx.copy_(idx)
+        if self.graph is None:
+            if self.warmup_left > 0:
+                self.warmup_left -= 1
+                return self._eager_on_side_stream(scale)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.static_result = self._step(self.static_idx, scale)
+        self.graph.replay()  # capture only records: this replay is the step itself
+        return self.static_result
+
+    def _eager_on_side_stream(self, scale):
+        """Warm-up steps before a capture run on a side stream, as torch.cuda.graph's documentation asks."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            result = self._step(self.static_idx, scale)
+        torch.cuda.current_stream().wait_stream(side)
+        return result
+
+
+def train_one_epoch(step_fn, data, epoch, start_step, total_steps, args, device, progress, stop, rank=0, world=1):
     """One pass over the training set in a seeded order. Losses and correct counts stay on the device
     and are read once at the end: no host-device sync inside the epoch. Raises Interrupted when
     Ctrl-C was pressed; the partial epoch is then discarded.
@@ -260,36 +366,22 @@ def train_one_epoch(model, optimizer, loss_fn, data, epoch, start_step, total_st
     Under torchrun every rank draws the same order and takes its slice of each global batch. Each rank's
     summed loss is scaled by world / global batch size, so DDP's gradient average equals the single-process
     mean over the global batch, even for an uneven last batch."""
-    images, labels = data["train_x"], data["train_y"]
-    n = len(labels)
+    n = len(data["train_y"])
     gen = epoch_generator(args.seed, epoch)
     order = torch.randperm(n, generator=gen).to(device, non_blocking=True)
     if args.augment:
-        flips, shifts = (t.to(device, non_blocking=True) for t in augment_plan(n, gen))
+        step_fn.set_augmentation(*augment_plan(n, gen, args.translate))
     steps = math.ceil(n / args.batch_size)
     batch_sizes = [min(args.batch_size, n - i * args.batch_size) for i in range(steps)]
     loss_sums = torch.zeros(steps, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     lrs = []
-    model.train()
+    step_fn.model.train()
     for i in range(steps):
         idx = order[i * args.batch_size:(i + 1) * args.batch_size].tensor_split(world)[rank]
-        batch = images[idx]
-        if args.augment:
-            batch = augment_batch(batch, flips[idx], shifts[idx])
-        x, y = to_input(batch, data["norm"]), labels[idx]
-        lr = lr_at(start_step + i, total_steps, args)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
-            outputs = model(x)
-            loss_sum = loss_fn(outputs.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        (loss_sum * (world / batch_sizes[i])).backward()
-        optimizer.step()
-        loss_sums[i] = loss_sum.detach()
-        correct += (outputs.argmax(1) == y).sum()
-        lrs.append(lr)
+        lrs.append(lr_at(start_step + i, total_steps, args))
+        loss_sums[i], batch_correct = step_fn(idx, batch_sizes[i], lrs[-1])
+        correct += batch_correct
         progress.update(1)
         if stop.requested:
             raise Interrupted
@@ -476,16 +568,21 @@ def log_epoch(writer, metrics_file, record, losses, lrs, start_step, args, class
             writer.add_scalar("train_loss", losses[i].item(), step)
             writer.add_scalar("lr", lrs[i], step)
             say(args, f"step {step}, loss {losses[i].item():.4f}")
-    epoch = record["epoch"]
-    for key in ("test_loss", "test_accuracy", "train_loss_mean", "train_accuracy", "images_per_s", "epoch_seconds"):
-        writer.add_scalar(key, record[key], epoch)
-    for name, acc in zip(classes, record["per_class_accuracy"]):
-        writer.add_scalar(f"per_class_accuracy/{name}", acc, epoch)
-    writer.add_image("confusion_matrix", confusion_image(confusion, classes), epoch, dataformats="HWC")
-    writer.add_image("test_predictions", prediction_grid(*grid, classes), epoch, dataformats="HWC")
+    log_epoch_scalars(writer, record, classes)
+    writer.add_image("confusion_matrix", confusion_image(confusion, classes), record["epoch"], dataformats="HWC")
+    writer.add_image("test_predictions", prediction_grid(*grid, classes), record["epoch"], dataformats="HWC")
     writer.flush()
     metrics_file.write(json.dumps(record) + "\n")
     metrics_file.flush()
+
+
+def log_epoch_scalars(writer, record, classes):
+    epoch = record["epoch"]
+    for key in ("test_loss", "test_accuracy", "train_loss_mean", "train_accuracy", "images_per_s", "epoch_seconds"):
+        if key in record:  # checkpoints from older versions lack some
+            writer.add_scalar(key, record[key], epoch)
+    for name, acc in zip(classes, record.get("per_class_accuracy", [])):
+        writer.add_scalar(f"per_class_accuracy/{name}", acc, epoch)
 
 
 def per_class_accuracy(confusion):
@@ -494,12 +591,13 @@ def per_class_accuracy(confusion):
 
 
 def truncate_metrics(path, last_epoch):
-    """Drop metrics.jsonl lines of epochs after the checkpoint a run resumes from."""
+    """Drop metrics.jsonl lines of epochs after the checkpoint a run resumes from; returns the epochs kept."""
     if not path.exists():
-        return
+        return set()
     kept = [line for line in path.read_text().splitlines()
             if line.strip() and json.loads(line).get("epoch", -1) <= last_epoch]
     write_run_file("".join(line + "\n" for line in kept).encode(), path)
+    return {json.loads(line)["epoch"] for line in kept}
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -561,8 +659,14 @@ class RunRecorder:
 
             self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=step + 1 if resumed else None)
             metrics_path = self.run_dir / "metrics.jsonl"
-            truncate_metrics(metrics_path, start_epoch - 1)
+            logged_epochs = truncate_metrics(metrics_path, start_epoch - 1)
             self.metrics_file = open(metrics_path, "a")
+            if resumed and resumed["epoch"] not in logged_epochs:
+                # killed between saving the checkpoint and logging its epoch: log the epoch from the checkpoint
+                log_epoch_scalars(self.writer, resumed["metrics"], resumed["classes"])
+                self.writer.flush()
+                self.metrics_file.write(json.dumps(resumed["metrics"]) + "\n")
+                self.metrics_file.flush()
             write_run_file(json.dumps(plain_config(args), indent=2).encode(), self.run_dir / "config.json")
         except BaseException:  # a full disk here must not leave the lock or files open (notebooks go on)
             self.close()
@@ -584,7 +688,8 @@ def train(args, resumed, device, rank=0, world=1):
     data = prepare_data(args, device)
     classes = data["classes"]
     model = build_model(len(classes), device, args.seed)
-    optimizer = build_optimizer(model, args)
+    graphed = args.cuda_graph and device.type == "cuda" and world == 1
+    optimizer = build_optimizer(model, args, graphed)
     loss_fn = nn.CrossEntropyLoss(reduction="sum", label_smoothing=args.label_smoothing)
     start_epoch, step, best_accuracy = 0, 0, -1.0
     if resumed:
@@ -592,7 +697,7 @@ def train(args, resumed, device, rank=0, world=1):
             raise UsageError(f"{args.resume} was trained on classes {resumed['classes']}, but this dataset has "
                              f"{classes}; resume with the same --dataset and --data-dir")
         model.load_state_dict(build_from_state_dict(resumed["model"], args.resume).state_dict())
-        optimizer.load_state_dict(resumed["optimizer"])
+        load_optimizer_state(optimizer, resumed["optimizer"])
         restore_rng_state(resumed["rng"], device)
         data["preprocess"] = resumed["preprocess"]
         start_epoch, step, best_accuracy = resumed["epoch"] + 1, resumed["step"], resumed["best_accuracy"]
@@ -603,6 +708,7 @@ def train(args, resumed, device, rank=0, world=1):
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    step_fn = TrainStep(train_model, optimizer, loss_fn, data, args, graphed, world)
 
     recorder = RunRecorder(args, resumed, start_epoch, step) if rank == 0 else None
     steps_per_epoch = math.ceil(len(data["train_y"]) / args.batch_size)
@@ -622,8 +728,7 @@ def train(args, resumed, device, rank=0, world=1):
                 progress = Progress(steps_per_epoch, epoch, show_bar)
                 try:
                     losses, train_accuracy, lrs = train_one_epoch(
-                        train_model, optimizer, loss_fn, data, epoch, step, total_steps, args, device, progress,
-                        stop, rank, world)
+                        step_fn, data, epoch, step, total_steps, args, device, progress, stop, rank, world)
                 finally:
                     progress.close()
                 stop_if_not_finite(losses, step, epoch, args)
@@ -636,14 +741,15 @@ def train(args, resumed, device, rank=0, world=1):
                     "test_loss": result["test_loss"], "test_accuracy": result["test_accuracy"],
                     "per_class_accuracy": per_class_accuracy(result["confusion"]),
                     "lr": lrs[-1], "epoch_seconds": time.perf_counter() - started,
-                    "images_per_s": len(data["train_y"]) / train_seconds,
+                    "train_seconds": train_seconds, "images_per_s": len(data["train_y"]) / train_seconds,
                 }
                 is_best = record["test_accuracy"] > best_accuracy
                 best_accuracy = max(best_accuracy, record["test_accuracy"])
                 if recorder:
                     recorder.epoch_done({
-                        "format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "epoch": epoch, "step": record["step"], "config": plain_config(args), "classes": classes,
+                        "format": CHECKPOINT_FORMAT, "model": model.state_dict(),
+                        "optimizer": optimizer_state(optimizer), "epoch": epoch, "step": record["step"],
+                        "config": plain_config(args), "classes": classes,
                         "preprocess": data["preprocess"], "test_accuracy": record["test_accuracy"],
                         "test_loss": record["test_loss"], "best_accuracy": best_accuracy, "metrics": record,
                         "rng": rng_state(device),

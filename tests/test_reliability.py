@@ -101,6 +101,34 @@ def test_second_run_on_the_same_folder_is_refused(train_args, tmp_path, capsys):
     assert not list(run_dir.glob("*.pth"))
 
 
+class Killed(BaseException):
+    """Stands for a kill -9: nothing after it runs (except the cleanup that a real kill would skip)."""
+
+
+def test_epoch_saved_but_not_logged_before_a_kill_is_logged_on_resume(train_args, tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    real_log_epoch = train.log_epoch
+
+    def killed_after_saving_epoch_1(writer, metrics_file, record, *rest):
+        if record["epoch"] == 1:
+            raise Killed
+        real_log_epoch(writer, metrics_file, record, *rest)
+
+    monkeypatch.setattr(train, "log_epoch", killed_after_saving_epoch_1)
+    with pytest.raises(Killed):
+        train.main(train_args + ["--epochs", "3"])
+    monkeypatch.setattr(train, "log_epoch", real_log_epoch)
+    run_dir = tmp_path / "logs" / "run"
+    train.main(["--resume", str(run_dir / "last.pth"), "--quiet", "--device", "cpu"])
+
+    epochs = [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    assert epochs == [0, 1, 2]
+    assert [e.step for e in events.Scalars("test_accuracy")] == [0, 1, 2]
+
+
 def test_non_finite_loss_stops_and_keeps_the_good_checkpoints(train_args, tmp_path, capsys):
     train.main(train_args + ["--epochs", "1"])
     run_dir = tmp_path / "logs" / "run"

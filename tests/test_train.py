@@ -234,9 +234,10 @@ def test_fast_epoch_matches_a_plain_eager_loop_within_float_tolerance(cifar_dir)
 
     fast = train.build_model(10, device, seed=0)
     data = {"train_x": images, "train_y": labels, "norm": None}
-    losses, _, _ = train.train_one_epoch(
-        fast, train.build_optimizer(fast, args), torch.nn.CrossEntropyLoss(reduction="sum"), data, 0, 0, 4, args,
-        device, train.Progress(4, 0, False), train.StopOnCtrlC())
+    step_fn = train.TrainStep(fast, train.build_optimizer(fast, args), torch.nn.CrossEntropyLoss(reduction="sum"),
+                              data, args, graphed=False)
+    losses, _, _ = train.train_one_epoch(step_fn, data, 0, 0, 4, args, device, train.Progress(4, 0, False),
+                                         train.StopOnCtrlC())
     assert losses[-1].item() == pytest.approx(loss.item(), rel=1e-4)
     for key, tensor in plain.state_dict().items():
         torch.testing.assert_close(fast.state_dict()[key], tensor, rtol=1e-4, atol=1e-5)

@@ -1,0 +1,125 @@
+"""--recipe tuned: the switch and its overrides, batch augmentation, the lr schedules, normalization
+carried into evaluate and predict, and checkpoints that do not depend on how the optimizer ran."""
+import math
+
+import pytest
+import torch
+
+import predict
+import train
+from conftest import class_images
+from model import load_tudui
+
+
+def test_tuned_recipe_sets_every_tuned_setting():
+    args, _ = train.parse_args(["--recipe", "tuned"])
+    assert {key: getattr(args, key) for key in train.RECIPES["tuned"]} == train.RECIPES["tuned"]
+
+
+def test_explicit_flags_override_the_recipe_and_nothing_else():
+    args, _ = train.parse_args(["--recipe", "tuned", "--lr", "0.02", "--batch-size", "64", "--no-augment"])
+    assert (args.lr, args.batch_size, args.augment) == (0.02, 64, False)
+    untouched = {k: v for k, v in train.RECIPES["tuned"].items() if k not in ("lr", "batch_size", "augment")}
+    assert {key: getattr(args, key) for key in untouched} == untouched
+
+
+def test_both_recipes_name_the_same_settings():
+    assert train.RECIPES["tutorial"].keys() == train.RECIPES["tuned"].keys()
+
+
+def random_batch(n=8, seed=0):
+    return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_augmented_batch_keeps_shape_and_dtype():
+    images = random_batch()
+    flips, shifts = train.augment_plan(len(images), torch.Generator().manual_seed(0), 4)
+    out = train.augment_batch(images, flips, shifts, 4)
+    assert out.shape == images.shape and out.dtype == torch.uint8
+
+
+def test_no_flip_and_no_shift_leaves_the_batch_unchanged():
+    images = random_batch()
+    out = train.augment_batch(images, torch.zeros(8, dtype=torch.bool), torch.zeros(8, 2, dtype=torch.int64), 2)
+    assert torch.equal(out, images)
+
+
+def test_flip_mirrors_left_to_right():
+    images = random_batch()
+    out = train.augment_batch(images, torch.ones(8, dtype=torch.bool), torch.zeros(8, 2, dtype=torch.int64), 2)
+    assert torch.equal(out, images.flip(3))
+
+
+def test_shift_moves_the_image_and_fills_with_zeros():
+    images = random_batch(1)
+    out = train.augment_batch(images, torch.zeros(1, dtype=torch.bool), torch.tensor([[2, -1]]), 2)
+    assert torch.equal(out[0, :, 2:, :-1], images[0, :, :-2, 1:])
+    assert out[0, :, :2, :].eq(0).all() and out[0, :, :, -1].eq(0).all()
+
+
+def test_augmentation_plan_is_determined_by_seed_and_epoch():
+    first = train.augment_plan(1000, train.epoch_generator(3, 5), 2)
+    again = train.augment_plan(1000, train.epoch_generator(3, 5), 2)
+    other_epoch = train.augment_plan(1000, train.epoch_generator(3, 6), 2)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not torch.equal(first[1], other_epoch[1])
+
+
+@pytest.mark.parametrize("max_shift", [0, 2, 4])
+def test_translate_bounds_the_shifts(max_shift):
+    flips, shifts = train.augment_plan(5000, torch.Generator().manual_seed(0), max_shift)
+    assert shifts.abs().max().item() == max_shift and 0.45 < flips.float().mean().item() < 0.55
+
+
+def test_cosine_schedule_decays_from_the_peak_to_zero():
+    args, _ = train.parse_args(["--lr", "0.1", "--schedule", "cosine"])
+    lrs = [train.lr_at(step, 100, args) for step in range(100)]
+    assert lrs[0] == 0.1 and lrs == sorted(lrs, reverse=True) and lrs[-1] < 1e-4
+
+
+def test_onecycle_warms_up_for_30_percent_then_anneals():
+    args, _ = train.parse_args(["--lr", "0.1", "--schedule", "onecycle"])
+    lrs = [train.lr_at(step, 100, args) for step in range(100)]
+    assert lrs[0] == pytest.approx(0.1 / 25) and max(lrs) == lrs[30] == pytest.approx(0.1)
+    assert lrs[-1] < 1e-3
+
+
+def test_warmup_ramps_linearly_to_the_peak():
+    args, _ = train.parse_args(["--lr", "0.1", "--warmup", "0.1"])
+    assert [train.lr_at(step, 100, args) for step in range(10)] == pytest.approx([0.01 * (i + 1) for i in range(10)])
+    assert train.lr_at(50, 100, args) == 0.1
+
+
+def test_normalization_constants_are_stored_and_applied_by_predict(cifar_dir, tmp_path):
+    train.main(["--data-dir", str(cifar_dir), "--no-download", "--device", "cpu", "--quiet", "--epochs", "1",
+                "--logdir", str(tmp_path), "--run-name", "r", "--recipe", "tuned", "--batch-size", "64"])
+    checkpoint = torch.load(tmp_path / "r" / "last.pth", weights_only=True)
+    from data import load_cifar10
+    images, _, _ = load_cifar10(cifar_dir, "train", download=False)
+    mean, std = train.channel_stats(images)
+    assert checkpoint["preprocess"] == {"mean": mean, "std": std}
+
+    net = load_tudui(tmp_path / "r" / "last.pth")
+    image = torch.from_numpy(class_images(1, 10, seed=9)[0][0])
+    expected = net(((image.float() / 255 - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1))[None])
+    probabilities = predict.classify(net, image, torch.device("cpu"))
+    torch.testing.assert_close(probabilities.view(-1), expected.softmax(1).view(-1))
+
+
+def test_checkpoints_hold_a_plain_lr_whatever_optimizer_wrote_them():
+    """A graphed run keeps its lr in a device tensor for the fused SGD kernel; its checkpoints must still
+    resume in a plain run (and the reverse), carrying the momentum buffers across."""
+    args, _ = train.parse_args(["--recipe", "tuned"])
+    model = train.build_model(10, torch.device("cpu"), seed=0)
+    graphed = train.build_optimizer(model, args, graphed=True)
+    model(torch.rand(2, 3, 32, 32)).sum().backward()
+    graphed.step()
+    state = train.optimizer_state(graphed)
+    assert all(type(group["lr"]) is float and math.isclose(group["lr"], args.lr, rel_tol=1e-6)
+               for group in state["param_groups"])
+
+    plain = train.build_optimizer(model, args)
+    train.load_optimizer_state(plain, state)
+    assert type(plain.param_groups[0]["lr"]) is float and not plain.param_groups[0]["fused"]
+    for p in model.parameters():
+        assert torch.equal(plain.state[p]["momentum_buffer"], graphed.state[p]["momentum_buffer"])
