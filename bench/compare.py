@@ -3,7 +3,10 @@ one run, on every device present (or those given), and print a table: images/s, 
 process wall time, peak memory and the speed-up.
 
     python bench/compare.py --dataset folder --data-dir DIR --epochs 1
-    python bench/compare.py --dataset folder --data-dir DIR --epochs 10 --devices cuda --variants fp32 amp
+    python bench/compare.py --dataset folder --data-dir DIR --epochs 10 --tutorial-epochs 2 --devices cuda
+
+"train s" sums the training part of every epoch, "loop s" adds the test passes (and for train.py the
+per-epoch checkpoints and TensorBoard pictures); "wall - loop" is start-up (imports, data, CUDA) and exit.
 """
 import argparse
 import json
@@ -37,13 +40,14 @@ def run(cmd):
 
 def tutorial(args, device):
     out, wall, rss = run([sys.executable, ROOT / "bench" / "tutorial_loop.py", "--dataset", args.dataset,
-                          "--data-dir", args.data_dir, "--epochs", str(args.epochs), "--device", device])
+                          "--data-dir", args.data_dir, "--epochs", str(args.tutorial_epochs or args.epochs),
+                          "--device", device])
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")], wall, rss
 
 
 def ours(args, device, variant):
     with tempfile.TemporaryDirectory() as logdir:
-        extra = ["--amp"] if variant == "amp" else []
+        extra = {"fp32": [], "amp": ["--amp"], "eager": ["--no-cuda-graph"]}[variant] + args.train_flags
         _, wall, rss = run([sys.executable, ROOT / "train.py", "--dataset", args.dataset, "--data-dir",
                             args.data_dir, "--no-download", "--epochs", str(args.epochs), "--device", device,
                             "--logdir", logdir, "--run-name", "bench", "--quiet", *extra])
@@ -54,8 +58,9 @@ def ours(args, device, variant):
 def summary(name, records, wall, rss):
     images_per_s = statistics.median(r["images_per_s"] for r in records)
     epoch_s = statistics.median(r["epoch_seconds"] for r in records)
-    return {"loop": name, "images_per_s": images_per_s, "epoch_s": epoch_s,
-            "loop_s": sum(r["epoch_seconds"] for r in records), "wall_s": wall, "peak_rss_mb": rss,
+    return {"loop": name, "epochs": len(records), "images_per_s": images_per_s, "epoch_s": epoch_s,
+            "train_s": sum(r["train_seconds"] for r in records), "loop_s": sum(r["epoch_seconds"] for r in records),
+            "wall_s": wall, "peak_rss_mb": rss,
             "accuracy": records[-1]["test_accuracy"]}
 
 
@@ -65,17 +70,22 @@ def main():
     p.add_argument("--data-dir", default="./data")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--devices", nargs="+", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
-    p.add_argument("--variants", nargs="+", default=["fp32", "amp"], choices=["fp32", "amp"])
+    p.add_argument("--tutorial-epochs", type=int, help="epochs of the (slow) tutorial loop; default: --epochs")
+    p.add_argument("--variants", nargs="+", default=["fp32", "amp"], choices=["fp32", "amp", "eager"],
+                   help="train.py as it is, with --amp, or with --no-cuda-graph")
+    p.add_argument("--train-flags", nargs=argparse.REMAINDER, default=[],
+                   help="more flags for train.py (last on the line), e.g. --train-flags --recipe tuned")
     args = p.parse_args()
     print(f"{os.cpu_count()} CPU cores; " + (torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"))
-    print("| device | loop | images/s | s/epoch (median) | loop s | process wall s | peak RSS MB | "
-          "test acc | speed-up |\n|---|---|---|---|---|---|---|---|---|")
+    print("| device | loop | epochs | images/s | s/epoch (median) | train s | loop s | process wall s | wall - loop s "
+          "| peak RSS MB | test acc | speed-up |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     for device in args.devices:
         base = summary("tutorial", *tutorial(args, device))
         rows = [base] + [summary(f"train.py {v}", *ours(args, device, v)) for v in args.variants]
         for row in rows:
-            print(f"| {device} | {row['loop']} | {row['images_per_s']:.0f} | {row['epoch_s']:.2f} | "
-                  f"{row['loop_s']:.2f} | {row['wall_s']:.1f} | {row['peak_rss_mb']:.0f} | {row['accuracy']:.2%} | "
+            print(f"| {device} | {row['loop']} | {row['epochs']} | {row['images_per_s']:.0f} | {row['epoch_s']:.2f} | "
+                  f"{row['train_s']:.2f} | {row['loop_s']:.2f} | {row['wall_s']:.1f} | "
+                  f"{row['wall_s'] - row['loop_s']:.1f} | {row['peak_rss_mb']:.0f} | {row['accuracy']:.2%} | "
                   f"{row['images_per_s'] / base['images_per_s']:.2f}x |", flush=True)
 
 

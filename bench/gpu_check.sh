@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Every GPU figure in the README in one go, on a machine with one CUDA GPU:
+#   bash bench/gpu_check.sh path/to/cifar10-jpg.tar.xz OUTDIR
+# 1. the CUDA tests; 2. bench/compare.py (tutorial loop vs train.py, 10 epochs, default recipe);
+# 3. the process wall time of plain `python train.py` and of `--recipe tuned`; 4. the README's recipe
+# search (10 epochs: every variant with seed 0, the best 6 with seeds 1 and 2); 5. two recipes for 50
+# epochs, 3 seeds.
+set -u
+archive=$1
+out=$2
+mkdir -p "$out"
+log="$out/log.txt"
+export PYTHONUNBUFFERED=1
+py=${PYTHON:-python3}
+data=${DATA:-/tmp/cifar}          # the JPEG folders are unpacked here
+pydata=${PYDATA:-./data}          # and written as cifar-10-batches-py here, where `python train.py` looks
+wall=$(mktemp -d)
+stamp() { echo "=== $(date +%T) $*" | tee -a "$log"; }
+
+stamp setup
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>&1 | tee -a "$log"
+$py -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(), '| cpus', __import__('os').cpu_count())" 2>&1 | tee -a "$log"
+mkdir -p $data && tar -xJf "$archive" -C $data
+$py bench/folder_to_cifar.py $data $pydata 2>&1 | tee -a "$log"  # also caches $data's decoded tensors
+
+stamp cuda tests
+if ! timeout 180 $py -m pytest -q -p no:cacheprovider tests/test_cuda.py >"$out/cuda_tests.txt" 2>&1; then
+  extra="--no-cuda-graph"  # keep measuring, eagerly, if the graph path failed its tests
+fi
+tail -25 "$out/cuda_tests.txt" | tee -a "$log"
+
+stamp compare
+timeout 240 $py bench/compare.py --data-dir $pydata --epochs 10 --tutorial-epochs 2 --devices "${DEVICE:-cuda}" --variants fp32 amp eager \
+  2>&1 | tee -a "$log"
+
+stamp wall time of plain runs
+for run in plain1 plain2 tuned; do
+  flags=(); [ $run = tuned ] && flags=(--recipe tuned)
+  start=$(date +%s.%N)
+  timeout 120 $py train.py --quiet --data-dir $pydata --logdir $wall --run-name $run "${flags[@]}" 2>&1 | tee -a "$log"
+  end=$(date +%s.%N)
+  $py - "$run" "$start" "$end" $wall/$run/metrics.jsonl <<'EOF' 2>&1 | tee -a "$log"
+import json, sys
+run, start, end, path = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+records = [json.loads(line) for line in open(path)]
+print(f"{run}: process wall {end - start:.2f} s, train {sum(r['train_seconds'] for r in records):.2f} s, "
+      f"loop {sum(r['epoch_seconds'] for r in records):.2f} s, final accuracy {records[-1]['test_accuracy']:.2%}")
+EOF
+done
+
+stamp recipe search, 10 epochs
+t="--recipe tuned ${extra:-}"   # batch 128, lr 0.04 cosine, wd 1e-3, translate 1, Nesterov 0.9, normalize, smoothing 0.1
+old="$t --batch-size 256 --lr 0.05 --weight-decay 5e-4 --schedule onecycle --translate 2"  # the earlier tuned recipe
+b64="$t --batch-size 64 --lr 0.02 --weight-decay 5e-4 --translate 2"
+timeout 900 $py bench/recipe_search.py --data-dir $data --epochs 10 --seeds 0 1 2 --screen 6 --jobs 4 \
+  --out "$out/search10.jsonl" \
+  --variant "tuned=$t" \
+  --variant "tuned-translate2=$t --translate 2" \
+  --variant "b64-lr0.02=$t --batch-size 64 --lr 0.02" \
+  --variant "b64-lr0.02-wd5e-4=$t --batch-size 64 --lr 0.02 --weight-decay 5e-4" \
+  --variant "b128-lr0.03-wd5e-4-t2=$t --lr 0.03 --weight-decay 5e-4 --translate 2" \
+  --variant "b128-onecycle-wd5e-4-t2=$t --weight-decay 5e-4 --schedule onecycle --translate 2" \
+  --variant "old-tuned=$old" \
+  --variant "old-tuned-lr0.08=$old --lr 0.08" \
+  --variant "b256-cosine-warmup=$t --batch-size 256 --lr 0.05 --weight-decay 5e-4 --warmup 0.05 --translate 2" \
+  --variant "b64-t2=$b64" \
+  --variant "b64-t2-lr0.01=$b64 --lr 0.01" \
+  --variant "b64-t2-lr0.03=$b64 --lr 0.03" \
+  --variant "b64-t2-onecycle=$b64 --schedule onecycle" \
+  --variant "b64-t2-onecycle-lr0.04=$b64 --schedule onecycle --lr 0.04" \
+  --variant "b64-t2-wd1e-3=$b64 --weight-decay 1e-3" \
+  --variant "b64-t2-ls0=$b64 --label-smoothing 0" \
+  --variant "b64-t2-ls0.2=$b64 --label-smoothing 0.2" \
+  --variant "b64-t3=$b64 --translate 3" \
+  --variant "b64-flip-only=$b64 --translate 0" \
+  --variant "b64-t2-momentum0.95=$b64 --momentum 0.95" \
+  --variant "b64-t2-warmup=$b64 --warmup 0.05" \
+  --variant "b32-t2-lr0.01=$b64 --batch-size 32 --lr 0.01" \
+  2>&1 | tee -a "$log"
+
+stamp recipe search, 50 epochs
+timeout 900 $py bench/recipe_search.py --data-dir $data --epochs 50 --seeds 0 1 2 --jobs 6 --out "$out/search50.jsonl" \
+  --variant "tuned-translate2=$t --translate 2" --variant "b64-t2=$b64" 2>&1 | tee -a "$log"
+stamp done
