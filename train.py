@@ -724,7 +724,7 @@ def train(args, resumed, device, rank=0, world=1):
                       f"{len(data['test_y'])} test images, {len(classes)} classes")
         with StopOnCtrlC() as stop:
             for epoch in range(start_epoch, args.epochs):
-                started = time.perf_counter()
+                started, started_at = time.perf_counter(), time.time()
                 progress = Progress(steps_per_epoch, epoch, show_bar)
                 try:
                     losses, train_accuracy, lrs = train_one_epoch(
@@ -736,7 +736,7 @@ def train(args, resumed, device, rank=0, world=1):
                 result = test(model, data["test_x"], data["test_y"], len(classes), data["preprocess"], device,
                               args.amp, rank=rank, world=world)
                 record = {
-                    "epoch": epoch, "step": step + len(losses),
+                    "epoch": epoch, "step": step + len(losses), "started_at": started_at,
                     "train_loss_mean": losses.double().mean().item(), "train_accuracy": train_accuracy,
                     "test_loss": result["test_loss"], "test_accuracy": result["test_accuracy"],
                     "per_class_accuracy": per_class_accuracy(result["confusion"]),

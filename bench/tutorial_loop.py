@@ -60,7 +60,7 @@ def main():
     optimizer = torch.optim.SGD(tudui.parameters(), lr=0.01)
     total_train_step = 0
     for i in range(args.epochs):
-        started = time.perf_counter()
+        started, started_at = time.perf_counter(), time.time()
         tudui.train()
         for imgs, targets in train_dataloader:
             imgs, targets = imgs.to(device), targets.to(device)
@@ -82,7 +82,7 @@ def main():
                 outputs = tudui(imgs)
                 total_test_loss += loss_fn(outputs, targets).item()
                 total_accuracy += (outputs.argmax(1) == targets).sum().item()
-        print(json.dumps({"epoch": i, "train_seconds": train_seconds,
+        print(json.dumps({"epoch": i, "started_at": started_at, "train_seconds": train_seconds,
                           "epoch_seconds": time.perf_counter() - started,
                           "images_per_s": len(train_y) / train_seconds,
                           "test_accuracy": total_accuracy / len(test_y)}), flush=True)

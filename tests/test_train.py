@@ -1,6 +1,7 @@
 """train.py end to end: the tutorial's routine, its checkpoints and curves, resuming, and bad input."""
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -147,6 +148,14 @@ def test_metrics_jsonl_has_one_line_per_epoch(train_args, tmp_path):
     train.main(train_args + ["--epochs", "2"])
     lines = (tmp_path / "logs" / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [0, 1]
+
+
+def test_each_epoch_records_when_it_started(train_args, tmp_path):
+    before = time.time()
+    train.main(train_args + ["--epochs", "2"])
+    records = [json.loads(line) for line in (tmp_path / "logs" / "run" / "metrics.jsonl").read_text().splitlines()]
+    first, second = (r["started_at"] for r in records)
+    assert before < first < second - records[0]["train_seconds"] < time.time()
 
 
 def bad_input(capsys, argv):
