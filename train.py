@@ -213,17 +213,22 @@ def augment_plan(n, generator, max_shift):
     return flips, shifts
 
 
-def augment_batch(images, flips, shifts, pad):
-    """Flip and translate a uint8 batch on its own device as tensor ops: zero-pad by PAD (the largest
-    shift), then gather each image's shifted window."""
+def augment_batch(images, flips, shifts):
+    """Flip and translate a uint8 batch on its own device as tensor ops: each image is gathered through
+    indices shifted by (dy, dx), and the strip uncovered at the edge mirrors the image (reflect padding,
+    torchvision's padding_mode="reflect"), so no border of constant colour appears."""
     images = torch.where(flips.view(-1, 1, 1, 1), images.flip(3), images)
     b, c, h, w = images.shape
-    padded = nn.functional.pad(images, (pad, pad, pad, pad))
-    rows = (torch.arange(h, device=images.device) + pad - shifts[:, 0:1]).view(b, 1, h, 1)
-    cols = (torch.arange(w, device=images.device) + pad - shifts[:, 1:2]).view(b, 1, 1, w)
+    rows = mirror(torch.arange(h, device=images.device) - shifts[:, 0:1], h).view(b, 1, h, 1)
+    cols = mirror(torch.arange(w, device=images.device) - shifts[:, 1:2], w).view(b, 1, 1, w)
     batch = torch.arange(b, device=images.device).view(b, 1, 1, 1)
     chans = torch.arange(c, device=images.device).view(1, c, 1, 1)
-    return padded[batch, chans, rows, cols]
+    return images[batch, chans, rows, cols]
+
+
+def mirror(index, size):
+    """Reflect out-of-range indices back into [0, size): -1 -> 1, size -> size - 2 (for shifts below size)."""
+    return (size - 1) - ((size - 1) - index.abs()).abs()
 
 
 # ---------------------------------------------------------------------------------------------- model and optimizer
@@ -321,7 +326,7 @@ class TrainStep:
     def _step(self, idx, scale):
         batch = self.images[idx]
         if self.args.augment:
-            batch = augment_batch(batch, self.flips[idx], self.shifts[idx], self.args.translate)
+            batch = augment_batch(batch, self.flips[idx], self.shifts[idx])
         x, y = to_input(batch, self.norm), self.labels[idx]
         # no autocast weight cache: a graph must not capture casts cached outside it
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.args.amp, cache_enabled=False):

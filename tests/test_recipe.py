@@ -34,27 +34,28 @@ def random_batch(n=8, seed=0):
 def test_augmented_batch_keeps_shape_and_dtype():
     images = random_batch()
     flips, shifts = train.augment_plan(len(images), torch.Generator().manual_seed(0), 4)
-    out = train.augment_batch(images, flips, shifts, 4)
+    out = train.augment_batch(images, flips, shifts)
     assert out.shape == images.shape and out.dtype == torch.uint8
 
 
 def test_no_flip_and_no_shift_leaves_the_batch_unchanged():
     images = random_batch()
-    out = train.augment_batch(images, torch.zeros(8, dtype=torch.bool), torch.zeros(8, 2, dtype=torch.int64), 2)
+    out = train.augment_batch(images, torch.zeros(8, dtype=torch.bool), torch.zeros(8, 2, dtype=torch.int64))
     assert torch.equal(out, images)
 
 
 def test_flip_mirrors_left_to_right():
     images = random_batch()
-    out = train.augment_batch(images, torch.ones(8, dtype=torch.bool), torch.zeros(8, 2, dtype=torch.int64), 2)
+    out = train.augment_batch(images, torch.ones(8, dtype=torch.bool), torch.zeros(8, 2, dtype=torch.int64))
     assert torch.equal(out, images.flip(3))
 
 
-def test_shift_moves_the_image_and_fills_with_zeros():
+def test_shift_moves_the_image_and_mirrors_it_into_the_gap():
     images = random_batch(1)
-    out = train.augment_batch(images, torch.zeros(1, dtype=torch.bool), torch.tensor([[2, -1]]), 2)
+    out = train.augment_batch(images, torch.zeros(1, dtype=torch.bool), torch.tensor([[2, -1]]))
     assert torch.equal(out[0, :, 2:, :-1], images[0, :, :-2, 1:])
-    assert out[0, :, :2, :].eq(0).all() and out[0, :, :, -1].eq(0).all()
+    assert torch.equal(out[0, :, :2, :-1], images[0, :, [2, 1], 1:])  # rows -2, -1 mirror rows 2, 1
+    assert torch.equal(out[0, :, 2:, -1], images[0, :, :-2, -2])  # column 32 mirrors column 30
 
 
 def test_augmentation_plan_is_determined_by_seed_and_epoch():
