@@ -172,6 +172,8 @@ def bad_input(capsys, argv):
     ("--batch-size", "0", "--batch-size must be at least 1"),
     ("--lr", "0", "--lr must be a positive number"),
     ("--lr", "-1", "--lr must be a positive number"),
+    ("--translate", "17", "--translate must be 0 to 16 pixels"),
+    ("--momentum", "1", "--momentum must be in [0, 1)"),
 ])
 def test_bad_numbers_are_one_clear_line(capsys, train_args, flag, value, words):
     assert words in bad_input(capsys, train_args + [flag, value])
