@@ -241,12 +241,9 @@ def build_model(num_classes, device, seed):
 def build_optimizer(model, args, graphed=False):
     """SGD. For a CUDA graph it is the fused kernel reading its learning rate from a device tensor:
     a graph replays the numbers it was captured with, so a changing lr must live in memory it reads."""
-    if graphed:
-        lr = torch.tensor(args.lr, device=next(model.parameters()).device)
-        return torch.optim.SGD(model.parameters(), lr=lr, momentum=args.momentum, nesterov=args.nesterov,
-                               weight_decay=args.weight_decay, fused=True)
-    return torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
-                           nesterov=args.nesterov, weight_decay=args.weight_decay)
+    lr = torch.tensor(args.lr, device=next(model.parameters()).device) if graphed else args.lr
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=args.momentum, nesterov=args.nesterov,
+                           weight_decay=args.weight_decay, fused=graphed or None)
 
 
 def set_lr(optimizer, lr):
@@ -311,8 +308,9 @@ class TrainStep:
         self.model, self.optimizer, self.loss_fn, self.args, self.world = model, optimizer, loss_fn, args, world
         self.images, self.labels, self.norm = data["train_x"], data["train_y"], data["norm"]
         n, device = len(self.labels), self.labels.device
-        self.flips = torch.zeros(n, dtype=torch.bool, device=device)
-        self.shifts = torch.zeros(n, 2, dtype=torch.int64, device=device)
+        if args.augment:  # filled each epoch in place: a graph reads them at fixed addresses
+            self.flips = torch.zeros(n, dtype=torch.bool, device=device)
+            self.shifts = torch.zeros(n, 2, dtype=torch.int64, device=device)
         self.graphed = graphed
         self.graph = None
         self.warmup_left = self.EAGER_WARMUP_STEPS
@@ -599,10 +597,10 @@ def truncate_metrics(path, last_epoch):
     """Drop metrics.jsonl lines of epochs after the checkpoint a run resumes from; returns the epochs kept."""
     if not path.exists():
         return set()
-    kept = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("epoch", -1) <= last_epoch]
-    write_run_file("".join(line + "\n" for line in kept).encode(), path)
-    return {json.loads(line)["epoch"] for line in kept}
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    kept = [record for record in records if record.get("epoch", -1) <= last_epoch]
+    write_run_file("".join(json.dumps(record) + "\n" for record in kept).encode(), path)
+    return {record["epoch"] for record in kept}
 
 
 # ---------------------------------------------------------------------------------------------- main
