@@ -7,6 +7,7 @@ Importing this module runs nothing. `python model.py` pushes a batch of ones thr
 """
 import pickle
 import re
+import struct
 import warnings
 import zipfile
 
@@ -104,7 +105,7 @@ def read_checkpoint(path, map_location="cpu"):
             "on the allow-list; "
             "nothing from it was run. Only load checkpoints from sources you trust, saved as a state_dict") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError, TypeError,
-            IndexError, OverflowError, MemoryError, UnicodeDecodeError, zipfile.BadZipFile) as e:
+            IndexError, OverflowError, MemoryError, UnicodeDecodeError, struct.error, zipfile.BadZipFile) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
             f"checkpoint {path} is not a readable PyTorch file ({reason[:200]}); "
