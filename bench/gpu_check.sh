@@ -2,9 +2,10 @@
 # Every GPU figure in the README in one go, on a machine with one CUDA GPU:
 #   bash bench/gpu_check.sh path/to/cifar10-jpg.tar.xz OUTDIR
 # 1. the CUDA tests; 2. bench/compare.py (tutorial loop vs train.py, 10 epochs, default recipe);
-# 3. the process wall time of plain `python train.py` and of `--recipe tuned`; 4. the README's recipe
-# search (10 epochs: every variant with seed 0, the best 6 with seeds 1 and 2); 5. two recipes for 50
-# epochs, 3 seeds.
+# 3. the process wall time of plain `python train.py` and of `--recipe tuned`; 4. where the time goes:
+# bench/step_profile.py, import times and a cProfile of a whole run; 5. `--recipe tuned` over 3 seeds,
+# 10 epochs and 50 epochs (about 12 minutes for 1-5 on an H200). With FULL_SEARCH=1, 6: the README's
+# whole recipe search (10 epochs: every variant with seed 0, the best 6 with seeds 1 and 2; 15 more minutes).
 set -u
 archive=$1
 out=$2
@@ -48,8 +49,24 @@ print(f"{run}: process wall {end - start:.2f} s, train {sum(r['train_seconds'] f
 EOF
 done
 
-stamp recipe search, 10 epochs
+stamp where the time goes
+for recipe in tutorial tuned; do
+  timeout 120 $py bench/step_profile.py --recipe $recipe >"$out/step_profile_$recipe.txt" 2>&1
+  grep -E "ms/step|kernels per step" "$out/step_profile_$recipe.txt" | sed "s/^/$recipe: /" | tee -a "$log"
+done
+$py -X importtime -c "import train" 2>"$out/importtime.txt"
+timeout 120 $py -m cProfile -o "$out/train.prof" train.py --quiet --data-dir $pydata --logdir $wall --run-name profiled \
+  2>&1 | tee -a "$log"
+
 t="--recipe tuned ${extra:-}"   # batch 128, lr 0.04 cosine, wd 1e-3, translate 1, Nesterov 0.9, normalize, smoothing 0.1
+stamp tuned recipe, 3 seeds, 10 and 50 epochs
+timeout 240 $py bench/recipe_search.py --data-dir $data --epochs 10 --seeds 0 1 2 --jobs 3 --out "$out/tuned10.jsonl" \
+  --variant "tuned=$t" 2>&1 | tee -a "$log"
+timeout 600 $py bench/recipe_search.py --data-dir $data --epochs 50 --seeds 0 1 2 --jobs 3 --out "$out/tuned50.jsonl" \
+  --variant "tuned-translate2=$t --translate 2" 2>&1 | tee -a "$log"
+
+if [ "${FULL_SEARCH:-0}" != 1 ]; then stamp done; exit 0; fi
+stamp recipe search, 10 epochs
 old="$t --batch-size 256 --lr 0.05 --weight-decay 5e-4 --schedule onecycle --translate 2"  # the earlier tuned recipe
 b64="$t --batch-size 64 --lr 0.02 --weight-decay 5e-4 --translate 2"
 timeout 900 $py bench/recipe_search.py --data-dir $data --epochs 10 --seeds 0 1 2 --screen 6 --jobs 4 \

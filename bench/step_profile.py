@@ -1,0 +1,88 @@
+"""Where one train.py training step spends its time: the operators (and on CUDA the kernels) of eager
+steps under torch.profiler, how many kernels one step launches, and the milliseconds per step eager and,
+on CUDA, replayed as a CUDA graph. It runs train.py's own TrainStep on random images, so it profiles
+exactly the code that trains.
+
+    python bench/step_profile.py --device cuda --recipe tutorial
+    python bench/step_profile.py --device cpu --recipe tuned --steps 5
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import train  # noqa: E402
+
+
+WARMUP_STEPS = train.TrainStep.EAGER_WARMUP_STEPS + 2  # eager warm-up, capture, and one more
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def build_step(args, device, graphed, steps):
+    n = args.batch_size * (WARMUP_STEPS + steps)
+    data = {"train_x": torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, device=device),
+            "train_y": torch.randint(0, 10, (n,), device=device),
+            "norm": train.normalizer({"mean": [0.5] * 3, "std": [0.25] * 3} if args.normalize else {}, device)}
+    model = train.build_model(10, device, args.seed)
+    optimizer = train.build_optimizer(model, args, graphed)
+    loss_fn = nn.CrossEntropyLoss(reduction="sum", label_smoothing=args.label_smoothing)
+    step = train.TrainStep(model, optimizer, loss_fn, data, args, graphed)
+    if args.augment:
+        step.set_augmentation(*train.augment_plan(n, torch.Generator().manual_seed(0), args.translate))
+    batches = torch.arange(n, device=device).split(args.batch_size)
+    return step, batches
+
+
+def ms_per_step(step, batches, args, device):
+    """Runs every batch once; the mean time of those after the warm-up (and, graphed, the capture)."""
+    for idx in batches[:WARMUP_STEPS]:
+        step(idx, args.batch_size, args.lr)
+    sync(device)
+    started = time.perf_counter()
+    for idx in batches[WARMUP_STEPS:]:
+        step(idx, args.batch_size, args.lr)
+    sync(device)
+    return (time.perf_counter() - started) / len(batches[WARMUP_STEPS:]) * 1000
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--recipe", choices=sorted(train.RECIPES), default="tutorial")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--rows", type=int, default=25, help="table rows")
+    opts = p.parse_args()
+    device = torch.device(opts.device)
+    args, _ = train.parse_args(["--recipe", opts.recipe, "--device", opts.device])
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    step, batches = build_step(args, device, False, opts.steps)
+    print(f"eager: {ms_per_step(step, batches, args, device):.3f} ms/step (batch {args.batch_size}, {device})")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for idx in batches[WARMUP_STEPS:]:
+            step(idx, args.batch_size, args.lr)
+        sync(device)
+    if device.type == "cuda":
+        kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        print(f"{len(kernels) / opts.steps:.1f} kernels per step, "
+              f"{sum(e.time_range.elapsed_us() for e in kernels) / opts.steps / 1000:.3f} ms of kernel time per step")
+        print(prof.key_averages().table(sort_by="device_time_total", row_limit=opts.rows))
+        graph_step, graph_batches = build_step(args, device, True, opts.steps)
+        print(f"CUDA graph: {ms_per_step(graph_step, graph_batches, args, device):.3f} ms/step")
+    else:
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=opts.rows))
+
+
+if __name__ == "__main__":
+    main()
