@@ -52,7 +52,7 @@ done
 stamp where the time goes
 for recipe in tutorial tuned; do
   timeout 120 $py bench/step_profile.py --recipe $recipe >"$out/step_profile_$recipe.txt" 2>&1
-  grep -E "ms/step|kernels per step" "$out/step_profile_$recipe.txt" | sed "s/^/$recipe: /" | tee -a "$log"
+  grep -E "ms/step|per step," "$out/step_profile_$recipe.txt" | sed "s/^/$recipe: /" | tee -a "$log"
 done
 $py -X importtime -c "import train" 2>"$out/importtime.txt"
 timeout 120 $py -m cProfile -o "$out/train.prof" train.py --quiet --data-dir $pydata --logdir $wall --run-name profiled \

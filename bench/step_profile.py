@@ -75,8 +75,8 @@ def main():
         sync(device)
     if device.type == "cuda":
         kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-        print(f"{len(kernels) / opts.steps:.1f} kernels per step, "
-              f"{sum(e.time_range.elapsed_us() for e in kernels) / opts.steps / 1000:.3f} ms of kernel time per step")
+        print(f"{len(kernels) / opts.steps:.1f} GPU activities (kernels, copies, fills) per step, "
+              f"{sum(e.time_range.elapsed_us() for e in kernels) / opts.steps / 1000:.3f} ms of GPU time per step")
         print(prof.key_averages().table(sort_by="device_time_total", row_limit=opts.rows))
         graph_step, graph_batches = build_step(args, device, True, opts.steps)
         print(f"CUDA graph: {ms_per_step(graph_step, graph_batches, args, device):.3f} ms/step")
