@@ -1,7 +1,7 @@
 """Where one train.py training step spends its time: the operators (and on CUDA the kernels) of eager
-steps under torch.profiler, how many kernels, copies and fills one step runs, and the milliseconds per step eager and,
-on CUDA, replayed as a CUDA graph. It runs train.py's own TrainStep on random images, so it profiles
-exactly the code that trains.
+steps under torch.profiler, how many kernels, copies and fills one step runs on the GPU, and the
+milliseconds per step, eager and (on CUDA) replayed as a CUDA graph. It runs train.py's own TrainStep on
+random images, so it profiles exactly the code that trains.
 
     python bench/step_profile.py --device cuda --recipe tutorial
     python bench/step_profile.py --device cpu --recipe tuned --steps 5
