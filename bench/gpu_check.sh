@@ -4,8 +4,9 @@
 # 1. the CUDA tests; 2. bench/compare.py (tutorial loop vs train.py, 10 epochs, default recipe);
 # 3. the process wall time of plain `python train.py` and of `--recipe tuned`; 4. where the time goes:
 # bench/step_profile.py, import times and a cProfile of a whole run; 5. `--recipe tuned` over 3 seeds,
-# 10 epochs and 50 epochs (about 12 minutes for 1-5 on an H200). With FULL_SEARCH=1, 6: the README's
-# whole recipe search (10 epochs: every variant with seed 0, the best 6 with seeds 1 and 2; 15 more minutes).
+# 10 epochs and 50 epochs (ordered to fit a 15-minute device budget; not yet timed as a whole). With
+# FULL_SEARCH=1, 6: the README's whole recipe search (10 epochs: every variant with seed 0, the best 6 with
+# seeds 1 and 2).
 set -u
 archive=$1
 out=$2
