@@ -17,9 +17,10 @@ from torch import nn
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
 
-# How raw pixels become network input: x / 255, then (x - mean) / std when mean and std are set.
-# The tutorial's ToTensor is exactly x / 255, so that is what a checkpoint without this field gets.
-TUTORIAL_PREPROCESS = {"mean": None, "std": None}
+# How raw pixels become network input: x / 255, then (x - mean) / std when mean and std are set, then
+# the (3, 3, k, k) whitening convolution when "whiten" is set. The tutorial's ToTensor is exactly x / 255,
+# so that is what a checkpoint without this field gets; one without "whiten" was trained without it.
+TUTORIAL_PREPROCESS = {"mean": None, "std": None, "whiten": None}
 
 
 class Tudui(nn.Module):
@@ -118,12 +119,40 @@ def unpack_checkpoint(obj, path="checkpoint"):
         return _state_dict_of_pickled_module(obj), None, dict(TUTORIAL_PREPROCESS)
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         classes = obj.get("classes")
-        preprocess = obj.get("preprocess") or dict(TUTORIAL_PREPROCESS)
-        return obj["model"], (list(classes) if classes else None), preprocess
+        return obj["model"], (list(classes) if classes else None), checked_preprocess(obj.get("preprocess"), path)
     if isinstance(obj, dict) and obj and all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()):
         return obj, None, dict(TUTORIAL_PREPROCESS)
     raise CheckpointError(f"{path} holds no Tudui weights (found {type(obj).__name__}); "
                           "pass a checkpoint written by train.py, a state_dict or a tutorial model file")
+
+
+def checked_preprocess(preprocess, path="checkpoint"):
+    """A checkpoint's preprocessing with every field present (older checkpoints lack "whiten"), or a
+    CheckpointError when a field is not the numbers the network's 3-channel input needs."""
+    merged = dict(TUTORIAL_PREPROCESS)
+    if isinstance(preprocess, dict):
+        merged.update((key, preprocess[key]) for key in TUTORIAL_PREPROCESS if key in preprocess)
+    shapes = {key: _finite_shape(value) for key, value in merged.items() if value is not None}
+    size = shapes.get("whiten", (3, 3, 1, 1)) or ()
+    fine = ((preprocess is None or isinstance(preprocess, dict))
+            and shapes.get("mean", (3,)) == shapes.get("std", (3,)) == (3,)
+            and (merged["mean"] is None) == (merged["std"] is None)
+            and (merged["std"] is None or min(merged["std"]) > 0)
+            and (merged["whiten"] is None or merged["mean"] is not None)  # whitening works on normalized pixels
+            and len(size) == 4 and size[:2] == (3, 3) and size[2] == size[3] and size[2] % 2 == 1)
+    if not fine:
+        raise CheckpointError(f"{path} has damaged preprocessing settings (expected 3 means, 3 positive stds and "
+                              "optionally a (3, 3, k, k) whitening filter); use another copy of the checkpoint")
+    return merged
+
+
+def _finite_shape(value):
+    """The shape of VALUE as a tensor of finite numbers, or None when it is not one."""
+    try:
+        numbers = torch.tensor(value, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+    return tuple(numbers.shape) if torch.isfinite(numbers).all() else None
 
 
 def build_from_state_dict(state_dict, path="checkpoint"):
