@@ -17,10 +17,9 @@ from torch import nn
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
 
-# How raw pixels become network input: x / 255, then (x - mean) / std when mean and std are set, then
-# the (3, 3, k, k) whitening convolution when "whiten" is set. The tutorial's ToTensor is exactly x / 255,
-# so that is what a checkpoint without this field gets; one without "whiten" was trained without it.
-TUTORIAL_PREPROCESS = {"mean": None, "std": None, "whiten": None}
+# How raw pixels become network input: x / 255, then (x - mean) / std when mean and std are set.
+# The tutorial's ToTensor is exactly x / 255, so that is what a checkpoint without this field gets.
+TUTORIAL_PREPROCESS = {"mean": None, "std": None}
 
 
 class Tudui(nn.Module):
@@ -127,22 +126,19 @@ def unpack_checkpoint(obj, path="checkpoint"):
 
 
 def checked_preprocess(preprocess, path="checkpoint"):
-    """A checkpoint's preprocessing with every field present (older checkpoints lack "whiten"), or a
-    CheckpointError when a field is not the numbers the network's 3-channel input needs."""
+    """A checkpoint's preprocessing, or a CheckpointError when it is not what the network's 3-channel
+    input needs: 3 means and 3 positive stds, or neither (plain x / 255)."""
     merged = dict(TUTORIAL_PREPROCESS)
     if isinstance(preprocess, dict):
         merged.update((key, preprocess[key]) for key in TUTORIAL_PREPROCESS if key in preprocess)
     shapes = {key: _finite_shape(value) for key, value in merged.items() if value is not None}
-    size = shapes.get("whiten", (3, 3, 1, 1)) or ()
     fine = ((preprocess is None or isinstance(preprocess, dict))
             and shapes.get("mean", (3,)) == shapes.get("std", (3,)) == (3,)
             and (merged["mean"] is None) == (merged["std"] is None)
-            and (merged["std"] is None or min(merged["std"]) > 0)
-            and (merged["whiten"] is None or merged["mean"] is not None)  # whitening works on normalized pixels
-            and len(size) == 4 and size[:2] == (3, 3) and size[2] == size[3] and size[2] % 2 == 1)
+            and (merged["std"] is None or min(merged["std"]) > 0))
     if not fine:
-        raise CheckpointError(f"{path} has damaged preprocessing settings (expected 3 means, 3 positive stds and "
-                              "optionally a (3, 3, k, k) whitening filter); use another copy of the checkpoint")
+        raise CheckpointError(f"{path} has damaged preprocessing settings (expected 3 means and 3 positive stds); "
+                              "use another copy of the checkpoint")
     return merged
 
 

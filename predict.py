@@ -34,10 +34,10 @@ def build_parser():
 @torch.no_grad()
 def classify(net, image_u8, device, tta=False):
     """Class probabilities for one uint8 (3, 32, 32) image, preprocessed exactly as in training."""
-    image, norm = image_u8.unsqueeze(0).to(device), normalizer(net.preprocess, device)
-    probs = net(to_input(image, norm)).float().softmax(1)
+    x = to_input(image_u8.unsqueeze(0).to(device), normalizer(net.preprocess, device))
+    probs = net(x).float().softmax(1)
     if tta:
-        probs = (probs + net(to_input(image.flip(3), norm)).float().softmax(1)) / 2
+        probs = (probs + net(x.flip(3)).float().softmax(1)) / 2
     return probs[0].cpu()
 
 

@@ -31,11 +31,9 @@ from model import (TUTORIAL_PREPROCESS, CheckpointError, Tudui, build_from_state
 # Settings that a recipe chooses. The tutorial's are the defaults; every one can be overridden by its flag.
 RECIPES = {
     "tutorial": dict(batch_size=64, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, schedule="constant",
-                     warmup=0.0, augment=False, translate=2, normalize=False, label_smoothing=0.0,
-                     whiten=False),
+                     warmup=0.0, augment=False, translate=2, normalize=False, label_smoothing=0.0),
     "tuned": dict(batch_size=128, lr=0.04, momentum=0.9, nesterov=True, weight_decay=2e-3, schedule="cosine",
-                  warmup=0.0, augment=True, translate=1, normalize=True, label_smoothing=0.1,
-                  whiten=False),
+                  warmup=0.0, augment=True, translate=1, normalize=True, label_smoothing=0.1),
 }
 EVAL_BATCH_SIZE = 500  # evaluation needs no gradients, so bigger batches just mean fewer steps
 CHECKPOINT_FORMAT = "tudui-train-checkpoint/1"
@@ -107,9 +105,6 @@ def build_parser():
     p.add_argument("--normalize", action=argparse.BooleanOptionalAction,
                    help="per-channel mean/std normalization; recipe: off (tutorial), on (tuned)")
     p.add_argument("--label-smoothing", type=float, help="recipe: 0 (tutorial), 0.1 (tuned)")
-    p.add_argument("--whiten", action=argparse.BooleanOptionalAction,
-                   help="after normalizing, ZCA-whiten 5x5 patches with a fixed filter computed from the training "
-                        "images (implies --normalize); recipe: off")
     p.add_argument("--dataset", choices=["cifar10", "folder"], default="cifar10",
                    help="cifar10: torchvision's CIFAR-10 in --data-dir; folder: DIR/train/<class>/*, DIR/test/<class>/*")
     p.add_argument("--data-dir", default="./data", help="where the dataset is (or is downloaded to)")
@@ -141,11 +136,8 @@ def parse_args(argv):
         resumed = load_training_checkpoint(args.resume)
         machine_specific = {"device", "cuda_graph", "quiet", "resume", "evaluate", "tta"}
         known = {k: v for k, v in resumed["config"].items() if k in vars(args) and k not in machine_specific}
-        known.setdefault("whiten", False)  # runs from before --whiten existed trained without it
         parser.set_defaults(**known)
         args = parser.parse_args(argv)
-    if args.whiten and args.normalize is None:
-        args.normalize = True
     for key, value in RECIPES[args.recipe].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -166,7 +158,6 @@ def check_args(args):
         (not 0 <= args.label_smoothing < 1, f"--label-smoothing must be in [0, 1) (got {args.label_smoothing})"),
         (args.log_every < 1, f"--log-every must be at least 1 (got {args.log_every})"),
         (args.tta and not args.evaluate, "--tta applies to --evaluate only"),
-        (args.whiten and not args.normalize, "--whiten works on normalized pixels; drop --no-normalize"),
     ]
     for bad, message in problems:
         if bad:
@@ -202,54 +193,19 @@ def channel_stats(images):
 
 
 def normalizer(preprocess, device):
-    """A checkpoint's preprocess dict as (mean, std, whitening filter or None) tensors on DEVICE, made once
-    so that no step copies from the host; None when the input is plain x / 255."""
+    """A checkpoint's preprocess dict as (mean, std) tensors on DEVICE, made once so that no step copies
+    from the host; None when the input is plain x / 255."""
     if preprocess.get("mean") is None:
         return None
-    mean, std = (torch.tensor(preprocess[k], device=device).view(1, -1, 1, 1) for k in ("mean", "std"))
-    whiten = preprocess.get("whiten")
-    return mean, std, None if whiten is None else torch.tensor(whiten, device=device)
+    return tuple(torch.tensor(preprocess[k], device=device).view(1, -1, 1, 1) for k in ("mean", "std"))
 
 
 def to_input(images_u8, norm=None):
-    """uint8 (B, 3, H, W) -> the network's float input: x / 255 (ToTensor), then (x - mean) / std and the
-    whitening filter, as far as NORM has them."""
+    """uint8 (B, 3, H, W) -> the network's float input: x / 255 (ToTensor), then (x - mean) / std if NORM."""
     x = images_u8.float().div_(255)
     if norm is not None:
-        mean, std, whiten = norm
-        x = x.sub_(mean).div_(std)
-        if whiten is not None:
-            x = nn.functional.conv2d(x, whiten, padding=whiten.shape[-1] // 2)
+        x = x.sub_(norm[0]).div_(norm[1])
     return x.contiguous(memory_format=torch.channels_last)
-
-
-WHITEN_PATCH = 5  # pixels; the size of Tudui's first convolution
-WHITEN_EPS = 0.1  # added to every patch variance (normalized pixels have variance 1); 0.01 did worse
-
-
-def whitening_filter(images, norm, size=WHITEN_PATCH, eps=WHITEN_EPS):
-    """ZCA whitening of SIZE x SIZE patches of normalized images, as a fixed (3, 3, SIZE, SIZE) convolution
-    whose output pixel is the centre of the whitened patch. Neighbouring pixels are strongly correlated
-    (0.95 in CIFAR-10), which slows SGD on the first layer: its gradient is dominated by the few directions
-    of smooth colour. The filter damps those and keeps edges (neighbours then correlate at 0.49), so the
-    same steps learn more. EPS stops the weakest directions, mostly pixel noise, from being blown up. Estimated from patches of up to 5000
-    training images (on the CPU) picked with a fixed seed, so every run and torchrun rank gets the same filter."""
-    pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:5_000]
-    dim = 3 * size * size
-    total = torch.zeros(dim, dtype=torch.float64)
-    products = torch.zeros(dim, dim, dtype=torch.float64)
-    count = 0
-    for chunk in pick.split(500):  # float32 products per chunk, summed in float64
-        patches = nn.functional.unfold(to_input(images[chunk], norm).contiguous(), size, stride=2)
-        patches = patches.transpose(1, 2).reshape(-1, dim)
-        total += patches.sum(0, dtype=torch.float64)
-        products += (patches.T @ patches).double()
-        count += len(patches)
-    mean = total / count
-    eigenvalues, eigenvectors = torch.linalg.eigh(products / count - torch.outer(mean, mean))
-    zca = eigenvectors @ torch.diag((eigenvalues.clamp(min=0) + eps).rsqrt()) @ eigenvectors.T
-    centres = [channel * size * size + (size // 2) * size + size // 2 for channel in range(3)]
-    return zca[centres].view(3, 3, size, size).float()
 
 
 def epoch_generator(seed, epoch):
@@ -460,13 +416,12 @@ def test(model, images, labels, num_classes, preprocess, device, amp=False, tta=
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
     for start in range(0, len(labels), EVAL_BATCH_SIZE):
-        batch = images[start:start + EVAL_BATCH_SIZE]
+        x = to_input(images[start:start + EVAL_BATCH_SIZE], norm)
         y = labels[start:start + EVAL_BATCH_SIZE]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(to_input(batch, norm)).float()
-            if tta:  # mirror the pixels, then preprocess: exactly what an input mirrored on disk would get
-                mirrored = model(to_input(batch.flip(3), norm)).float()
-                logits = (logits.softmax(1) + mirrored.softmax(1)).div_(2).log_()
+            logits = model(x).float()
+            if tta:
+                logits = (logits.softmax(1) + model(x.flip(3)).float().softmax(1)).div_(2).log_()
         total_loss += loss_fn(logits, y)
         confusion += torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes ** 2)
     model.train()
@@ -689,8 +644,6 @@ def prepare_data(args, device):
     preprocess = dict(TUTORIAL_PREPROCESS)
     if args.normalize:
         preprocess["mean"], preprocess["std"] = channel_stats(train_x)
-    if args.whiten:  # on the CPU, which every device's run has (MPS has no float64)
-        preprocess["whiten"] = whitening_filter(train_x, normalizer(preprocess, torch.device("cpu"))).tolist()
     # One copy to the device; every batch is then a slice of these tensors.
     return {"train_x": train_x.to(device), "train_y": train_y.to(device), "test_x": test_x.to(device),
             "test_y": test_y.to(device), "classes": classes, "preprocess": preprocess}

@@ -1,10 +1,9 @@
-"""--recipe tuned: the switch and its overrides, batch augmentation, the lr schedules, normalization and
-whitening carried into evaluate and predict, and checkpoints that do not depend on how the optimizer ran."""
+"""--recipe tuned: the switch and its overrides, batch augmentation, the lr schedules, normalization
+carried into evaluate and predict, and checkpoints that do not depend on how the optimizer ran."""
 import math
 
 import pytest
 import torch
-from torch import nn
 
 import predict
 import train
@@ -99,7 +98,7 @@ def test_normalization_constants_are_stored_and_applied_by_predict(cifar_dir, tm
     from data import load_cifar10
     images, _, _ = load_cifar10(cifar_dir, "train", download=False)
     mean, std = train.channel_stats(images)
-    assert (checkpoint["preprocess"]["mean"], checkpoint["preprocess"]["std"]) == (mean, std)
+    assert checkpoint["preprocess"] == {"mean": mean, "std": std}
 
     net = load_tudui(tmp_path / "r" / "last.pth")
     image = torch.from_numpy(class_images(1, 10, seed=9)[0][0])
@@ -108,66 +107,12 @@ def test_normalization_constants_are_stored_and_applied_by_predict(cifar_dir, tm
     torch.testing.assert_close(probabilities.view(-1), expected.softmax(1).view(-1))
 
 
-def smooth_images(n=200, seed=0):
-    """uint8 images whose neighbouring pixels are strongly correlated, as in photographs."""
-    coarse = torch.rand(n, 3, 8, 8, generator=torch.Generator().manual_seed(seed))
-    smooth = nn.functional.interpolate(coarse, size=32, mode="bilinear", align_corners=False)
-    return smooth.mul(255).round().to(torch.uint8)
-
-
-def neighbour_correlation(x):
-    """Correlation of each pixel with its right-hand neighbour, over all images and channels."""
-    left, right = x[..., :-1].flatten(), x[..., 1:].flatten()
-    return torch.corrcoef(torch.stack([left, right]))[0, 1].item()
-
-
-def test_whitening_removes_most_of_the_neighbour_correlation():
-    images = smooth_images()
+def test_channel_stats_equal_the_mean_and_std_of_all_pixels():
+    images = random_batch(50)
+    pixels = images.double().div(255).transpose(0, 1).reshape(3, -1)
     mean, std = train.channel_stats(images)
-    norm = train.normalizer({"mean": mean, "std": std}, torch.device("cpu"))
-    whitened = train.to_input(images, (*norm[:2], train.whitening_filter(images, norm, eps=1e-4)))
-    before = neighbour_correlation(train.to_input(images, norm))
-    after = neighbour_correlation(whitened[..., 2:-2, 2:-2])  # the borders see the zero padding
-    assert before > 0.9 and abs(after) < before / 2
-    assert whitened.shape == images.shape
-
-
-def test_whiten_turns_normalization_on_and_refuses_no_normalize(capsys):
-    args, _ = train.parse_args(["--whiten"])
-    assert args.whiten and args.normalize
-    with pytest.raises(SystemExit) as exit_info:
-        train.main(["--whiten", "--no-normalize"])
-    assert exit_info.value.code == 2 and "--no-normalize" in capsys.readouterr().err
-
-
-def test_whitening_filter_is_stored_and_applied_by_evaluate_and_predict(cifar_dir, tmp_path):
-    train.main(["--data-dir", str(cifar_dir), "--no-download", "--device", "cpu", "--quiet", "--epochs", "1",
-                "--logdir", str(tmp_path), "--run-name", "r", "--whiten", "--batch-size", "64"])
-    preprocess = torch.load(tmp_path / "r" / "last.pth", weights_only=True)["preprocess"]
-    whiten = torch.tensor(preprocess["whiten"])
-    assert whiten.shape == (3, 3, train.WHITEN_PATCH, train.WHITEN_PATCH)
-
-    net = load_tudui(tmp_path / "r" / "last.pth")
-    image = torch.from_numpy(class_images(1, 10, seed=9)[0][0])
-    mean, std = (torch.tensor(preprocess[k]).view(3, 1, 1) for k in ("mean", "std"))
-    x = nn.functional.conv2d(((image.float() / 255 - mean) / std)[None], whiten, padding=train.WHITEN_PATCH // 2)
-    probabilities = predict.classify(net, image, torch.device("cpu"))
-    torch.testing.assert_close(probabilities.view(-1), net(x).softmax(1).view(-1))
-    evaluated = train.main(["--evaluate", str(tmp_path / "r" / "last.pth"), "--data-dir", str(cifar_dir),
-                            "--no-download", "--device", "cpu"])
-    assert evaluated["test_accuracy"] == train.load_training_checkpoint(tmp_path / "r" / "last.pth")["test_accuracy"]
-
-
-def test_tta_averages_the_image_and_its_mirror_image_preprocessed_alike(cifar_dir, tmp_path):
-    """The mirror image is preprocessed as if it had been read from disk: a whitening filter need not be
-    left-right symmetric, so flipping after preprocessing would be a different input."""
-    train.main(["--data-dir", str(cifar_dir), "--no-download", "--device", "cpu", "--quiet", "--epochs", "1",
-                "--logdir", str(tmp_path), "--run-name", "r", "--whiten", "--batch-size", "64"])
-    net = load_tudui(tmp_path / "r" / "last.pth")
-    image = torch.from_numpy(class_images(1, 10, seed=9)[0][0])
-    cpu = torch.device("cpu")
-    expected = (predict.classify(net, image, cpu) + predict.classify(net, image.flip(2), cpu)) / 2
-    torch.testing.assert_close(predict.classify(net, image, cpu, tta=True), expected)
+    assert mean == pytest.approx(pixels.mean(1).tolist(), rel=1e-12)
+    assert std == pytest.approx(pixels.std(1).tolist(), rel=1e-12)
 
 
 def test_checkpoints_hold_a_plain_lr_whatever_optimizer_wrote_them():
