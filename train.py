@@ -186,9 +186,10 @@ def channel_stats(images):
     means, stds = [], []
     for channel in images.transpose(0, 1):
         counts = torch.bincount(channel.reshape(-1), minlength=256).double()
-        mean = (counts * values).sum() / counts.sum()
+        pixels = counts.sum()
+        mean = (counts * values).sum() / pixels
         means.append(mean.item())
-        stds.append(((counts * (values - mean) ** 2).sum() / (counts.sum() - 1)).sqrt().item())
+        stds.append(((counts * (values - mean) ** 2).sum() / (pixels - 1)).sqrt().item())
     return means, stds
 
 
