@@ -173,6 +173,21 @@ def test_truncated_checkpoint_is_one_line_for_resume_evaluate_and_predict(tmp_pa
         assert len(result.stderr.strip().splitlines()) == 1 and str(path) in result.stderr
 
 
+def test_damaged_preprocessing_is_one_line_for_resume_and_evaluate(train_args, cifar_dir, tmp_path, capsys):
+    train.main(train_args + ["--epochs", "1", "--normalize"])
+    checkpoint = torch.load(tmp_path / "logs" / "run" / "last.pth", weights_only=True)
+    checkpoint["preprocess"]["std"] = [0.0] * 3
+    damaged = tmp_path / "damaged.pth"
+    torch.save(checkpoint, damaged)
+    capsys.readouterr()
+    for argv in (["--resume", str(damaged)], ["--evaluate", str(damaged), "--data-dir", str(cifar_dir), "--no-download"]):
+        with pytest.raises(SystemExit) as exit_info:
+            train.main(argv)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1
+        assert "damaged preprocessing" in err and str(damaged) in err
+
+
 def test_truncated_image_in_a_folder_dataset_is_one_clear_line(tmp_path, capsys):
     root = write_image_folder(tmp_path / "data", train_per_class=2, test_per_class=1)
     victim = next((root / "train" / "cat").glob("*.png"))
