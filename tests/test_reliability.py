@@ -180,7 +180,8 @@ def test_damaged_preprocessing_is_one_line_for_resume_and_evaluate(train_args, c
     damaged = tmp_path / "damaged.pth"
     torch.save(checkpoint, damaged)
     capsys.readouterr()
-    for argv in (["--resume", str(damaged)], ["--evaluate", str(damaged), "--data-dir", str(cifar_dir), "--no-download"]):
+    evaluate = ["--evaluate", str(damaged), "--data-dir", str(cifar_dir), "--no-download"]
+    for argv in (["--resume", str(damaged)], evaluate):
         with pytest.raises(SystemExit) as exit_info:
             train.main(argv)
         err = capsys.readouterr().err
