@@ -845,9 +845,14 @@ def join_torchrun(args):
 
 
 def run_cli(entry):
-    """Run a script's main; a reader that closes the pipe early (`| head`) ends it quietly, as any Unix tool."""
+    """Run a script's main. A reader that closes the pipe early (`| head`) ends it quietly, as any Unix tool;
+    Ctrl-C outside the training loop (which stops itself cleanly), say while CIFAR-10 downloads, is one line
+    and exit code 130, as inside it."""
     try:
         entry()
+    except KeyboardInterrupt:
+        print("\ninterrupted; files already saved are intact", file=sys.stderr)
+        raise SystemExit(130) from None
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
         raise SystemExit(1) from None
