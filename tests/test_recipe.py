@@ -1,5 +1,6 @@
 """--recipe tuned: the switch and its overrides, batch augmentation, the lr schedules, normalization
-carried into evaluate and predict, and checkpoints that do not depend on how the optimizer ran."""
+carried into evaluate and predict, test-time augmentation, and checkpoints that do not depend on how the
+optimizer ran."""
 import math
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 import predict
 import train
 from conftest import class_images
-from model import load_tudui
+from model import Tudui, load_tudui
 
 
 def test_tuned_recipe_sets_every_tuned_setting():
@@ -132,3 +133,34 @@ def test_checkpoints_hold_a_plain_lr_whatever_optimizer_wrote_them():
     assert type(plain.param_groups[0]["lr"]) is float and not plain.param_groups[0]["fused"]
     for p in model.parameters():
         assert torch.equal(plain.state[p]["momentum_buffer"], graphed.state[p]["momentum_buffer"])
+
+
+def test_evaluate_with_tta_scores_the_mean_of_the_image_and_mirror_probabilities(cifar_dir, tmp_path):
+    torch.manual_seed(3)
+    torch.save(Tudui().state_dict(), tmp_path / "weights.pth")
+    metrics = train.main(["--evaluate", str(tmp_path / "weights.pth"), "--tta", "--data-dir", str(cifar_dir),
+                          "--no-download", "--device", "cpu"])
+
+    from data import load_cifar10
+    images, labels, _ = load_cifar10(cifar_dir, "test", download=False)
+    net = load_tudui(tmp_path / "weights.pth")
+    x = images.float() / 255
+    with torch.no_grad():
+        probabilities = (net(x).softmax(1) + net(x.flip(3)).softmax(1)) / 2
+    expected_loss = torch.nn.functional.nll_loss(probabilities.log(), labels).item()
+    expected_accuracy = (probabilities.argmax(1) == labels).double().mean().item()
+    assert metrics["test_loss"] == pytest.approx(expected_loss, rel=1e-5)
+    assert metrics["test_accuracy"] == pytest.approx(expected_accuracy)
+
+
+def test_predict_with_tta_gives_an_image_and_its_mirror_the_same_probabilities(tmp_path):
+    torch.manual_seed(3)
+    torch.save(Tudui().state_dict(), tmp_path / "weights.pth")
+    net = load_tudui(tmp_path / "weights.pth")
+    image = random_batch(1)[0]
+    cpu = torch.device("cpu")
+    plain = [predict.classify(net, im, cpu) for im in (image, image.flip(2))]
+    averaged = [predict.classify(net, im, cpu, tta=True) for im in (image, image.flip(2))]
+    assert not torch.allclose(plain[0], plain[1])
+    torch.testing.assert_close(averaged[0], averaged[1])
+    torch.testing.assert_close(averaged[0], (plain[0] + plain[1]) / 2)
