@@ -106,6 +106,26 @@ def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(train_args, tmp_pa
         assert torch.equal(tensor, resumed["model"][key]), key
 
 
+def test_ckpt_dir_takes_the_checkpoints_and_a_resumed_run_keeps_writing_there(train_args, tmp_path):
+    ckpt_dir = tmp_path / "weights"
+    train.main(train_args + ["--epochs", "1", "--ckpt-dir", str(ckpt_dir)])
+    train.main(["--resume", str(ckpt_dir / "last.pth"), "--epochs", "2", "--quiet", "--device", "cpu"])
+    run_dir = tmp_path / "logs" / "run"
+    assert {p.name for p in ckpt_dir.glob("*.pth")} == {"tudui_epoch_0.pth", "tudui_epoch_1.pth", "last.pth", "best.pth"}
+    assert not list(run_dir.glob("*.pth"))
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_amp_on_the_cpu_trains_in_bfloat16_close_to_fp32_with_fp32_weights(train_args, tmp_path):
+    train.main(train_args + ["--epochs", "1", "--run-name", "fp32"])
+    train.main(train_args + ["--epochs", "1", "--run-name", "amp", "--amp"])
+    fp32, amp = (torch.load(tmp_path / "logs" / name / "last.pth", weights_only=True)["model"] for name in ("fp32", "amp"))
+    assert all(tensor.dtype == torch.float32 for tensor in amp.values())
+    assert not all(torch.equal(fp32[key], amp[key]) for key in fp32)  # bf16 rounding shows: autocast was on
+    for key in fp32:
+        torch.testing.assert_close(amp[key], fp32[key], rtol=0, atol=1e-4)  # seen: 1.4e-5
+
+
 def test_resumed_curves_continue_without_doubling_back(train_args, tmp_path):
     train.main(train_args + ["--epochs", "1"])
     train.main(["--resume", str(tmp_path / "logs" / "run" / "last.pth"), "--epochs", "2", "--quiet", "--device", "cpu"])
