@@ -242,33 +242,54 @@ def test_bad_input_on_the_command_line_prints_no_traceback(tmp_path):
     assert result.stderr.strip() == f"error: checkpoint {tmp_path / 'missing.pth'} does not exist; check the path"
 
 
-def test_fast_epoch_matches_a_plain_eager_loop_within_float_tolerance(cifar_dir):
-    """train_one_epoch (channels_last, tensor batches, device-side loss buffer) against the textbook loop
-    (NCHW, mean loss, .item() per step) over the same order: equal within float tolerance, not bit-equal,
-    because channels_last convolutions sum in another order."""
-    from data import load_cifar10
-    images, labels, _ = load_cifar10(cifar_dir, "train", download=False)
-    args, _ = train.parse_args(["--batch-size", "64"])
-    device = torch.device("cpu")
-
+def plain_epoch(images, labels, lrs, **sgd):
+    """The textbook loop over epoch 0's order (seed 0): NCHW, mean loss, .item() per step, the lr of
+    LRS set before each step. Returns the network and the last step's loss."""
     torch.manual_seed(0)
     plain = Tudui()
-    optimizer = torch.optim.SGD(plain.parameters(), lr=0.01)
+    optimizer = torch.optim.SGD(plain.parameters(), lr=lrs[0], **sgd)
     order = torch.randperm(len(labels), generator=train.epoch_generator(0, 0))
-    for i in range(0, len(labels), 64):
+    for step, i in enumerate(range(0, len(labels), 64)):
+        optimizer.param_groups[0]["lr"] = lrs[step]
         idx = order[i:i + 64]
         loss = torch.nn.functional.cross_entropy(plain(images[idx].float() / 255), labels[idx])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         loss.item()
+    return plain, loss.item()
 
+
+def fast_epoch(images, labels, flags):
+    """train.py's epoch 0 (channels_last, tensor batches, device-side loss buffer) as one epoch of four."""
+    args, _ = train.parse_args(["--batch-size", "64", *flags])
+    device = torch.device("cpu")
     fast = train.build_model(10, device, seed=0)
     data = {"train_x": images, "train_y": labels, "norm": None}
     step_fn = train.TrainStep(fast, train.build_optimizer(fast, args), torch.nn.CrossEntropyLoss(reduction="sum"),
                               data, args, graphed=False)
     losses, _, _ = train.train_one_epoch(step_fn, data, 0, 0, 4, args, device, train.Progress(4, 0, False),
                                          train.StopOnCtrlC())
-    assert losses[-1].item() == pytest.approx(loss.item(), rel=1e-4)
+    return fast, losses
+
+
+def test_fast_epoch_matches_a_plain_eager_loop_within_float_tolerance(cifar_dir):
+    """Equal within float tolerance, not bit-equal, because channels_last convolutions sum in another order."""
+    from data import load_cifar10
+    images, labels, _ = load_cifar10(cifar_dir, "train", download=False)
+    plain, last_loss = plain_epoch(images, labels, [0.01] * 4)
+    fast, losses = fast_epoch(images, labels, [])
+    assert losses[-1].item() == pytest.approx(last_loss, rel=1e-4)
+    for key, tensor in plain.state_dict().items():
+        torch.testing.assert_close(fast.state_dict()[key], tensor, rtol=1e-4, atol=1e-5)
+
+
+def test_each_step_uses_the_scheduled_lr_and_the_flags_sgd_settings(cifar_dir):
+    from data import load_cifar10
+    images, labels, _ = load_cifar10(cifar_dir, "train", download=False)
+    cosine = [0.05 * 0.5 * (1 + math.cos(math.pi * step / 4)) for step in range(4)]  # 200 images: 4 steps
+    plain, _ = plain_epoch(images, labels, cosine, momentum=0.9, nesterov=True, weight_decay=0.05)
+    fast, _ = fast_epoch(images, labels, ["--lr", "0.05", "--schedule", "cosine", "--momentum", "0.9", "--nesterov",
+                                          "--weight-decay", "0.05"])
     for key, tensor in plain.state_dict().items():
         torch.testing.assert_close(fast.state_dict()[key], tensor, rtol=1e-4, atol=1e-5)
