@@ -8,7 +8,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import train
-from conftest import ROOT, class_images, run_script
+from conftest import ROOT, class_images, run_script, write_image_folder
 from model import Tudui
 
 
@@ -83,12 +83,25 @@ def test_folder_dataset_takes_classes_from_folder_names(folder_dir, tmp_path):
     assert metrics["test_accuracy"] is not None
 
 
-def test_folder_dataset_is_cached_after_first_decode(folder_dir):
-    from data import load_folder
-    first = load_folder(folder_dir, "train")
-    assert (folder_dir / ".tudui-cache" / "train.pt").exists()
-    second = load_folder(folder_dir, "train")
+def test_folder_dataset_is_cached_after_first_decode(tmp_path, monkeypatch):
+    import data
+    folder = write_image_folder(tmp_path / "images")
+    first = data.load_folder(folder, "train")
+    assert (folder / ".tudui-cache" / "train.pt").exists()
+    monkeypatch.setattr(data, "decode_image", None)  # the second load must not decode at all
+    second = data.load_folder(folder, "train")
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+
+
+def test_a_changed_image_is_decoded_again_instead_of_read_from_the_cache(tmp_path):
+    from PIL import Image
+    from data import load_folder
+    folder = write_image_folder(tmp_path / "images")
+    images, _, _ = load_folder(folder, "train")
+    Image.new("RGB", (48, 48), (255, 0, 0)).save(sorted((folder / "train" / "cat").glob("*.png"))[0])  # same name
+    reloaded, _, _ = load_folder(folder, "train")
+    assert not torch.equal(images, reloaded)
+    assert (reloaded == torch.tensor([255, 0, 0], dtype=torch.uint8).view(1, 3, 1, 1)).all((1, 2, 3)).sum() == 1
 
 
 def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(train_args, tmp_path):
