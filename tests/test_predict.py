@@ -243,8 +243,10 @@ def test_ctrl_c_outside_the_training_loop_is_one_line_and_exit_130(checkpoint, t
     import time
     fifo = tmp_path / "image.png"
     os.mkfifo(fifo)
+    # Python leaves Ctrl-C ignored in a program started with SIGINT ignored (as `cmd &` does): start it as a shell would
     proc = subprocess.Popen([sys.executable, str(ROOT / "predict.py"), "--checkpoint", str(checkpoint), str(fifo)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     while True:  # a non-blocking open for writing succeeds once predict.py has opened the pipe to read it
         try:
