@@ -183,6 +183,26 @@ def test_metrics_jsonl_has_one_line_per_epoch(train_args, tmp_path):
     assert [json.loads(line)["epoch"] for line in lines] == [0, 1]
 
 
+def test_resuming_from_an_earlier_epoch_drops_the_later_epochs_metrics_lines(train_args, tmp_path):
+    train.main(train_args + ["--epochs", "2"])
+    run_dir = tmp_path / "logs" / "run"
+    train.main(["--resume", str(run_dir / "tudui_epoch_0.pth"), "--epochs", "2", "--quiet", "--device", "cpu"])
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [0, 1]
+
+
+def test_a_resumed_run_replaces_best_pth_only_with_a_better_epoch_than_before_the_resume(train_args, tmp_path):
+    train.main(train_args + ["--epochs", "1"])
+    run_dir = tmp_path / "logs" / "run"
+    checkpoint = torch.load(run_dir / "last.pth", weights_only=True)
+    checkpoint["best_accuracy"] = 1.0  # as if an earlier epoch had been perfect: nothing can beat it
+    torch.save(checkpoint, run_dir / "last.pth")
+    best_before = (run_dir / "best.pth").read_bytes()
+    metrics = train.main(["--resume", str(run_dir / "last.pth"), "--epochs", "2", "--quiet", "--device", "cpu"])
+    assert metrics["best_accuracy"] == 1.0
+    assert (run_dir / "best.pth").read_bytes() == best_before
+
+
 def test_each_epoch_records_when_it_started(train_args, tmp_path):
     before = time.time()
     train.main(train_args + ["--epochs", "2"])
