@@ -122,6 +122,21 @@ def run_predict(capsys, *argv):
     return exit_info.value.code, out, err
 
 
+def test_top_k_beyond_the_class_count_lists_every_class(checkpoint, images, capsys):
+    code, out, _ = run_predict(capsys, "--checkpoint", checkpoint, "--json", "--top-k", "50", images / "RGB.png")
+    assert code == 0 and len(json.loads(out)["predictions"]) == 10
+
+
+def test_evaluating_on_a_dataset_with_another_class_count_is_one_line(tmp_path, cifar_dir, capsys):
+    torch.save(Tudui(num_classes=4).state_dict(), tmp_path / "four.pth")
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--evaluate", str(tmp_path / "four.pth"), "--data-dir", str(cifar_dir), "--no-download"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert err.strip().splitlines() == [f"error: {tmp_path / 'four.pth'} predicts 4 classes but the dataset has 10; "
+                                        "evaluate it on the dataset it was trained for"]
+
+
 def test_every_image_mode_is_classified(checkpoint, images, capsys):
     paths = sorted(images.iterdir())
     code, out, err = run_predict(capsys, "--checkpoint", checkpoint, *paths)
