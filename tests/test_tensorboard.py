@@ -1,5 +1,6 @@
 """What a user sees in TensorBoard: the tutorial's curves and more, read back the way TensorBoard reads them."""
 import json
+import math
 import socket
 import subprocess
 import sys
@@ -30,6 +31,16 @@ def test_scalars_include_per_class_accuracy_lr_train_accuracy_speed_and_epoch_ti
     tags = set(events(finished_run / "run").Tags()["scalars"])
     assert {"train_loss", "test_loss", "test_accuracy", "lr", "train_accuracy", "images_per_s",
             "epoch_seconds", "per_class_accuracy/airplane", "per_class_accuracy/truck"} <= tags
+
+
+def test_lr_curve_is_the_learning_rate_each_logged_step_trained_with(cifar_dir, tmp_path):
+    train.main(["--data-dir", str(cifar_dir), "--no-download", "--logdir", str(tmp_path), "--run-name", "run",
+                "--device", "cpu", "--quiet", "--epochs", "2", "--log-every", "1", "--recipe", "tuned",
+                "--batch-size", "64"])  # 200 images: 4 steps an epoch, 8 in all
+    points = [(e.step, e.value) for e in events(tmp_path / "run").Scalars("lr")]
+    expected = [(step, 0.04 * 0.5 * (1 + math.cos(math.pi * (step - 1) / 8))) for step in range(1, 9)]
+    assert [step for step, _ in points] == [step for step, _ in expected]
+    assert [value for _, value in points] == pytest.approx([value for _, value in expected], rel=1e-6)
 
 
 def test_confusion_matrix_and_prediction_grid_are_logged_as_pictures_each_epoch(finished_run):
