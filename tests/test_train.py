@@ -269,6 +269,14 @@ def test_bad_resume_file_is_one_clear_line(capsys, train_args, tmp_path, make):
     assert str(path) in err
 
 
+def test_resuming_on_a_dataset_with_other_classes_is_one_clear_line(capsys, folder_dir, cifar_dir, tmp_path):
+    train.main(["--dataset", "folder", "--data-dir", str(folder_dir), "--logdir", str(tmp_path), "--run-name", "run",
+                "--device", "cpu", "--quiet", "--epochs", "1"])
+    err = bad_input(capsys, ["--resume", str(tmp_path / "run" / "last.pth"), "--epochs", "2", "--dataset", "cifar10",
+                             "--data-dir", str(cifar_dir), "--no-download"])
+    assert "was trained on classes ['cat', 'dog', 'ship']" in err and "resume with the same --dataset" in err
+
+
 def test_bad_input_on_the_command_line_prints_no_traceback(tmp_path):
     result = run_script(ROOT / "train.py", "--resume", tmp_path / "missing.pth")
     assert result.returncode == 2 and "Traceback" not in result.stderr
