@@ -96,6 +96,11 @@ def test_other_class_count_loads_with_that_width(tmp_path):
     assert load_tudui(tmp_path / "four.pth").classes == ["0", "1", "2", "3"]
 
 
+def test_class_names_that_do_not_fit_the_outputs_are_replaced_by_numbers(tmp_path):
+    torch.save({"model": Tudui(num_classes=4).state_dict(), "classes": ["a", "b"]}, tmp_path / "four.pth")
+    assert load_tudui(tmp_path / "four.pth").classes == ["0", "1", "2", "3"]
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "weights.pth"
@@ -211,6 +216,31 @@ def test_evaluate_prints_per_class_accuracy_and_confusion_matrix(folder_dir, tmp
     assert "confusion matrix" in out and set(metrics["per_class_accuracy"]) == {"0", "1", "2"}
     rows = [line for line in out.splitlines() if line.split() and line.split()[0] in {"0", "1", "2"}]
     assert sum(int(v) for row in rows[-3:] for v in row.split()[1:]) == 18  # every test image counted once
+
+
+def test_evaluating_a_folder_with_some_of_the_classes_labels_them_in_the_checkpoints_order(folder_dir, tmp_path):
+    import shutil
+    train.main(["--dataset", "folder", "--data-dir", str(folder_dir), "--epochs", "1", "--device", "cpu",
+                "--logdir", str(tmp_path), "--run-name", "r", "--quiet"])
+    evaluate = ["--evaluate", str(tmp_path / "r" / "last.pth"), "--dataset", "folder", "--device", "cpu"]
+    full = train.main(evaluate + ["--data-dir", str(folder_dir)])
+    for name in ("dog", "ship"):  # the first class, cat, is missing: sorted folder order would shift the labels
+        shutil.copytree(folder_dir / "test" / name, tmp_path / "part" / "test" / name)
+    part = train.main(evaluate + ["--data-dir", str(tmp_path / "part")])
+    assert [part["per_class_accuracy"][c] for c in ("dog", "ship")] == [full["per_class_accuracy"][c]
+                                                                        for c in ("dog", "ship")]
+
+
+def test_an_image_over_the_pixel_limit_is_refused_before_decoding(images, monkeypatch):
+    import data
+    from PIL import Image
+    path = images / "RGB.png"
+    width, height = Image.open(path).size
+    monkeypatch.setattr(data, "MAX_IMAGE_PIXELS", width * height)
+    assert data.decode_image(path).shape == (3, 32, 32)
+    monkeypatch.setattr(data, "MAX_IMAGE_PIXELS", width * height - 1)
+    with pytest.raises(data.DataError, match=f"image {path} is too large"):
+        data.decode_image(path)
 
 
 @needs_shared("tutorial", "tudui_29_gpu.pth")
