@@ -157,14 +157,14 @@ def test_json_output_parses_with_top_k(checkpoint, images, capsys):
     assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1.0001
 
 
-def huge_png(path):
-    """A valid PNG header announcing 100000x100000 pixels, with almost no data behind it."""
+def huge_png(path, side=100_000):
+    """A valid PNG header announcing SIDE x SIDE pixels, with almost no data behind it."""
     import struct
     import zlib
 
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 10))
                      + chunk(b"IEND", b""))
 
@@ -176,6 +176,7 @@ BAD_IMAGES = {
     "truncated.png": (lambda p: p.write_bytes((ROOT / "tests" / "data" / "sample.png").read_bytes()[:300]),
                       "damaged or truncated"),
     "huge.png": (huge_png, "too large"),
+    "large.png": (lambda p: huge_png(p, 10_000), "too large"),  # where PIL only warns (89M to 179M pixels)
 }
 
 
