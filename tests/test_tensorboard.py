@@ -58,6 +58,19 @@ def test_hparams_and_graph_live_in_the_run_folder_itself(finished_run):
     assert not [p for p in (finished_run / "run").iterdir() if p.is_dir()]
 
 
+def test_a_resumed_run_writes_its_graph_and_hparams_only_once(cifar_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    flags = ["--data-dir", str(cifar_dir), "--no-download", "--device", "cpu", "--quiet"]
+    train.main(flags + ["--logdir", str(tmp_path), "--run-name", "run", "--epochs", "1"])
+    train.main(flags + ["--resume", str(tmp_path / "run" / "last.pth"), "--epochs", "2"])
+    graphs = hparams = 0
+    for path in (tmp_path / "run").glob("events.out.tfevents.*"):
+        for event in EventFileLoader(str(path)).Load():
+            graphs += bool(event.graph_def)
+            hparams += sum(value.tag == "_hparams_/session_start_info" for value in event.summary.value)
+    assert (graphs, hparams) == (1, 1)
+
+
 def test_config_json_and_metrics_jsonl_are_written_for_notebooks(finished_run):
     config = json.loads((finished_run / "run" / "config.json").read_text())
     lines = [json.loads(x) for x in (finished_run / "run" / "metrics.jsonl").read_text().splitlines()]
