@@ -220,16 +220,24 @@ def bad_input(capsys, argv):
     return err
 
 
-@pytest.mark.parametrize("flag, value, words", [
-    ("--epochs", "0", "--epochs must be at least 1"),
-    ("--batch-size", "0", "--batch-size must be at least 1"),
-    ("--lr", "0", "--lr must be a positive number"),
-    ("--lr", "-1", "--lr must be a positive number"),
-    ("--translate", "17", "--translate must be 0 to 16 pixels"),
-    ("--momentum", "1", "--momentum must be in [0, 1)"),
+@pytest.mark.parametrize("flags, words", [
+    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--lr", "0"], "--lr must be a positive number"),
+    (["--lr", "-1"], "--lr must be a positive number"),
+    (["--lr", "nan"], "--lr must be a positive number"),
+    (["--lr", "inf"], "--lr must be a positive number"),
+    (["--translate", "17"], "--translate must be 0 to 16 pixels"),
+    (["--momentum", "1"], "--momentum must be in [0, 1)"),
+    (["--nesterov"], "--nesterov needs --momentum above 0"),
+    (["--weight-decay", "-0.0001"], "--weight-decay must be 0 or more"),
+    (["--warmup", "1"], "--warmup must be a fraction in [0, 1)"),
+    (["--label-smoothing", "1"], "--label-smoothing must be in [0, 1)"),
+    (["--log-every", "0"], "--log-every must be at least 1"),
+    (["--tta"], "--tta applies to --evaluate only"),
 ])
-def test_bad_numbers_are_one_clear_line(capsys, train_args, flag, value, words):
-    assert words in bad_input(capsys, train_args + [flag, value])
+def test_bad_numbers_are_one_clear_line(capsys, train_args, flags, words):
+    assert words in bad_input(capsys, train_args + flags)
 
 
 def test_missing_dataset_with_no_download_is_one_clear_line(capsys, tmp_path):
