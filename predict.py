@@ -15,12 +15,12 @@ import torch
 
 from data import DataError, decode_image
 from model import CheckpointError, load_tudui
-from train import UsageError, normalizer, pick_device, run_cli, to_input
+from train import OneLineErrorParser, UsageError, normalizer, pick_device, run_cli, to_input
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description="Classify images with a Tudui checkpoint.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = OneLineErrorParser(prog="predict.py", description="Classify images with a Tudui checkpoint.",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format and size PIL reads)")
     p.add_argument("--checkpoint", required=True, help="a .pth file: train.py checkpoint, state_dict or tutorial model")
     p.add_argument("--top-k", type=int, default=1, help="how many classes to list per image")

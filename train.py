@@ -76,6 +76,13 @@ class StopOnCtrlC:
 
 # ---------------------------------------------------------------------------------------------- configuration
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, with a bad flag reported as one line, like every other bad input, instead of the usage block."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message}; see {self.prog} --help\n")
+
+
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows '(default: X)' on every flag, except the recipe flags, whose help names each recipe's value."""
 
@@ -84,8 +91,8 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description="Train the tutorial's Tudui CNN on CIFAR-10.",
-                                formatter_class=DefaultsHelpFormatter)
+    p = OneLineErrorParser(prog="train.py", description="Train the tutorial's Tudui CNN on CIFAR-10.",
+                           formatter_class=DefaultsHelpFormatter)
     p.add_argument("--recipe", choices=sorted(RECIPES), default="tutorial",
                    help="training recipe; the flags below marked 'recipe' override it")
     p.add_argument("--epochs", type=int, default=10, help="total epochs (with --resume: the total to reach)")

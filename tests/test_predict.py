@@ -127,6 +127,13 @@ def run_predict(capsys, *argv):
     return exit_info.value.code, out, err
 
 
+def test_missing_arguments_are_one_line_not_the_usage_block(capsys):
+    code, out, err = run_predict(capsys)
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == ["error: the following arguments are required: IMAGE, --checkpoint; "
+                                        "see predict.py --help"]
+
+
 def test_top_k_beyond_the_class_count_lists_every_class(checkpoint, images, capsys):
     code, out, _ = run_predict(capsys, "--checkpoint", checkpoint, "--json", "--top-k", "50", images / "RGB.png")
     assert code == 0 and len(json.loads(out)["predictions"]) == 10

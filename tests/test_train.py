@@ -240,6 +240,16 @@ def test_bad_numbers_are_one_clear_line(capsys, train_args, flags, words):
     assert words in bad_input(capsys, train_args + flags)
 
 
+@pytest.mark.parametrize("flags, words", [
+    (["--epochs", "abc"], "argument --epochs: invalid int value: 'abc'"),
+    (["--recipe", "fast"], "argument --recipe: invalid choice: 'fast'"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_flags_argparse_cannot_read_are_one_line_not_the_usage_block(capsys, flags, words):
+    err = bad_input(capsys, flags)
+    assert words in err and "--help" in err
+
+
 def test_missing_dataset_with_no_download_is_one_clear_line(capsys, tmp_path):
     err = bad_input(capsys, ["--data-dir", str(tmp_path / "empty"), "--no-download", "--logdir", str(tmp_path)])
     assert "--no-download" in err and "CIFAR-10 is not in" in err
