@@ -1,4 +1,5 @@
 """Tiny datasets built on the spot (CIFAR-10 cannot be downloaded in tests) and helpers to run the scripts."""
+import math
 import os
 import pickle
 import subprocess
@@ -76,6 +77,22 @@ def run_script(*args, cwd=ROOT, timeout=240, env=None):
     environment = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=environment)
+
+
+def bad_input(capsys, argv):
+    """train.main(ARGV) must exit 2 with one line on stderr, 'error: ...'; returns that line."""
+    import train
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    return err
+
+
+def cosine_lrs(peak, steps):
+    """The cosine schedule written out: the lr of each of STEPS steps, from PEAK down towards 0."""
+    return [peak * 0.5 * (1 + math.cos(math.pi * step / steps)) for step in range(steps)]
 
 
 def needs_shared(*parts):

@@ -7,7 +7,7 @@ import torch
 
 import predict
 import train
-from conftest import ROOT, SHARED, needs_shared, run_script
+from conftest import ROOT, SHARED, bad_input, needs_shared, run_script
 from model import CheckpointError, Tudui, load_tudui
 
 TUTORIAL_MODEL_SOURCE = textwrap.dedent("""
@@ -141,12 +141,9 @@ def test_top_k_beyond_the_class_count_lists_every_class(checkpoint, images, caps
 
 def test_evaluating_on_a_dataset_with_another_class_count_is_one_line(tmp_path, cifar_dir, capsys):
     torch.save(Tudui(num_classes=4).state_dict(), tmp_path / "four.pth")
-    with pytest.raises(SystemExit) as exit_info:
-        train.main(["--evaluate", str(tmp_path / "four.pth"), "--data-dir", str(cifar_dir), "--no-download"])
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2
-    assert err.strip().splitlines() == [f"error: {tmp_path / 'four.pth'} predicts 4 classes but the dataset has 10; "
-                                        "evaluate it on the dataset it was trained for"]
+    err = bad_input(capsys, ["--evaluate", str(tmp_path / "four.pth"), "--data-dir", str(cifar_dir), "--no-download"])
+    assert err == (f"error: {tmp_path / 'four.pth'} predicts 4 classes but the dataset has 10; "
+                   "evaluate it on the dataset it was trained for")
 
 
 def test_every_image_mode_is_classified(checkpoint, images, capsys):

@@ -135,15 +135,21 @@ def test_checkpoints_hold_a_plain_lr_whatever_optimizer_wrote_them():
         assert torch.equal(plain.state[p]["momentum_buffer"], graphed.state[p]["momentum_buffer"])
 
 
-def test_evaluate_with_tta_scores_the_mean_of_the_image_and_mirror_probabilities(cifar_dir, tmp_path):
+@pytest.fixture
+def untrained_weights(tmp_path):
+    """A state_dict file of a freshly initialised Tudui (seed 3)."""
     torch.manual_seed(3)
     torch.save(Tudui().state_dict(), tmp_path / "weights.pth")
-    metrics = train.main(["--evaluate", str(tmp_path / "weights.pth"), "--tta", "--data-dir", str(cifar_dir),
+    return tmp_path / "weights.pth"
+
+
+def test_evaluate_with_tta_scores_the_mean_of_the_image_and_mirror_probabilities(cifar_dir, untrained_weights):
+    metrics = train.main(["--evaluate", str(untrained_weights), "--tta", "--data-dir", str(cifar_dir),
                           "--no-download", "--device", "cpu"])
 
     from data import load_cifar10
     images, labels, _ = load_cifar10(cifar_dir, "test", download=False)
-    net = load_tudui(tmp_path / "weights.pth")
+    net = load_tudui(untrained_weights)
     x = images.float() / 255
     with torch.no_grad():
         probabilities = (net(x).softmax(1) + net(x.flip(3)).softmax(1)) / 2
@@ -153,10 +159,8 @@ def test_evaluate_with_tta_scores_the_mean_of_the_image_and_mirror_probabilities
     assert metrics["test_accuracy"] == pytest.approx(expected_accuracy)
 
 
-def test_predict_with_tta_gives_an_image_and_its_mirror_the_same_probabilities(tmp_path):
-    torch.manual_seed(3)
-    torch.save(Tudui().state_dict(), tmp_path / "weights.pth")
-    net = load_tudui(tmp_path / "weights.pth")
+def test_predict_with_tta_gives_an_image_and_its_mirror_the_same_probabilities(untrained_weights):
+    net = load_tudui(untrained_weights)
     image = random_batch(1)[0]
     cpu = torch.device("cpu")
     plain = [predict.classify(net, im, cpu) for im in (image, image.flip(2))]

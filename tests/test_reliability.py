@@ -15,7 +15,7 @@ import torch
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 import train
-from conftest import ROOT, run_script, write_image_folder
+from conftest import ROOT, bad_input, run_script, write_image_folder
 from data import DataError, decode_image
 from model import CheckpointError, Tudui, load_tudui
 
@@ -185,10 +185,7 @@ def test_damaged_preprocessing_is_one_line_for_resume_and_evaluate(train_args, c
     capsys.readouterr()
     evaluate = ["--evaluate", str(damaged), "--data-dir", str(cifar_dir), "--no-download"]
     for argv in (["--resume", str(damaged)], evaluate):
-        with pytest.raises(SystemExit) as exit_info:
-            train.main(argv)
-        err = capsys.readouterr().err
-        assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1
+        err = bad_input(capsys, argv)
         assert "damaged preprocessing" in err and str(damaged) in err
 
 

@@ -1,6 +1,5 @@
 """What a user sees in TensorBoard: the tutorial's curves and more, read back the way TensorBoard reads them."""
 import json
-import math
 import socket
 import subprocess
 import sys
@@ -11,6 +10,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import train
+from conftest import cosine_lrs
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def test_lr_curve_is_the_learning_rate_each_logged_step_trained_with(cifar_dir, 
                 "--device", "cpu", "--quiet", "--epochs", "2", "--log-every", "1", "--recipe", "tuned",
                 "--batch-size", "64"])  # 200 images: 4 steps an epoch, 8 in all
     points = [(e.step, e.value) for e in events(tmp_path / "run").Scalars("lr")]
-    expected = [(step, 0.04 * 0.5 * (1 + math.cos(math.pi * (step - 1) / 8))) for step in range(1, 9)]
+    expected = list(zip(range(1, 9), cosine_lrs(0.04, 8)))  # logged at steps counted from 1
     assert [step for step, _ in points] == [step for step, _ in expected]
     assert [value for _, value in points] == pytest.approx([value for _, value in expected], rel=1e-6)
 

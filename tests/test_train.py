@@ -8,7 +8,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import train
-from conftest import ROOT, class_images, run_script, write_image_folder
+from conftest import ROOT, bad_input, class_images, cosine_lrs, run_script, write_image_folder
 from model import Tudui
 
 
@@ -211,15 +211,6 @@ def test_each_epoch_records_when_it_started(train_args, tmp_path):
     assert before < first < second - records[0]["train_seconds"] < time.time()
 
 
-def bad_input(capsys, argv):
-    with pytest.raises(SystemExit) as exit_info:
-        train.main(argv)
-    err = capsys.readouterr().err.strip()
-    assert exit_info.value.code == 2
-    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
-    return err
-
-
 @pytest.mark.parametrize("flags, words", [
     (["--epochs", "0"], "--epochs must be at least 1"),
     (["--batch-size", "0"], "--batch-size must be at least 1"),
@@ -301,6 +292,14 @@ def test_bad_input_on_the_command_line_prints_no_traceback(tmp_path):
     assert result.stderr.strip() == f"error: checkpoint {tmp_path / 'missing.pth'} does not exist; check the path"
 
 
+@pytest.fixture
+def cifar_train(cifar_dir):
+    """The tiny CIFAR-10 training split: 200 images, so 4 steps of 64 (the last one of 8)."""
+    from data import load_cifar10
+    images, labels, _ = load_cifar10(cifar_dir, "train", download=False)
+    return images, labels
+
+
 def plain_epoch(images, labels, lrs, translate=None, normalize=False, label_smoothing=0.0, **sgd):
     """The textbook loop over epoch 0's order (seed 0): NCHW, mean loss, .item() per step, the lr of
     LRS set before each step. With TRANSLATE, each image of epoch 0's augmentation plan is flipped, then
@@ -351,10 +350,9 @@ def fast_epoch(images, labels, flags):
     return fast, losses
 
 
-def test_fast_epoch_matches_a_plain_eager_loop_within_float_tolerance(cifar_dir):
+def test_fast_epoch_matches_a_plain_eager_loop_within_float_tolerance(cifar_train):
     """Equal within float tolerance, not bit-equal, because channels_last convolutions sum in another order."""
-    from data import load_cifar10
-    images, labels, _ = load_cifar10(cifar_dir, "train", download=False)
+    images, labels = cifar_train
     plain, last_loss = plain_epoch(images, labels, [0.01] * 4)
     fast, losses = fast_epoch(images, labels, [])
     assert losses[-1].item() == pytest.approx(last_loss, rel=1e-4)
@@ -362,11 +360,9 @@ def test_fast_epoch_matches_a_plain_eager_loop_within_float_tolerance(cifar_dir)
         torch.testing.assert_close(fast.state_dict()[key], tensor, rtol=1e-4, atol=1e-5)
 
 
-def test_each_step_uses_the_scheduled_lr_and_the_flags_sgd_settings(cifar_dir):
-    from data import load_cifar10
-    images, labels, _ = load_cifar10(cifar_dir, "train", download=False)
-    cosine = [0.05 * 0.5 * (1 + math.cos(math.pi * step / 4)) for step in range(4)]  # 200 images: 4 steps
-    plain, _ = plain_epoch(images, labels, cosine, momentum=0.9, nesterov=True, weight_decay=0.05)
+def test_each_step_uses_the_scheduled_lr_and_the_flags_sgd_settings(cifar_train):
+    images, labels = cifar_train
+    plain, _ = plain_epoch(images, labels, cosine_lrs(0.05, 4), momentum=0.9, nesterov=True, weight_decay=0.05)
     fast, _ = fast_epoch(images, labels, ["--lr", "0.05", "--schedule", "cosine", "--momentum", "0.9", "--nesterov",
                                           "--weight-decay", "0.05"])
     for key, tensor in plain.state_dict().items():
@@ -374,12 +370,10 @@ def test_each_step_uses_the_scheduled_lr_and_the_flags_sgd_settings(cifar_dir):
 
 
 def test_tuned_recipe_trains_as_a_textbook_loop_with_flips_shifts_normalization_and_smoothing(train_args, tmp_path,
-                                                                                               cifar_dir):
-    from data import load_cifar10
-    images, labels, _ = load_cifar10(cifar_dir, "train", download=False)
+                                                                                               cifar_train):
+    images, labels = cifar_train
     train.main(train_args + ["--recipe", "tuned", "--epochs", "1"])  # batch 64: 4 steps
-    cosine = [0.04 * 0.5 * (1 + math.cos(math.pi * step / 4)) for step in range(4)]
-    plain, _ = plain_epoch(images, labels, cosine, translate=1, normalize=True, label_smoothing=0.1,
+    plain, _ = plain_epoch(images, labels, cosine_lrs(0.04, 4), translate=1, normalize=True, label_smoothing=0.1,
                            momentum=0.9, nesterov=True, weight_decay=2e-3)
     trained = torch.load(tmp_path / "logs" / "run" / "last.pth", weights_only=True)["model"]
     for key, tensor in plain.state_dict().items():  # seen: 2.6e-5 apart (channels_last sums in another order)
