@@ -1,6 +1,9 @@
 """The benchmark scripts that reach into train.py's internals still run against them."""
 import runpy
 
+import pytest
+import torch
+
 from conftest import ROOT
 
 
@@ -10,3 +13,52 @@ def test_step_profile_times_and_profiles_train_steps_on_the_cpu(monkeypatch, cap
     out = capsys.readouterr().out
     assert "ms/step (batch 128, cpu)" in out
     assert "aten::convolution_backward" in out  # the profiler saw a backward pass
+
+
+def load_variants():
+    return runpy.run_path(str(ROOT / "bench" / "variants.py"))
+
+
+def test_variant_adamw_trains_with_adamw_at_the_flags_lr_and_weight_decay(monkeypatch):
+    import train
+    load_variants()["apply"]("adamw", monkeypatch.setattr)
+    args = train.parse_args(["--recipe", "tuned", "--lr", "0.002", "--weight-decay", "0.05"])[0]
+    optimizer = train.build_optimizer(train.build_model(10, torch.device("cpu"), 0), args)
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert (optimizer.defaults["lr"], optimizer.defaults["weight_decay"]) == (0.002, 0.05)
+
+
+def test_variant_zero_last_starts_the_last_layer_at_zero_and_leaves_the_others(monkeypatch):
+    import train
+    default = train.build_model(10, torch.device("cpu"), 0)
+    load_variants()["apply"]("zero-last", monkeypatch.setattr)
+    changed = train.build_model(10, torch.device("cpu"), 0)
+    assert not changed.model[-1].weight.any() and not changed.model[-1].bias.any()
+    assert torch.equal(changed.model[0].weight, default.model[0].weight)
+
+
+def test_variant_scaled_init_multiplies_every_weight_by_sqrt_3(monkeypatch):
+    import train
+    default = train.build_model(10, torch.device("cpu"), 0)
+    load_variants()["apply"]("scaled-init", monkeypatch.setattr)
+    changed = train.build_model(10, torch.device("cpu"), 0)
+    for name, weight in changed.state_dict().items():
+        factor = 3 ** 0.5 if name.endswith("weight") else 1.0
+        torch.testing.assert_close(weight, default.state_dict()[name] * factor)
+
+
+def test_variant_clean_last_drops_the_shifts_of_the_last_epoch_only(monkeypatch, train_args):
+    import train
+    load_variants()["apply"]("clean-last", monkeypatch.setattr)
+    plans, plan = [], train.augment_plan
+    monkeypatch.setattr(train, "augment_plan", lambda *a: plans.append(plan(*a)) or plans[-1])
+    train.main([*train_args, "--recipe", "tuned", "--epochs", "3"])
+    assert [bool(shifts.any()) for _, shifts in plans] == [True, True, False]
+    assert plans[-1][0].any()  # still flipped
+
+
+def test_variants_names_the_choices_when_the_variant_is_unknown(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        load_variants()["main"](["sam", "--", "--recipe", "tuned"])
+    assert exit_info.value.code == 2
+    assert "adamw, zero-last, scaled-init, clean-last" in capsys.readouterr().err

@@ -1,0 +1,97 @@
+"""Measure a recipe idea that needs a code change before it earns a flag: train.py with one variant
+patched into it, everything else (data, loop, logging, checkpoints) unchanged.
+
+    OMP_NUM_THREADS=1 python bench/variants.py VARIANT -- TRAIN_FLAGS
+    OMP_NUM_THREADS=1 python bench/variants.py adamw -- --recipe tuned --lr 0.002 --weight-decay 0.05
+
+Variants (results in README, "Tuned recipe"):
+  adamw        AdamW (decoupled weight decay) instead of SGD, with --lr and --weight-decay
+  zero-last    the last Linear layer starts at zero, so the first logits are all equal
+  scaled-init  every weight x sqrt(3): unit-variance layers instead of PyTorch's default 1/3
+  clean-last   the last epoch trains without shifts (flips kept), on images as the test set sees them
+"""
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import train  # noqa: E402
+
+
+def use_adamw(patch):
+    def build_optimizer(model, args, graphed=False):
+        return torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    patch(train, "build_optimizer", build_optimizer)
+
+
+def change_init(patch, change):
+    build_model = train.build_model
+
+    def build_changed_model(num_classes, device, seed):
+        model = build_model(num_classes, device, seed)
+        with torch.no_grad():
+            change(model)
+        return model
+    patch(train, "build_model", build_changed_model)
+
+
+def zero_last(model):
+    model.model[-1].weight.zero_()
+    model.model[-1].bias.zero_()
+
+
+def scale_weights(model):
+    for layer in model.modules():
+        if isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear)):
+            layer.weight.mul_(math.sqrt(3))
+
+
+def clean_last_epoch(patch):
+    """train_one_epoch draws each epoch's plan from epoch_generator(seed, epoch) and then augment_plan;
+    the wrappers remember which epoch it is and zero that epoch's shifts when it is the last."""
+    run, epoch_generator, augment_plan, train_run = {}, train.epoch_generator, train.augment_plan, train.train
+
+    def remember_epochs(args, *rest, **kwargs):
+        run["epochs"] = args.epochs
+        return train_run(args, *rest, **kwargs)
+
+    def remember_epoch(seed, epoch):
+        run["epoch"] = epoch
+        return epoch_generator(seed, epoch)
+
+    def plan(n, generator, max_shift):
+        flips, shifts = augment_plan(n, generator, max_shift)
+        if run["epoch"] == run["epochs"] - 1:
+            shifts.zero_()
+        return flips, shifts
+    patch(train, "train", remember_epochs)
+    patch(train, "epoch_generator", remember_epoch)
+    patch(train, "augment_plan", plan)
+
+
+VARIANTS = {
+    "adamw": use_adamw,
+    "zero-last": lambda patch: change_init(patch, zero_last),
+    "scaled-init": lambda patch: change_init(patch, scale_weights),
+    "clean-last": clean_last_epoch,
+}
+
+
+def apply(variant, patch=setattr):
+    """Patch VARIANT into the train module; PATCH(module, name, value) does the patching (tests pass
+    pytest's monkeypatch.setattr so that it is undone)."""
+    VARIANTS[variant](patch)
+
+
+def main(argv):
+    if len(argv) < 2 or argv[0] not in VARIANTS or argv[1] != "--":
+        print(f"usage: variants.py VARIANT -- TRAIN_FLAGS, VARIANT one of {', '.join(VARIANTS)}", file=sys.stderr)
+        raise SystemExit(2)
+    apply(argv[0])
+    return train.main(argv[2:])
+
+
+if __name__ == "__main__":
+    print(main(sys.argv[1:]))
