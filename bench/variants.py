@@ -10,6 +10,7 @@ Variants (results in README, "Tuned recipe"):
   scaled-init  every weight x sqrt(3): unit-variance layers instead of PyTorch's default 1/3
   clean-last   the last epoch trains without shifts (flips kept), on images as the test set sees them
 """
+import argparse
 import math
 import sys
 from pathlib import Path
@@ -49,26 +50,14 @@ def scale_weights(model):
 
 
 def clean_last_epoch(patch):
-    """train_one_epoch draws each epoch's plan from epoch_generator(seed, epoch) and then augment_plan;
-    the wrappers remember which epoch it is and zero that epoch's shifts when it is the last."""
-    run, epoch_generator, augment_plan, train_run = {}, train.epoch_generator, train.augment_plan, train.train
+    """The last epoch runs as with --translate 0: its order and flips are drawn as before, its shifts are zero."""
+    train_one_epoch = train.train_one_epoch
 
-    def remember_epochs(args, *rest, **kwargs):
-        run["epochs"] = args.epochs
-        return train_run(args, *rest, **kwargs)
-
-    def remember_epoch(seed, epoch):
-        run["epoch"] = epoch
-        return epoch_generator(seed, epoch)
-
-    def plan(n, generator, max_shift):
-        flips, shifts = augment_plan(n, generator, max_shift)
-        if run["epoch"] == run["epochs"] - 1:
-            shifts.zero_()
-        return flips, shifts
-    patch(train, "train", remember_epochs)
-    patch(train, "epoch_generator", remember_epoch)
-    patch(train, "augment_plan", plan)
+    def train_epoch(step_fn, data, epoch, start_step, total_steps, args, *rest):
+        if epoch == args.epochs - 1:
+            args = argparse.Namespace(**{**vars(args), "translate": 0})
+        return train_one_epoch(step_fn, data, epoch, start_step, total_steps, args, *rest)
+    patch(train, "train_one_epoch", train_epoch)
 
 
 VARIANTS = {
@@ -87,7 +76,8 @@ def apply(variant, patch=setattr):
 
 def main(argv):
     if len(argv) < 2 or argv[0] not in VARIANTS or argv[1] != "--":
-        print(f"usage: variants.py VARIANT -- TRAIN_FLAGS, VARIANT one of {', '.join(VARIANTS)}", file=sys.stderr)
+        print(f"error: VARIANT must be one of {', '.join(VARIANTS)}; usage: variants.py VARIANT -- TRAIN_FLAGS",
+              file=sys.stderr)
         raise SystemExit(2)
     apply(argv[0])
     return train.main(argv[2:])
