@@ -9,6 +9,8 @@ Variants (results in README, "Tuned recipe"):
   zero-last    the last Linear layer starts at zero, so the first logits are all equal
   scaled-init  every weight x sqrt(3): unit-variance layers instead of PyTorch's default 1/3
   clean-last   the last epoch trains without shifts (flips kept), on images as the test set sees them
+  alt-flip     each epoch flips exactly the images the epoch before did not (airbench's alternating
+               flip): epoch 0 draws its flips as usual, shifts are drawn as usual every epoch
 """
 import argparse
 import math
@@ -60,11 +62,31 @@ def clean_last_epoch(patch):
     patch(train, "train_one_epoch", train_epoch)
 
 
+def alternate_flips(patch):
+    """Random flips show an image the same way in two epochs half of the time; alternating them shows
+    each image both ways in every two epochs, which airbench found worth extra epochs in short runs."""
+    train_one_epoch, augment_plan = train.train_one_epoch, train.augment_plan
+
+    def train_epoch(step_fn, data, epoch, start_step, total_steps, args, *rest):
+        n = len(data["train_y"])
+        first_epoch = train.epoch_generator(args.seed, 0)
+        torch.randperm(n, generator=first_epoch)  # drawn before the flips, as train_one_epoch does
+        first_flips = augment_plan(n, first_epoch, args.translate)[0]
+
+        def plan(n, generator, max_shift):
+            shifts = augment_plan(n, generator, max_shift)[1]
+            return first_flips ^ (epoch % 2 == 1), shifts
+        patch(train, "augment_plan", plan)
+        return train_one_epoch(step_fn, data, epoch, start_step, total_steps, args, *rest)
+    patch(train, "train_one_epoch", train_epoch)
+
+
 VARIANTS = {
     "adamw": use_adamw,
     "zero-last": lambda patch: change_init(patch, zero_last),
     "scaled-init": lambda patch: change_init(patch, scale_weights),
     "clean-last": clean_last_epoch,
+    "alt-flip": alternate_flips,
 }
 
 

@@ -57,8 +57,28 @@ def test_variant_clean_last_drops_the_shifts_of_the_last_epoch_only(monkeypatch,
     assert plans[-1][0].any()  # still flipped
 
 
+def augmentation_plans(monkeypatch, train_args):
+    """The (flips, shifts) each epoch of a 3-epoch tuned run hands to the training step."""
+    import train
+    plans, set_augmentation = [], train.TrainStep.set_augmentation
+    monkeypatch.setattr(train.TrainStep, "set_augmentation",
+                        lambda step, flips, shifts: plans.append((flips, shifts)) or set_augmentation(step, flips, shifts))
+    train.main([*train_args, "--recipe", "tuned", "--epochs", "3"])
+    return plans
+
+
+def test_variant_alt_flip_flips_each_epoch_the_images_the_epoch_before_did_not(monkeypatch, train_args, tmp_path):
+    default = augmentation_plans(monkeypatch, [*train_args, "--logdir", str(tmp_path / "default")])
+    load_variants()["apply"]("alt-flip", monkeypatch.setattr)
+    alternating = augmentation_plans(monkeypatch, train_args)
+    flips = [f for f, _ in alternating]
+    assert torch.equal(flips[0], default[0][0])
+    assert torch.equal(flips[1], ~flips[0]) and torch.equal(flips[2], flips[0])
+    assert all(torch.equal(shifts, d) for (_, shifts), (_, d) in zip(alternating, default))
+
+
 def test_variants_names_the_choices_when_the_variant_is_unknown(capsys):
     with pytest.raises(SystemExit) as exit_info:
         load_variants()["main"](["sam", "--", "--recipe", "tuned"])
     assert exit_info.value.code == 2
-    assert "adamw, zero-last, scaled-init, clean-last" in capsys.readouterr().err
+    assert "adamw, zero-last, scaled-init, clean-last, alt-flip" in capsys.readouterr().err
