@@ -1,4 +1,5 @@
 """The benchmark scripts that reach into train.py's internals still run against them."""
+import importlib.util
 import runpy
 
 import pytest
@@ -16,7 +17,11 @@ def test_step_profile_times_and_profiles_train_steps_on_the_cpu(monkeypatch, cap
 
 
 def load_variants():
-    return runpy.run_path(str(ROOT / "bench" / "variants.py"))
+    """bench/variants.py's globals, the dict its functions look names up in (so a test can patch them)."""
+    spec = importlib.util.spec_from_file_location("variants", ROOT / "bench" / "variants.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return vars(module)
 
 
 def test_variant_adamw_trains_with_adamw_at_the_flags_lr_and_weight_decay(monkeypatch):
@@ -77,8 +82,24 @@ def test_variant_alt_flip_flips_each_epoch_the_images_the_epoch_before_did_not(m
     assert all(torch.equal(shifts, d) for (_, shifts), (_, d) in zip(alternating, default))
 
 
+def test_variant_lookahead_pulls_the_weights_toward_the_slow_copy_by_the_decay():
+    slow, params = [torch.tensor([0.0, 4.0])], [torch.tensor([2.0, 0.0])]
+    load_variants()["pull_to_slow"](slow, params, 0.75)
+    assert torch.equal(slow[0], torch.tensor([0.5, 3.0])) and torch.equal(params[0], slow[0])
+
+
+def test_variant_lookahead_pulls_every_5_steps_by_the_schedule_and_fully_at_the_last(monkeypatch, train_args):
+    import train
+    variants, decays = load_variants(), []
+    pull = variants["pull_to_slow"]
+    monkeypatch.setitem(variants, "pull_to_slow", lambda slow, params, decay: decays.append(decay) or pull(slow, params, decay))
+    variants["apply"]("lookahead", monkeypatch.setattr)
+    total = train.main([*train_args, "--recipe", "tuned", "--epochs", "3"])["step"]
+    assert decays == [0.95 ** 5 * (done / total) ** 3 for done in range(5, total, 5)] + [1.0]
+
+
 def test_variants_names_the_choices_when_the_variant_is_unknown(capsys):
     with pytest.raises(SystemExit) as exit_info:
         load_variants()["main"](["sam", "--", "--recipe", "tuned"])
     assert exit_info.value.code == 2
-    assert "adamw, zero-last, scaled-init, clean-last, alt-flip" in capsys.readouterr().err
+    assert "adamw, zero-last, scaled-init, clean-last, alt-flip, lookahead" in capsys.readouterr().err
