@@ -93,7 +93,8 @@ def pull_to_slow(slow, params, decay):
 
 def lookahead(patch):
     """A per-step average of the weights, as airbench94 does it: decay 0.95^5 x progress^3 every 5 steps,
-    so it barely acts early on and averages over about the last 20 steps at the end."""
+    so it barely acts early on and averages over about the last 20 steps at the end. It counts the steps
+    this process runs, so it is for whole runs, not --resume."""
     call = train.TrainStep.__call__
 
     def step_with_lookahead(step, idx, global_batch_size, lr):
