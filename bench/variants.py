@@ -11,6 +11,7 @@ Variants (results in README, "Tuned recipe"):
   clean-last   the last epoch trains without shifts (flips kept), on images as the test set sees them
   alt-flip     each epoch flips exactly the images the epoch before did not (airbench's alternating
                flip): epoch 0 draws its flips as usual, shifts are drawn as usual every epoch
+  orthogonal   every weight orthogonal (all singular values equal), scaled to the norm PyTorch's init gave it
   lookahead    airbench's Lookahead: every 5 steps the weights move to a slow copy that trails them,
                which trails more as training ends; the last step ends on the slow copy
 """
@@ -51,6 +52,15 @@ def scale_weights(model):
     for layer in model.modules():
         if isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear)):
             layer.weight.mul_(math.sqrt(3))
+
+
+def orthogonal_weights(model):
+    """Without activations the network is close to a deep linear one, whose learning orthogonal init
+    speeds up (Saxe et al. 2014); the norm is kept, so the logits start at the scale the lr was tuned for."""
+    for layer in model.modules():
+        if isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear)):
+            orthogonal = torch.nn.init.orthogonal_(torch.empty(layer.weight.shape))
+            layer.weight.copy_(orthogonal * (layer.weight.norm() / orthogonal.norm()))
 
 
 def clean_last_epoch(patch):
@@ -116,6 +126,7 @@ VARIANTS = {
     "adamw": use_adamw,
     "zero-last": lambda patch: change_init(patch, zero_last),
     "scaled-init": lambda patch: change_init(patch, scale_weights),
+    "orthogonal": lambda patch: change_init(patch, orthogonal_weights),
     "clean-last": clean_last_epoch,
     "alt-flip": alternate_flips,
     "lookahead": lookahead,

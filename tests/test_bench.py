@@ -52,6 +52,20 @@ def test_variant_scaled_init_multiplies_every_weight_by_sqrt_3(monkeypatch):
         torch.testing.assert_close(weight, default.state_dict()[name] * factor)
 
 
+def test_variant_orthogonal_equalises_each_weights_singular_values_and_keeps_its_norm(monkeypatch):
+    import train
+    default = train.build_model(10, torch.device("cpu"), 0).state_dict()
+    load_variants()["apply"]("orthogonal", monkeypatch.setattr)
+    changed = train.build_model(10, torch.device("cpu"), 0).state_dict()
+    for name, weight in changed.items():
+        if name.endswith("bias"):
+            assert torch.equal(weight, default[name])
+            continue
+        singular_values = torch.linalg.svdvals(weight.flatten(1))
+        torch.testing.assert_close(singular_values, singular_values[:1].expand_as(singular_values))
+        torch.testing.assert_close(weight.norm(), default[name].norm())
+
+
 def test_variant_clean_last_drops_the_shifts_of_the_last_epoch_only(monkeypatch, train_args):
     import train
     load_variants()["apply"]("clean-last", monkeypatch.setattr)
@@ -102,4 +116,4 @@ def test_variants_names_the_choices_when_the_variant_is_unknown(capsys):
     with pytest.raises(SystemExit) as exit_info:
         load_variants()["main"](["sam", "--", "--recipe", "tuned"])
     assert exit_info.value.code == 2
-    assert "adamw, zero-last, scaled-init, clean-last, alt-flip, lookahead" in capsys.readouterr().err
+    assert "adamw, zero-last, scaled-init, orthogonal, clean-last, alt-flip, lookahead" in capsys.readouterr().err
