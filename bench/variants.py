@@ -108,16 +108,16 @@ def lookahead(patch):
     call = train.TrainStep.__call__
 
     def step_with_lookahead(step, idx, global_batch_size, lr):
-        params = list(step.model.parameters())
         if not hasattr(step, "slow"):
-            step.slow, step.done = [p.detach().clone() for p in params], 0
+            step.params = list(step.model.parameters())
+            step.slow, step.done = [p.detach().clone() for p in step.params], 0
+            step.total = math.ceil(len(step.labels) / step.args.batch_size) * step.args.epochs
         result = call(step, idx, global_batch_size, lr)
         step.done += 1
-        total = math.ceil(len(step.labels) / step.args.batch_size) * step.args.epochs
-        if step.done == total:
-            pull_to_slow(step.slow, params, 1.0)
+        if step.done == step.total:
+            pull_to_slow(step.slow, step.params, 1.0)
         elif step.done % 5 == 0:
-            pull_to_slow(step.slow, params, 0.95 ** 5 * (step.done / total) ** 3)
+            pull_to_slow(step.slow, step.params, 0.95 ** 5 * (step.done / step.total) ** 3)
         return result
     patch(train.TrainStep, "__call__", step_with_lookahead)
 

@@ -67,11 +67,8 @@ def test_variant_orthogonal_equalises_each_weights_singular_values_and_keeps_its
 
 
 def test_variant_clean_last_drops_the_shifts_of_the_last_epoch_only(monkeypatch, train_args):
-    import train
     load_variants()["apply"]("clean-last", monkeypatch.setattr)
-    plans, plan = [], train.augment_plan
-    monkeypatch.setattr(train, "augment_plan", lambda *a: plans.append(plan(*a)) or plans[-1])
-    train.main([*train_args, "--recipe", "tuned", "--epochs", "3"])
+    plans = augmentation_plans(monkeypatch, train_args)
     assert [bool(shifts.any()) for _, shifts in plans] == [True, True, False]
     assert plans[-1][0].any()  # still flipped
 
