@@ -3,6 +3,7 @@ patched into it, everything else (data, loop, logging, checkpoints) unchanged.
 
     OMP_NUM_THREADS=1 python bench/variants.py VARIANT -- TRAIN_FLAGS
     OMP_NUM_THREADS=1 python bench/variants.py adamw -- --recipe tuned --lr 0.002 --weight-decay 0.05
+    OMP_NUM_THREADS=1 python bench/variants.py alt-flip+lookahead -- --recipe tuned   # several at once
 
 Variants (results in README, "Tuned recipe"):
   adamw        AdamW (decoupled weight decay) instead of SGD, with --lr and --weight-decay
@@ -140,11 +141,14 @@ def apply(variant, patch=setattr):
 
 
 def main(argv):
-    if len(argv) < 2 or argv[0] not in VARIANTS or argv[1] != "--":
-        print(f"error: VARIANT must be one of {', '.join(VARIANTS)}; usage: variants.py VARIANT -- TRAIN_FLAGS",
-              file=sys.stderr)
+    """VARIANT may join several with "+", to see whether small gains add up."""
+    names = argv[0].split("+") if argv else []
+    if len(argv) < 2 or argv[1] != "--" or not set(names) <= VARIANTS.keys() or len(set(names)) < len(names):
+        print(f"error: VARIANT must be one of {', '.join(VARIANTS)}, or several joined with +, each once; "
+              "usage: variants.py VARIANT -- TRAIN_FLAGS", file=sys.stderr)
         raise SystemExit(2)
-    apply(argv[0])
+    for name in names:
+        apply(name)
     return train.main(argv[2:])
 
 

@@ -109,6 +109,23 @@ def test_variant_lookahead_pulls_every_5_steps_by_the_schedule_and_fully_at_the_
     assert decays == [0.95 ** 5 * (done / total) ** 3 for done in range(5, total, 5)] + [1.0]
 
 
+def test_variants_joined_with_plus_are_all_applied_in_order_before_training(monkeypatch):
+    import train
+    variants, applied = load_variants(), []
+    monkeypatch.setitem(variants, "apply", applied.append)
+    monkeypatch.setattr(train, "main", lambda argv: ("trained with", applied.copy(), argv))
+    result = variants["main"](["alt-flip+lookahead", "--", "--recipe", "tuned"])
+    assert result == ("trained with", ["alt-flip", "lookahead"], ["--recipe", "tuned"])
+
+
+@pytest.mark.parametrize("variant", ["alt-flip+sam", "lookahead+lookahead"])
+def test_variants_refuses_an_unknown_or_repeated_part_of_a_joined_variant(capsys, variant):
+    with pytest.raises(SystemExit) as exit_info:
+        load_variants()["main"]([variant, "--", "--recipe", "tuned"])
+    assert exit_info.value.code == 2
+    assert "several joined with +, each once" in capsys.readouterr().err
+
+
 def test_variants_names_the_choices_when_the_variant_is_unknown(capsys):
     with pytest.raises(SystemExit) as exit_info:
         load_variants()["main"](["sam", "--", "--recipe", "tuned"])
