@@ -93,6 +93,15 @@ def test_variant_alt_flip_flips_each_epoch_the_images_the_epoch_before_did_not(m
     assert all(torch.equal(shifts, d) for (_, shifts), (_, d) in zip(alternating, default))
 
 
+def test_variant_linear_decay_falls_linearly_from_the_peak_to_zero_after_the_warmup(monkeypatch):
+    import train
+    load_variants()["apply"]("linear-decay", monkeypatch.setattr)
+    args = train.parse_args(["--recipe", "tuned", "--lr", "0.04", "--warmup", "0.1"])[0]
+    lrs = [train.lr_at(step, 110, args) for step in range(110)]
+    torch.testing.assert_close(lrs[:11], [0.04 * (step + 1) / 11 for step in range(11)])  # warm-up unchanged
+    torch.testing.assert_close(lrs[11:], [0.04 * (1 - step / 99) for step in range(99)])
+
+
 def test_variant_lookahead_pulls_the_weights_toward_the_slow_copy_by_the_decay():
     slow, params = [torch.tensor([0.0, 4.0])], [torch.tensor([2.0, 0.0])]
     load_variants()["pull_to_slow"](slow, params, 0.75)
@@ -130,4 +139,4 @@ def test_variants_names_the_choices_when_the_variant_is_unknown(capsys):
     with pytest.raises(SystemExit) as exit_info:
         load_variants()["main"](["sam", "--", "--recipe", "tuned"])
     assert exit_info.value.code == 2
-    assert "adamw, zero-last, scaled-init, orthogonal, clean-last, alt-flip, lookahead" in capsys.readouterr().err
+    assert "adamw, zero-last, scaled-init, orthogonal, clean-last, alt-flip, linear-decay, lookahead" in capsys.readouterr().err
