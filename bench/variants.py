@@ -6,16 +6,17 @@ patched into it, everything else (data, loop, logging, checkpoints) unchanged.
     OMP_NUM_THREADS=1 python bench/variants.py alt-flip+lookahead -- --recipe tuned   # several at once
 
 Variants (results in README, "Tuned recipe"):
-  adamw        AdamW (decoupled weight decay) instead of SGD, with --lr and --weight-decay
-  zero-last    the last Linear layer starts at zero, so the first logits are all equal
-  scaled-init  every weight x sqrt(3): unit-variance layers instead of PyTorch's default 1/3
-  clean-last   the last epoch trains without shifts (flips kept), on images as the test set sees them
-  alt-flip     each epoch flips exactly the images the epoch before did not (airbench's alternating
-               flip): epoch 0 draws its flips as usual, shifts are drawn as usual every epoch
-  orthogonal   every weight orthogonal (all singular values equal), scaled to the norm PyTorch's init gave it
-  linear-decay the learning rate falls linearly from its peak to 0 instead of along a cosine
-  lookahead    airbench's Lookahead: every 5 steps the weights move to a slow copy that trails them,
-               which trails more as training ends; the last step ends on the slow copy
+  adamw          AdamW (decoupled weight decay) instead of SGD, with --lr and --weight-decay
+  no-bias-decay  weight decay on the weights only, not the biases (a common default elsewhere)
+  zero-last      the last Linear layer starts at zero, so the first logits are all equal
+  scaled-init    every weight x sqrt(3): unit-variance layers instead of PyTorch's default 1/3
+  orthogonal     every weight orthogonal (all singular values equal), at the norm PyTorch's init gave it
+  clean-last     the last epoch trains without shifts (flips kept), on images as the test set sees them
+  alt-flip       each epoch flips exactly the images the epoch before did not (airbench's alternating
+                 flip): epoch 0 draws its flips as usual, shifts are drawn as usual every epoch
+  linear-decay   the learning rate falls linearly from its peak to 0 instead of along a cosine
+  lookahead      airbench's Lookahead: every 5 steps the weights move to a slow copy that trails them,
+                 which trails more as training ends; the last step ends on the slow copy
 """
 import argparse
 import math
@@ -32,6 +33,22 @@ def use_adamw(patch):
     def build_optimizer(model, args, graphed=False):
         return torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     patch(train, "build_optimizer", build_optimizer)
+
+
+def no_bias_decay(patch):
+    """Biases do not scale the output the way weights do, so decaying them only pulls them to 0."""
+    build_optimizer = train.build_optimizer
+
+    def build_optimizer_without_bias_decay(model, args, graphed=False):
+        optimizer = build_optimizer(model, args, graphed)
+        weights = [p for p in model.parameters() if p.dim() > 1]
+        biases = [p for p in model.parameters() if p.dim() == 1]
+        group = optimizer.param_groups[0]
+        optimizer.param_groups.clear()
+        for params, decay in ((weights, args.weight_decay), (biases, 0.0)):
+            optimizer.add_param_group({**group, "params": params, "weight_decay": decay})
+        return optimizer
+    patch(train, "build_optimizer", build_optimizer_without_bias_decay)
 
 
 def change_init(patch, change):
@@ -96,8 +113,8 @@ def alternate_flips(patch):
 
 
 def linear_decay(patch):
-    """Linear decay to zero beats cosine in several studies of short runs (e.g. Bergsma et al. 2025,
-    "Straight to zero"): it spends less of the run at a high lr and less at a negligible one."""
+    """The other common shape of decay to zero: against cosine, it spends less of the run near the peak lr
+    and less near zero."""
     lr_at = train.lr_at
 
     def linear_lr_at(step, total_steps, args):
@@ -141,6 +158,7 @@ def lookahead(patch):
 
 VARIANTS = {
     "adamw": use_adamw,
+    "no-bias-decay": no_bias_decay,
     "zero-last": lambda patch: change_init(patch, zero_last),
     "scaled-init": lambda patch: change_init(patch, scale_weights),
     "orthogonal": lambda patch: change_init(patch, orthogonal_weights),

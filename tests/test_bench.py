@@ -33,6 +33,17 @@ def test_variant_adamw_trains_with_adamw_at_the_flags_lr_and_weight_decay(monkey
     assert (optimizer.defaults["lr"], optimizer.defaults["weight_decay"]) == (0.002, 0.05)
 
 
+def test_variant_no_bias_decay_decays_every_weight_and_no_bias_with_the_recipes_other_settings(monkeypatch):
+    import train
+    load_variants()["apply"]("no-bias-decay", monkeypatch.setattr)
+    args = train.parse_args(["--recipe", "tuned", "--weight-decay", "0.01"])[0]
+    model = train.build_model(10, torch.device("cpu"), 0)
+    optimizer = train.build_optimizer(model, args)
+    decay = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+    assert decay == {id(p): 0.01 if name.endswith("weight") else 0.0 for name, p in model.named_parameters()}
+    assert all((g["lr"], g["momentum"], g["nesterov"]) == (0.04, 0.9, True) for g in optimizer.param_groups)
+
+
 def test_variant_zero_last_starts_the_last_layer_at_zero_and_leaves_the_others(monkeypatch):
     import train
     default = train.build_model(10, torch.device("cpu"), 0)
@@ -139,4 +150,4 @@ def test_variants_names_the_choices_when_the_variant_is_unknown(capsys):
     with pytest.raises(SystemExit) as exit_info:
         load_variants()["main"](["sam", "--", "--recipe", "tuned"])
     assert exit_info.value.code == 2
-    assert "adamw, zero-last, scaled-init, orthogonal, clean-last, alt-flip, linear-decay, lookahead" in capsys.readouterr().err
+    assert "adamw, no-bias-decay, zero-last, scaled-init, orthogonal, clean-last, alt-flip, linear-decay, lookahead" in capsys.readouterr().err
