@@ -41,12 +41,10 @@ def no_bias_decay(patch):
 
     def build_optimizer_without_bias_decay(model, args, graphed=False):
         optimizer = build_optimizer(model, args, graphed)
-        weights = [p for p in model.parameters() if p.dim() > 1]
-        biases = [p for p in model.parameters() if p.dim() == 1]
-        group = optimizer.param_groups[0]
-        optimizer.param_groups.clear()
-        for params, decay in ((weights, args.weight_decay), (biases, 0.0)):
-            optimizer.add_param_group({**group, "params": params, "weight_decay": decay})
+        group = optimizer.param_groups[0]  # every parameter: the biases move to a group of their own
+        biases = [p for p in group["params"] if p.dim() == 1]
+        group["params"] = [p for p in group["params"] if p.dim() > 1]
+        optimizer.add_param_group({"params": biases, "weight_decay": 0.0})  # the rest from the optimizer's defaults
         return optimizer
     patch(train, "build_optimizer", build_optimizer_without_bias_decay)
 
@@ -118,10 +116,8 @@ def linear_decay(patch):
     lr_at = train.lr_at
 
     def linear_lr_at(step, total_steps, args):
-        if args.schedule != "cosine":
-            return lr_at(step, total_steps, args)
         warmup = int(args.warmup * total_steps)
-        if step < warmup:
+        if args.schedule != "cosine" or step < warmup:
             return lr_at(step, total_steps, args)
         return args.lr * (1 - (step - warmup) / max(1, total_steps - warmup))
     patch(train, "lr_at", linear_lr_at)
