@@ -814,6 +814,10 @@ def main(argv=None):
         if args.run_name is None:
             args.run_name = datetime.now().strftime("%Y%m%d-%H%M%S")
         metrics = train(args, resumed, device, rank, world)
+        if world > 1:
+            # ranks leave together: a rank finishing early and exiting while rank 0 still writes its files
+            # sometimes aborted in gloo's native teardown ("terminate called without an active exception")
+            torch.distributed.barrier()
     except (UsageError, DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
