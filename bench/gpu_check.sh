@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Every GPU figure in the README in one go, on a machine with one CUDA GPU:
 #   bash bench/gpu_check.sh path/to/cifar10-jpg.tar.xz OUTDIR
-# 1. the CUDA tests; 2. bench/compare.py (tutorial loop vs train.py, 10 epochs, default recipe);
-# 3. the process wall time of plain `python train.py` and of `--recipe tuned`; 4. where the time goes:
-# bench/step_profile.py, import times and a cProfile of a whole run; 5. `--recipe tuned` over 3 seeds,
-# 10 epochs and 50 epochs (ordered to fit a 15-minute device budget; not yet timed as a whole). With
-# FULL_SEARCH=1, 6: the README's whole recipe search (10 epochs: every variant with seed 0, the best 6 with
-# seeds 1 and 2).
+# The stages run most needed first, so that a run cut short still brings back what matters most:
+# 1. the CUDA tests; 2. the loop and process wall time of `--recipe tuned` alone, and its accuracy over
+# 3 seeds at 10 epochs (the open goals of the tuned recipe); 3. bench/compare.py (tutorial loop vs
+# train.py, 10 epochs, default recipe); 4. the process wall time of plain `python train.py`; 5. where the
+# time goes: bench/step_profile.py, import times and a cProfile of a whole run; 6. `--recipe tuned` over
+# 3 seeds at 50 epochs. With FULL_SEARCH=1, 7: the README's whole recipe search (10 epochs: every variant
+# with seed 0, the best 6 with seeds 1 and 2), which needs a BUDGET of about an hour.
+# The whole script keeps inside BUDGET seconds (default 540, under a device command's 10 minutes): each
+# stage's timeout is cut to what is left, and a stage with under a minute left is skipped, said in the log.
 set -u
 archive=$1
 out=$2
@@ -16,8 +19,16 @@ export PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
 data=${DATA:-/tmp/cifar}          # the JPEG folders are unpacked here
 pydata=${PYDATA:-./data}          # and written as cifar-10-batches-py here, where `python train.py` looks
-wall=$(mktemp -d)
+wall=$(mktemp -d)                 # the timed runs write their logs and checkpoints here
+trap 'rm -rf "$wall"' EXIT
+deadline=$(( $(date +%s) + ${BUDGET:-540} ))
 stamp() { echo "=== $(date +%T) $*" | tee -a "$log"; }
+# limit SECONDS: the smaller of SECONDS and the time left; fails (and logs a skip) under a minute left
+limit() {
+  local left=$(( deadline - $(date +%s) ))
+  if [ $left -lt 60 ]; then echo "=== skipped: $(( left > 0 ? left : 0 )) s of the budget left" | tee -a "$log" >&2; return 1; fi
+  echo $(( $1 < left ? $1 : left ))
+}
 
 stamp setup
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>&1 | tee -a "$log"
@@ -25,53 +36,61 @@ $py -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_na
 mkdir -p $data && tar -xJf "$archive" -C $data
 $py bench/folder_to_cifar.py $data $pydata 2>&1 | tee -a "$log"  # also caches $data's decoded tensors
 
-stamp cuda tests
-if ! timeout 180 $py -m pytest -q -p no:cacheprovider tests/test_cuda.py >"$out/cuda_tests.txt" 2>&1; then
-  extra="--no-cuda-graph"  # keep measuring, eagerly, if the graph path failed its tests
-fi
-tail -25 "$out/cuda_tests.txt" | tee -a "$log"
-
-stamp compare
-timeout 240 $py bench/compare.py --data-dir $pydata --epochs 10 --tutorial-epochs 2 --devices "${DEVICE:-cuda}" --variants fp32 amp eager \
-  2>&1 | tee -a "$log"
-
-stamp wall time of plain runs
-for run in plain1 plain2 tuned; do
-  flags=(); [ $run = tuned ] && flags=(--recipe tuned)
-  start=$(date +%s.%N)
-  timeout 120 $py train.py --quiet --data-dir $pydata --logdir $wall --run-name $run "${flags[@]}" 2>&1 | tee -a "$log"
-  end=$(date +%s.%N)
-  $py - "$run" "$start" "$end" $wall/$run/metrics.jsonl <<'EOF' 2>&1 | tee -a "$log"
+# wall_time RUN [FLAGS...]: one quiet `python train.py` run; prints its process wall, train and loop seconds
+wall_time() {
+  local run=$1; shift
+  local secs; secs=$(limit 120) || return
+  local start; start=$(date +%s.%N)
+  timeout $secs $py train.py --quiet --data-dir $pydata --logdir $wall --run-name $run "$@" 2>&1 | tee -a "$log"
+  local end; end=$(date +%s.%N)
+  $py - "$run" "$start" "$end" $wall/$run/metrics.jsonl <<'PY' 2>&1 | tee -a "$log"
 import json, sys
 run, start, end, path = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 records = [json.loads(line) for line in open(path)]
 print(f"{run}: process wall {end - start:.2f} s, train {sum(r['train_seconds'] for r in records):.2f} s, "
       f"loop {sum(r['epoch_seconds'] for r in records):.2f} s, final accuracy {records[-1]['test_accuracy']:.2%}")
-EOF
-done
+PY
+}
+
+stamp cuda tests
+if secs=$(limit 180) && ! timeout $secs $py -m pytest -q -p no:cacheprovider tests/test_cuda.py >"$out/cuda_tests.txt" 2>&1; then
+  extra="--no-cuda-graph"  # keep measuring, eagerly, if the graph path failed its tests
+fi
+tail -25 "$out/cuda_tests.txt" 2>/dev/null | tee -a "$log"
+
+t="--recipe tuned ${extra:-}"   # batch 128, lr 0.04 cosine, wd 2e-3, translate 1, Nesterov 0.9, normalize, smoothing 0.1
+stamp tuned recipe alone, then 3 seeds at 10 epochs
+wall_time tuned $t
+secs=$(limit 240) && timeout $secs $py bench/recipe_search.py --data-dir $data --epochs 10 --seeds 0 1 2 --jobs 3 \
+  --out "$out/tuned10.jsonl" --variant "tuned=$t" 2>&1 | tee -a "$log"
+
+stamp compare
+secs=$(limit 240) && timeout $secs $py bench/compare.py --data-dir $pydata --epochs 10 --tutorial-epochs 2 \
+  --devices "${DEVICE:-cuda}" --variants fp32 amp eager 2>&1 | tee -a "$log"
+
+stamp wall time of plain runs
+wall_time plain1
+wall_time plain2
 
 stamp where the time goes
 for recipe in tutorial tuned; do
-  timeout 120 $py bench/step_profile.py --recipe $recipe >"$out/step_profile_$recipe.txt" 2>&1
-  grep -E "ms/step|per step," "$out/step_profile_$recipe.txt" | sed "s/^/$recipe: /" | tee -a "$log"
+  secs=$(limit 120) && timeout $secs $py bench/step_profile.py --recipe $recipe >"$out/step_profile_$recipe.txt" 2>&1
+  grep -E "ms/step|per step," "$out/step_profile_$recipe.txt" 2>/dev/null | sed "s/^/$recipe: /" | tee -a "$log"
 done
 $py -X importtime -c "import train" 2>"$out/importtime.txt"
-timeout 120 $py -m cProfile -o "$out/train.prof" train.py --quiet --data-dir $pydata --logdir $wall --run-name profiled \
-  2>&1 | tee -a "$log"
+secs=$(limit 120) && timeout $secs $py -m cProfile -o "$out/train.prof" train.py --quiet --data-dir $pydata \
+  --logdir $wall --run-name profiled 2>&1 | tee -a "$log"
 
-t="--recipe tuned ${extra:-}"   # batch 128, lr 0.04 cosine, wd 2e-3, translate 1, Nesterov 0.9, normalize, smoothing 0.1
-stamp tuned recipe, 3 seeds, 10 and 50 epochs
-timeout 240 $py bench/recipe_search.py --data-dir $data --epochs 10 --seeds 0 1 2 --jobs 3 --out "$out/tuned10.jsonl" \
-  --variant "tuned=$t" 2>&1 | tee -a "$log"
-timeout 600 $py bench/recipe_search.py --data-dir $data --epochs 50 --seeds 0 1 2 --jobs 3 --out "$out/tuned50.jsonl" \
-  --variant "tuned-translate2=$t --translate 2" 2>&1 | tee -a "$log"
+stamp tuned recipe, 3 seeds, 50 epochs
+secs=$(limit 600) && timeout $secs $py bench/recipe_search.py --data-dir $data --epochs 50 --seeds 0 1 2 --jobs 3 \
+  --out "$out/tuned50.jsonl" --variant "tuned-translate2=$t --translate 2" 2>&1 | tee -a "$log"
 
 if [ "${FULL_SEARCH:-0}" != 1 ]; then stamp done; exit 0; fi
 stamp recipe search, 10 epochs
 t="$t --weight-decay 1e-3"  # the search ran with 1e-3; a CPU follow-up then chose 2e-3 (README)
 old="$t --batch-size 256 --lr 0.05 --weight-decay 5e-4 --schedule onecycle --translate 2"  # the earlier tuned recipe
 b64="$t --batch-size 64 --lr 0.02 --weight-decay 5e-4 --translate 2"
-timeout 900 $py bench/recipe_search.py --data-dir $data --epochs 10 --seeds 0 1 2 --screen 6 --jobs 4 \
+secs=$(limit 900) && timeout $secs $py bench/recipe_search.py --data-dir $data --epochs 10 --seeds 0 1 2 --screen 6 --jobs 4 \
   --out "$out/search10.jsonl" \
   --variant "tuned=$t" \
   --variant "tuned-translate2=$t --translate 2" \
@@ -98,6 +117,6 @@ timeout 900 $py bench/recipe_search.py --data-dir $data --epochs 10 --seeds 0 1 
   2>&1 | tee -a "$log"
 
 stamp recipe search, 50 epochs
-timeout 900 $py bench/recipe_search.py --data-dir $data --epochs 50 --seeds 0 1 2 --jobs 6 --out "$out/search50.jsonl" \
+secs=$(limit 900) && timeout $secs $py bench/recipe_search.py --data-dir $data --epochs 50 --seeds 0 1 2 --jobs 6 --out "$out/search50.jsonl" \
   --variant "tuned-translate2=$t --translate 2" --variant "b64-t2=$b64" 2>&1 | tee -a "$log"
 stamp done

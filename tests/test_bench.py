@@ -1,11 +1,15 @@
 """The benchmark scripts that reach into train.py's internals still run against them."""
 import importlib.util
+import os
 import runpy
+import subprocess
+import sys
+import tarfile
 
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import CLASSES, ROOT, write_image_folder
 
 
 def test_step_profile_times_and_profiles_train_steps_on_the_cpu(monkeypatch, capsys):
@@ -151,3 +155,24 @@ def test_variants_names_the_choices_when_the_variant_is_unknown(capsys):
         load_variants()["main"](["sam", "--", "--recipe", "tuned"])
     assert exit_info.value.code == 2
     assert "adamw, no-bias-decay, zero-last, scaled-init, orthogonal, clean-last, alt-flip, linear-decay, lookahead" in capsys.readouterr().err
+
+
+def test_gpu_check_prepares_the_data_then_skips_every_stage_its_budget_has_no_time_for(tmp_path):
+    """The GPU check is run where GPU time is scarce: it must at least get this far on the CPU, and a
+    budget that is spent must end it at once instead of running on past the device's command limit."""
+    images = write_image_folder(tmp_path / "images", classes=CLASSES, train_per_class=2, test_per_class=1)
+    archive = tmp_path / "images.tar.xz"
+    with tarfile.open(archive, "w:xz") as tar:
+        for split in ("train", "test"):
+            tar.add(images / split, arcname=split)
+    env = dict(os.environ, PYTHON=sys.executable, DATA=str(tmp_path / "cifar"), PYDATA=str(tmp_path / "pydata"),
+               BUDGET="1")
+    done = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), str(archive), str(tmp_path / "out")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    log = (tmp_path / "out" / "log.txt").read_text()
+    assert done.returncode == 0, done.stderr
+    assert "wrote 20 training and 10 test images" in log
+    # the CUDA tests, tuned alone and over 3 seeds, compare, 2 plain runs, 2 step profiles, cProfile, 50 epochs
+    assert log.count("=== skipped") == 10
+    assert not (tmp_path / "out" / "cuda_tests.txt").exists() and not list((tmp_path / "out").glob("*.jsonl"))
+    assert log.rstrip().endswith("done")
