@@ -158,6 +158,9 @@ def build_from_state_dict(state_dict, path="checkpoint"):
         keys = ", ".join(list(state_dict)[:4])
         raise CheckpointError(f"{path} is not a Tudui checkpoint: expected keys model.0.weight ... model.8.bias, "
                               f"found {keys}{' ...' if len(state_dict) > 4 else ''}")
+    if final_bias.shape[0] == 0:
+        raise CheckpointError(f"{path} has a final layer with no outputs, so it can predict no class; "
+                              "use another copy of the checkpoint")
     net = Tudui(num_classes=final_bias.shape[0])
     expected = net.state_dict()
     missing = sorted(set(expected) - set(state_dict))

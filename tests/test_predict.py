@@ -91,6 +91,14 @@ def test_state_dict_of_another_network_is_refused(tmp_path):
         load_tudui(tmp_path / "linear.pth")
 
 
+def test_state_dict_with_no_outputs_is_refused(tmp_path):
+    weights = reference_weights()
+    weights["model.8.weight"], weights["model.8.bias"] = torch.zeros(0, 64), torch.zeros(0)
+    torch.save(weights, tmp_path / "empty.pth")
+    with pytest.raises(CheckpointError, match="no outputs"):
+        load_tudui(tmp_path / "empty.pth")
+
+
 def test_other_class_count_loads_with_that_width(tmp_path):
     torch.save(Tudui(num_classes=4).state_dict(), tmp_path / "four.pth")
     assert load_tudui(tmp_path / "four.pth").classes == ["0", "1", "2", "3"]
