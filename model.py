@@ -174,6 +174,9 @@ def build_from_state_dict(state_dict, path="checkpoint"):
             shape = tuple(got.shape) if torch.is_tensor(got) else type(got).__name__
             raise CheckpointError(f"{path} does not match the Tudui network: {key} has shape {shape}, "
                                   f"Tudui needs {tuple(tensor.shape)}")
+        if not torch.isfinite(got).all():
+            raise CheckpointError(f"{path} has non-finite weights (NaN or infinity) in {key}, saved from a run that "
+                                  "had diverged; use a checkpoint of an earlier epoch")
     net.load_state_dict({k: v.float() for k, v in state_dict.items()})
     return net
 

@@ -99,6 +99,14 @@ def test_state_dict_with_no_outputs_is_refused(tmp_path):
         load_tudui(tmp_path / "empty.pth")
 
 
+def test_state_dict_with_a_nan_weight_is_refused_naming_the_tensor(tmp_path):
+    weights = reference_weights()
+    weights["model.2.bias"][5] = float("nan")
+    torch.save(weights, tmp_path / "diverged.pth")
+    with pytest.raises(CheckpointError, match=r"non-finite weights \(NaN or infinity\) in model.2.bias"):
+        load_tudui(tmp_path / "diverged.pth")
+
+
 def test_other_class_count_loads_with_that_width(tmp_path):
     torch.save(Tudui(num_classes=4).state_dict(), tmp_path / "four.pth")
     assert load_tudui(tmp_path / "four.pth").classes == ["0", "1", "2", "3"]
