@@ -610,13 +610,19 @@ def per_class_accuracy(confusion):
 
 
 def truncate_metrics(path, last_epoch):
-    """Drop metrics.jsonl lines of epochs after the checkpoint a run resumes from; returns the epochs kept."""
+    """Drop metrics.jsonl lines of epochs after the checkpoint a run resumes from, and any line a crash
+    left torn (the file is appended to, not replaced); returns the epochs kept."""
     if not path.exists():
         return set()
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    kept = [record for record in records if record.get("epoch", -1) <= last_epoch]
+    records = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    kept = [record for record in records if isinstance(record, dict) and record.get("epoch", -1) <= last_epoch]
     write_run_file("".join(json.dumps(record) + "\n" for record in kept).encode(), path)
-    return {record["epoch"] for record in kept}
+    return {record.get("epoch") for record in kept}
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -727,6 +733,9 @@ def train(args, resumed, device, rank=0, world=1):
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     step_fn = TrainStep(train_model, optimizer, loss_fn, data, args, graphed, world)
 
+    if start_epoch >= args.epochs and rank == 0:
+        print(f"nothing to train: {args.resume} has already trained {start_epoch} epoch{'s' * (start_epoch != 1)}, "
+              f"and --epochs {args.epochs} is the total to reach; give a larger --epochs to train on", file=sys.stderr)
     recorder = RunRecorder(args, resumed, start_epoch, step) if rank == 0 else None
     steps_per_epoch = math.ceil(len(data["train_y"]) / args.batch_size)
     total_steps = steps_per_epoch * args.epochs

@@ -191,6 +191,26 @@ def test_resuming_from_an_earlier_epoch_drops_the_later_epochs_metrics_lines(tra
     assert [json.loads(line)["epoch"] for line in lines] == [0, 1]
 
 
+def test_a_metrics_line_torn_by_a_crash_is_dropped_when_the_run_resumes(train_args, tmp_path):
+    train.main(train_args + ["--epochs", "1"])
+    run_dir = tmp_path / "logs" / "run"
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 1, "step": 8, "sta')  # what a power cut mid-append can leave
+    train.main(["--resume", str(run_dir / "last.pth"), "--epochs", "2", "--quiet", "--device", "cpu"])
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [0, 1]
+
+
+def test_resuming_a_run_that_reached_its_epochs_trains_nothing_and_says_how_to_train_on(train_args, tmp_path, capsys):
+    train.main(train_args + ["--epochs", "1"])
+    last = tmp_path / "logs" / "run" / "last.pth"
+    before = last.read_bytes()
+    metrics = train.main(["--resume", str(last), "--quiet", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert "has already trained 1 epoch, and --epochs 1 is the total" in err and "give a larger --epochs" in err
+    assert metrics["epoch"] == 0 and last.read_bytes() == before
+
+
 def test_a_resumed_run_replaces_best_pth_only_with_a_better_epoch_than_before_the_resume(train_args, tmp_path):
     train.main(train_args + ["--epochs", "1"])
     run_dir = tmp_path / "logs" / "run"
