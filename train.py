@@ -280,8 +280,9 @@ def optimizer_state(optimizer):
 
 
 def load_optimizer_state(optimizer, state):
-    """Momentum buffers from a checkpoint, keeping this run's own lr holder and kernel choice."""
-    own = [{k: group[k] for k in ("lr", "fused")} for group in optimizer.param_groups]
+    """Momentum buffers from a checkpoint. The settings stay this run's own (load_state_dict would put
+    the checkpoint's back): they are the checkpoint's unless a flag such as --weight-decay changed them."""
+    own = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
     optimizer.load_state_dict(state)
     for group, settings in zip(optimizer.param_groups, own):
         group.update(settings)

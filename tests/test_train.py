@@ -119,6 +119,15 @@ def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(train_args, tmp_pa
         assert torch.equal(tensor, resumed["model"][key]), key
 
 
+def test_optimizer_flags_given_on_resume_override_the_checkpoints(train_args, tmp_path):
+    train.main(train_args + ["--epochs", "1", "--momentum", "0.9", "--weight-decay", "5e-4"])
+    last = tmp_path / "logs" / "run" / "last.pth"
+    train.main(["--resume", str(last), "--epochs", "2", "--momentum", "0.5", "--weight-decay", "0", "--nesterov",
+                "--quiet", "--device", "cpu"])
+    group = torch.load(last, weights_only=True)["optimizer"]["param_groups"][0]
+    assert (group["momentum"], group["weight_decay"], group["nesterov"]) == (0.5, 0, True)
+
+
 def test_ckpt_dir_takes_the_checkpoints_and_a_resumed_run_keeps_writing_there(train_args, tmp_path):
     ckpt_dir = tmp_path / "weights"
     train.main(train_args + ["--epochs", "1", "--ckpt-dir", str(ckpt_dir)])
