@@ -141,15 +141,39 @@ def parse_args(argv):
     resumed = None
     if args.resume:
         resumed = load_training_checkpoint(args.resume)
-        machine_specific = {"device", "cuda_graph", "quiet", "resume", "evaluate", "tta"}
-        known = {k: v for k, v in resumed["config"].items() if k in vars(args) and k not in machine_specific}
-        parser.set_defaults(**known)
+        parser.set_defaults(**saved_flags(parser, resumed["config"], args.resume))
         args = parser.parse_args(argv)
     for key, value in RECIPES[args.recipe].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     check_args(args)
     return args, resumed
+
+
+def saved_flags(parser, config, path):
+    """A resumed run's saved configuration as flag defaults, each value checked against its flag's type
+    and choices, so that a damaged one is refused here rather than failing somewhere in training."""
+    machine_specific = {"device", "cuda_graph", "quiet", "resume", "evaluate", "tta"}
+    actions = {action.dest: action for action in parser._actions}
+    flags = {}
+    for key, value in config.items():
+        if key not in actions or key in machine_specific:
+            continue
+        if value is not None and not fits_flag(actions[key], value):
+            raise damaged_checkpoint(path, f"its configuration has {key} = {value!r}")
+        flags[key] = value
+    return flags
+
+
+def fits_flag(action, value):
+    if action.choices is not None:
+        return value in action.choices
+    if action.nargs == 0:  # on/off flags
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    kind = action.type or str
+    return isinstance(value, (int, float) if kind is float else kind)
 
 
 def check_args(args):
@@ -487,7 +511,34 @@ def load_training_checkpoint(path):
     if not (isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT):
         raise CheckpointError(f"{path} is not a training checkpoint written by train.py, so it cannot be resumed; "
                               "to start from its weights, evaluate or fine-tune it in a new run")
+    damaged = damaged_fields(obj)
+    if damaged:
+        raise damaged_checkpoint(path, f"{', '.join(damaged)} missing or malformed")
     return obj
+
+
+def damaged_fields(checkpoint):
+    """The fields of a train.py checkpoint that resuming relies on and that are missing or malformed."""
+    def count(value):
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    checks = {
+        "model": lambda v: isinstance(v, dict),
+        "optimizer": lambda v: isinstance(v, dict) and isinstance(v.get("param_groups"), list),
+        "epoch": count,
+        "step": count,
+        "config": lambda v: isinstance(v, dict),
+        "classes": lambda v: isinstance(v, list) and all(isinstance(name, str) for name in v),
+        "best_accuracy": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        "metrics": lambda v: isinstance(v, dict) and v.get("epoch") == checkpoint.get("epoch"),
+        "rng": lambda v: isinstance(v, dict) and torch.is_tensor(v.get("torch")),
+    }
+    return [name for name, fine in checks.items() if not fine(checkpoint.get(name))]
+
+
+def damaged_checkpoint(path, what):
+    return CheckpointError(f"{path} is a damaged training checkpoint ({what}), so it cannot be resumed; resume "
+                           "from another of the run's checkpoints (last.pth, best.pth or an epoch file)")
 
 
 def rng_state(device):
@@ -721,8 +772,11 @@ def train(args, resumed, device, rank=0, world=1):
             raise UsageError(f"{args.resume} was trained on classes {resumed['classes']}, but this dataset has "
                              f"{classes}; resume with the same --dataset and --data-dir")
         model.load_state_dict(build_from_state_dict(resumed["model"], args.resume).state_dict())
-        load_optimizer_state(optimizer, resumed["optimizer"])
-        restore_rng_state(resumed["rng"], device)
+        try:
+            load_optimizer_state(optimizer, resumed["optimizer"])
+            restore_rng_state(resumed["rng"], device)
+        except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:
+            raise damaged_checkpoint(args.resume, f"its optimizer or RNG state does not load: {e}") from None
         data["preprocess"] = checked_preprocess(resumed.get("preprocess"), args.resume)
         start_epoch, step, best_accuracy = resumed["epoch"] + 1, resumed["step"], resumed["best_accuracy"]
     data["norm"] = normalizer(data["preprocess"], device)

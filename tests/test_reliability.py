@@ -189,6 +189,32 @@ def test_damaged_preprocessing_is_one_line_for_resume_and_evaluate(train_args, c
         assert "damaged preprocessing" in err and str(damaged) in err
 
 
+def _with_two_param_groups(optimizer):
+    return dict(optimizer, param_groups=optimizer["param_groups"] * 2)
+
+
+@pytest.mark.parametrize("field, damage, says", [
+    ("config", lambda config: dict(config, epochs="ten"), "its configuration has epochs = 'ten'"),
+    ("config", lambda config: dict(config, recipe="fast"), "its configuration has recipe = 'fast'"),
+    ("config", lambda config: "junk", "config missing or malformed"),
+    ("rng", lambda rng: None, "rng missing or malformed"),
+    ("rng", lambda rng: {"torch": torch.zeros(3)}, "RNG state does not load"),
+    ("optimizer", _with_two_param_groups, "optimizer or RNG state does not load"),
+    ("metrics", lambda metrics: dict(metrics, epoch=7), "metrics missing or malformed"),
+    ("epoch", lambda epoch: -1, "epoch, metrics missing or malformed"),  # the metrics are of another epoch then
+])
+def test_a_training_checkpoint_with_a_damaged_field_is_one_line_on_resume(train_args, tmp_path, capsys, field,
+                                                                           damage, says):
+    train.main(train_args + ["--epochs", "1"])
+    checkpoint = torch.load(tmp_path / "logs" / "run" / "last.pth", weights_only=True)
+    checkpoint[field] = damage(checkpoint[field])
+    damaged = tmp_path / "damaged.pth"
+    torch.save(checkpoint, damaged)
+    capsys.readouterr()
+    err = bad_input(capsys, ["--resume", str(damaged), "--epochs", "2"])
+    assert f"{damaged} is a damaged training checkpoint (" in err and says in err
+
+
 def test_truncated_image_in_a_folder_dataset_is_one_clear_line(tmp_path, capsys):
     root = write_image_folder(tmp_path / "data", train_per_class=2, test_per_class=1)
     victim = next((root / "train" / "cat").glob("*.png"))
