@@ -143,6 +143,7 @@ def parse_args(argv):
         resumed = load_training_checkpoint(args.resume)
         parser.set_defaults(**saved_flags(parser, resumed["config"], args.resume))
         args = parser.parse_args(argv)
+        refuse_changed_foundations(args, resumed["config"])
     for key, value in RECIPES[args.recipe].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -163,6 +164,17 @@ def saved_flags(parser, config, path):
             raise damaged_checkpoint(path, f"its configuration has {key} = {value!r}")
         flags[key] = value
     return flags
+
+
+def refuse_changed_foundations(args, saved):
+    """A resumed run keeps its recipe (which would otherwise be named in config.json while the saved
+    settings still applied) and its input normalization (the checkpoint's, which its weights learned)."""
+    if "recipe" in saved and args.recipe != saved["recipe"]:
+        raise UsageError(f"{args.resume} was trained with --recipe {saved['recipe']}, and a resumed run keeps its "
+                         "recipe; flags such as --lr or --epochs still change single settings")
+    if "normalize" in saved and args.normalize != saved["normalize"]:
+        raise UsageError(f"{args.resume} was trained {'with' if saved['normalize'] else 'without'} --normalize, and "
+                         "a resumed run keeps the input normalization its weights learned")
 
 
 def fits_flag(action, value):

@@ -8,7 +8,7 @@ import torch
 
 import predict
 import train
-from conftest import class_images
+from conftest import bad_input, class_images
 from model import Tudui, load_tudui
 
 
@@ -22,6 +22,29 @@ def test_explicit_flags_override_the_recipe_and_nothing_else():
     assert (args.lr, args.batch_size, args.augment) == (0.02, 64, False)
     untouched = {k: v for k, v in train.RECIPES["tuned"].items() if k not in ("lr", "batch_size", "augment")}
     assert {key: getattr(args, key) for key in untouched} == untouched
+
+
+@pytest.fixture(scope="module")
+def tutorial_run_checkpoint(cifar_dir, tmp_path_factory):
+    logdir = tmp_path_factory.mktemp("logs")
+    train.main(["--data-dir", str(cifar_dir), "--no-download", "--logdir", str(logdir), "--run-name", "run",
+                "--device", "cpu", "--quiet", "--epochs", "1"])
+    return str(logdir / "run" / "last.pth")
+
+
+def test_a_resumed_run_keeps_its_recipe(tutorial_run_checkpoint, capsys):
+    err = bad_input(capsys, ["--resume", tutorial_run_checkpoint, "--recipe", "tuned"])
+    assert "was trained with --recipe tutorial, and a resumed run keeps its recipe" in err
+
+
+def test_a_resumed_run_keeps_its_input_normalization(tutorial_run_checkpoint, capsys):
+    err = bad_input(capsys, ["--resume", tutorial_run_checkpoint, "--normalize"])
+    assert "was trained without --normalize" in err
+
+
+def test_a_resumed_run_takes_a_single_setting_from_a_flag(tutorial_run_checkpoint):
+    args, _ = train.parse_args(["--resume", tutorial_run_checkpoint, "--lr", "0.02", "--recipe", "tutorial"])
+    assert (args.recipe, args.lr, args.batch_size) == ("tutorial", 0.02, 64)
 
 
 def test_both_recipes_name_the_same_settings():
