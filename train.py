@@ -727,6 +727,24 @@ def prepare_data(args, device):
             "test_y": test_y.to(device), "classes": classes, "preprocess": preprocess}
 
 
+def resumable_checkpoint(ckpt_dir):
+    """The checkpoint in CKPT_DIR to resume its run from: last.pth, else the latest epoch's, else best.pth;
+    None when it holds none."""
+    ckpt_dir = Path(ckpt_dir)
+    epochs = [p for p in ckpt_dir.glob("tudui_epoch_*.pth") if p.stem.rpartition("_")[2].isdigit()]
+    candidates = [ckpt_dir / "last.pth", *sorted(epochs, key=lambda p: -int(p.stem.rpartition("_")[2])),
+                  ckpt_dir / "best.pth"]
+    return next((path for path in candidates if path.exists()), None)
+
+
+def refuse_to_overwrite(ckpt_dir):
+    """A new run never writes over the checkpoints of an earlier one."""
+    found = resumable_checkpoint(ckpt_dir)
+    if found is not None:
+        raise UsageError(f"{ckpt_dir} already holds the checkpoints of an earlier run; continue it with --resume "
+                         f"{found}, or give this run another --run-name (or --ckpt-dir)")
+
+
 class RunRecorder:
     """Everything a run writes: its folder, lock, TensorBoard writer, metrics.jsonl and checkpoints.
     Under torchrun only rank 0 has one; the other ranks write nothing."""
@@ -742,6 +760,8 @@ class RunRecorder:
         self.lock = RunLock(self.run_dir)
         self.writer = self.metrics_file = None
         try:
+            if not resumed or Path(args.resume).resolve().parent != self.ckpt_dir.resolve():
+                refuse_to_overwrite(self.ckpt_dir)
             from torch.utils.tensorboard import SummaryWriter  # imported late: slow, and only training needs it
 
             self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=step + 1 if resumed else None)

@@ -43,7 +43,8 @@ def main():
     rng = random.Random(seed)
     killed, torn_temporaries = 0, 0
     while True:
-        resume = ["--resume", str(run_dir / "last.pth")] if (run_dir / "last.pth").exists() else []
+        last = train.resumable_checkpoint(run_dir)  # as a user would, told so when starting afresh is refused
+        resume = ["--resume", str(last)] if last else []
         pid = start(argv + resume)
         deadline = time.monotonic() + (rng.uniform(0.05, 0.5) if killed < kills else 600)
         while time.monotonic() < deadline:

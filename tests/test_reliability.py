@@ -106,6 +106,22 @@ class Killed(BaseException):
     """Stands for a kill -9: nothing after it runs (except the cleanup that a real kill would skip)."""
 
 
+def test_a_new_run_never_writes_over_an_earlier_runs_checkpoints(train_args, tmp_path, capsys):
+    train.main(train_args + ["--epochs", "1"])
+    run_dir = tmp_path / "logs" / "run"
+    before = {p.name: p.read_bytes() for p in run_dir.glob("*.pth")}
+    err = bad_input(capsys, train_args + ["--epochs", "1", "--seed", "1"])
+    assert f"continue it with --resume {run_dir / 'last.pth'}, or give this run another --run-name" in err
+    assert {p.name: p.read_bytes() for p in run_dir.glob("*.pth")} == before
+
+
+def test_the_checkpoint_to_resume_from_is_last_then_the_latest_epoch_then_best(tmp_path):
+    assert train.resumable_checkpoint(tmp_path) is None
+    for name in ("best.pth", "tudui_epoch_2.pth", "tudui_epoch_10.pth", "last.pth"):
+        (tmp_path / name).touch()
+        assert train.resumable_checkpoint(tmp_path) == tmp_path / name  # each outranks those before it (10 > 2)
+
+
 def test_epoch_saved_but_not_logged_before_a_kill_is_logged_on_resume(train_args, tmp_path, monkeypatch):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
