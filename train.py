@@ -901,7 +901,7 @@ def main(argv=None):
     rank, world = 0, 1
     try:
         args, resumed = parse_args(argv)
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not args.evaluate:
+        if launched_world_size() > 1 and not args.evaluate:
             rank, world, device = join_torchrun(args)
         else:
             device = pick_device(args.device)
@@ -928,11 +928,24 @@ def main(argv=None):
     return metrics
 
 
+def launched_world_size():
+    """How many processes torchrun started (WORLD_SIZE); 1 outside torchrun."""
+    value = os.environ.get("WORLD_SIZE", "1")
+    if not value.isdigit() or int(value) < 1:
+        raise UsageError(f"WORLD_SIZE must be a whole number of processes (got {value!r}); leave it to torchrun")
+    return int(value)
+
+
 def join_torchrun(args):
     """Under torchrun: join the process group (nccl on CUDA, gloo on CPU) and return (rank, world, device).
     --batch-size stays the global batch; only rank 0 prints and writes files."""
     import torch.distributed as dist
 
+    missing = [name for name in ("RANK", "MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
+    if missing:
+        raise UsageError(f"WORLD_SIZE is {os.environ['WORLD_SIZE']} but {', '.join(missing)} "
+                         f"{'is' if len(missing) == 1 else 'are'} not set: start several processes with torchrun "
+                         "(see README), or unset WORLD_SIZE for one")
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     if args.batch_size % world:
         raise UsageError(f"--batch-size {args.batch_size} is the global batch and must divide evenly across "

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import train
-from conftest import ROOT, run_script
+from conftest import ROOT, bad_input, run_script
 
 FLAGS = ["--no-download", "--device", "cpu", "--quiet", "--epochs", "1", "--batch-size", "64",
          "--momentum", "0.9", "--augment", "--normalize", "--run-name", "run"]
@@ -30,11 +30,22 @@ def test_two_gloo_processes_match_one_process_and_leave_one_set_of_files(cifar_d
 
 
 def test_global_batch_that_does_not_divide_across_processes_is_one_clear_line(monkeypatch, capsys, cifar_dir):
-    monkeypatch.setenv("WORLD_SIZE", "3")
-    monkeypatch.setenv("RANK", "0")
+    for name, value in {"WORLD_SIZE": "3", "RANK": "0", "MASTER_ADDR": "localhost", "MASTER_PORT": "29500"}.items():
+        monkeypatch.setenv(name, value)  # as torchrun sets them
     with pytest.raises(SystemExit) as exit_info:
         train.main(["--data-dir", str(cifar_dir), "--batch-size", "64"])
     assert exit_info.value.code == 2 and "must divide evenly across 3 processes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("environment, says", [
+    ({"WORLD_SIZE": "2"}, "WORLD_SIZE is 2 but RANK, MASTER_ADDR, MASTER_PORT are not set: start several processes "
+                          "with torchrun"),
+    ({"WORLD_SIZE": "two"}, "WORLD_SIZE must be a whole number of processes (got 'two')"),
+])
+def test_a_world_size_set_outside_torchrun_is_one_clear_line(monkeypatch, capsys, train_args, environment, says):
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert says in bad_input(capsys, train_args + ["--epochs", "1"])
 
 
 def test_plain_python_run_never_touches_torch_distributed(train_args):
