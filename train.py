@@ -507,8 +507,21 @@ def write_run_file(data, path):
     try:
         atomic_write(data, path)
     except OSError as e:
-        raise UsageError(f"cannot write {path} ({e.strerror or e}); free some space or choose another "
-                         "--logdir/--ckpt-dir; the files already there are intact") from None
+        raise cannot_write(path, e) from None
+
+
+def append_metrics(metrics_file, record):
+    """One metrics.jsonl line. The epoch's checkpoints are already saved, so a failure loses only this line."""
+    try:
+        metrics_file.write(json.dumps(record) + "\n")
+        metrics_file.flush()
+    except OSError as e:
+        raise cannot_write(metrics_file.name, e) from None
+
+
+def cannot_write(path, error):
+    return UsageError(f"cannot write {path} ({error.strerror or error}); free some space or choose another "
+                      "--logdir/--ckpt-dir; the files already there are intact")
 
 
 def save_checkpoints(state, ckpt_dir, epoch, is_best):
@@ -655,8 +668,7 @@ def log_epoch(writer, metrics_file, record, losses, lrs, start_step, args, class
     writer.add_image("confusion_matrix", confusion_image(confusion, classes), record["epoch"], dataformats="HWC")
     writer.add_image("test_predictions", prediction_grid(*grid, classes), record["epoch"], dataformats="HWC")
     writer.flush()
-    metrics_file.write(json.dumps(record) + "\n")
-    metrics_file.flush()
+    append_metrics(metrics_file, record)
 
 
 def log_epoch_scalars(writer, record, classes):
@@ -772,8 +784,7 @@ class RunRecorder:
                 # killed between saving the checkpoint and logging its epoch: log the epoch from the checkpoint
                 log_epoch_scalars(self.writer, resumed["metrics"], resumed["classes"])
                 self.writer.flush()
-                self.metrics_file.write(json.dumps(resumed["metrics"]) + "\n")
-                self.metrics_file.flush()
+                append_metrics(self.metrics_file, resumed["metrics"])
             write_run_file(json.dumps(plain_config(args), indent=2).encode(), self.run_dir / "config.json")
         except BaseException:  # a full disk here must not leave the lock or files open (notebooks go on)
             self.close()

@@ -91,6 +91,22 @@ def test_full_disk_is_one_clear_line_and_earlier_checkpoints_survive(train_args,
     assert not list(run_dir.glob(".*.tmp"))
 
 
+def test_full_disk_at_the_metrics_line_is_one_clear_line_after_the_epoch_is_saved(train_args, tmp_path, monkeypatch,
+                                                                                    capsys):
+    class FullDisk(io.StringIO):
+        name = "metrics.jsonl"
+
+        def write(self, text):
+            raise OSError(28, "No space left on device")
+
+    def open_full_metrics(path, mode="r", *args, **kwargs):
+        return FullDisk() if str(path).endswith("metrics.jsonl") else open(path, mode, *args, **kwargs)
+    monkeypatch.setattr(train, "open", open_full_metrics, raising=False)
+    err = bad_input(capsys, train_args + ["--epochs", "1"])
+    assert "cannot write metrics.jsonl (No space left on device)" in err
+    assert torch.load(tmp_path / "logs" / "run" / "last.pth", weights_only=True)["epoch"] == 0
+
+
 def test_second_run_on_the_same_folder_is_refused(train_args, tmp_path, capsys):
     run_dir = tmp_path / "logs" / "run"
     run_dir.mkdir(parents=True)
