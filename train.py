@@ -178,6 +178,7 @@ def refuse_changed_foundations(args, saved):
 
 
 def fits_flag(action, value):
+    """Whether VALUE is one that ACTION's flag could have set."""
     if action.choices is not None:
         return value in action.choices
     if action.nargs == 0:  # on/off flags
@@ -696,9 +697,10 @@ def truncate_metrics(path, last_epoch):
             records.append(json.loads(line))
         except json.JSONDecodeError:
             continue
-    kept = [record for record in records if isinstance(record, dict) and record.get("epoch", -1) <= last_epoch]
+    kept = [record for record in records
+            if isinstance(record, dict) and isinstance(record.get("epoch"), int) and record["epoch"] <= last_epoch]
     write_run_file("".join(json.dumps(record) + "\n" for record in kept).encode(), path)
-    return {record.get("epoch") for record in kept}
+    return {record["epoch"] for record in kept}
 
 
 # ---------------------------------------------------------------------------------------------- main
