@@ -118,7 +118,8 @@ def unpack_checkpoint(obj, path="checkpoint"):
         return _state_dict_of_pickled_module(obj), None, dict(TUTORIAL_PREPROCESS)
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         classes = obj.get("classes")
-        return obj["model"], (list(classes) if classes else None), checked_preprocess(obj.get("preprocess"), path)
+        named = isinstance(classes, (list, tuple)) and classes and all(isinstance(name, str) for name in classes)
+        return obj["model"], (list(classes) if named else None), checked_preprocess(obj.get("preprocess"), path)
     if isinstance(obj, dict) and obj and all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()):
         return obj, None, dict(TUTORIAL_PREPROCESS)
     raise CheckpointError(f"{path} holds no Tudui weights (found {type(obj).__name__}); "

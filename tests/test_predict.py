@@ -8,7 +8,7 @@ import torch
 import predict
 import train
 from conftest import ROOT, SHARED, bad_input, needs_shared, run_script
-from model import CheckpointError, Tudui, load_tudui
+from model import CIFAR10_CLASSES, CheckpointError, Tudui, load_tudui
 
 TUTORIAL_MODEL_SOURCE = textwrap.dedent("""
     import torch
@@ -110,6 +110,12 @@ def test_state_dict_with_a_nan_weight_is_refused_naming_the_tensor(tmp_path):
 def test_other_class_count_loads_with_that_width(tmp_path):
     torch.save(Tudui(num_classes=4).state_dict(), tmp_path / "four.pth")
     assert load_tudui(tmp_path / "four.pth").classes == ["0", "1", "2", "3"]
+
+
+@pytest.mark.parametrize("names", [list(range(10)), "abcdefghij", {"a": 1}])
+def test_class_names_that_are_not_a_list_of_strings_are_replaced(tmp_path, names):
+    torch.save({"model": Tudui().state_dict(), "classes": names}, tmp_path / "odd.pth")
+    assert load_tudui(tmp_path / "odd.pth").classes == list(CIFAR10_CLASSES)
 
 
 def test_class_names_that_do_not_fit_the_outputs_are_replaced_by_numbers(tmp_path):
