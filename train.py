@@ -201,11 +201,18 @@ def check_args(args):
         (not 0 <= args.warmup < 1, f"--warmup must be a fraction in [0, 1) (got {args.warmup})"),
         (not 0 <= args.label_smoothing < 1, f"--label-smoothing must be in [0, 1) (got {args.label_smoothing})"),
         (args.log_every < 1, f"--log-every must be at least 1 (got {args.log_every})"),
+        (args.run_name is not None and not names_a_subfolder(args.run_name),
+         f"--run-name must name a folder inside --logdir, such as exp1 (got {args.run_name!r})"),
         (args.tta and not args.evaluate, "--tta applies to --evaluate only"),
     ]
     for bad, message in problems:
         if bad:
             raise UsageError(message)
+
+
+def names_a_subfolder(name):
+    path = Path(name)
+    return name.strip() not in ("", ".") and not path.is_absolute() and ".." not in path.parts
 
 
 def pick_device(name):

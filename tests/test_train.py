@@ -255,8 +255,10 @@ def test_each_epoch_records_when_it_started(train_args, tmp_path):
     (["--label-smoothing", "1"], "--label-smoothing must be in [0, 1)"),
     (["--log-every", "0"], "--log-every must be at least 1"),
     (["--tta"], "--tta applies to --evaluate only"),
+    (["--run-name", ""], "--run-name must name a folder inside --logdir"),
+    (["--run-name", "../elsewhere"], "--run-name must name a folder inside --logdir"),
 ])
-def test_bad_numbers_are_one_clear_line(capsys, train_args, flags, words):
+def test_bad_values_are_one_clear_line(capsys, train_args, flags, words):
     assert words in bad_input(capsys, train_args + flags)
 
 
