@@ -204,6 +204,8 @@ def check_args(args):
         (args.run_name is not None and not names_a_subfolder(args.run_name),
          f"--run-name must name a folder inside --logdir, such as exp1 (got {args.run_name!r})"),
         (args.tta and not args.evaluate, "--tta applies to --evaluate only"),
+        (args.resume == "", "--resume needs a checkpoint path (got an empty one)"),
+        (args.evaluate == "", "--evaluate needs a checkpoint path (got an empty one)"),
     ]
     for bad, message in problems:
         if bad:

@@ -255,6 +255,8 @@ def test_each_epoch_records_when_it_started(train_args, tmp_path):
     (["--label-smoothing", "1"], "--label-smoothing must be in [0, 1)"),
     (["--log-every", "0"], "--log-every must be at least 1"),
     (["--tta"], "--tta applies to --evaluate only"),
+    (["--resume", ""], "--resume needs a checkpoint path (got an empty one)"),  # say, an unset shell variable
+    (["--evaluate", ""], "--evaluate needs a checkpoint path (got an empty one)"),
     (["--run-name", ""], "--run-name must name a folder inside --logdir"),
     (["--run-name", "../elsewhere"], "--run-name must name a folder inside --logdir"),
 ])
