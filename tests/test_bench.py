@@ -2,6 +2,7 @@
 import importlib.util
 import os
 import runpy
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -157,6 +158,7 @@ def test_variants_names_the_choices_when_the_variant_is_unknown(capsys):
     assert "adamw, no-bias-decay, zero-last, scaled-init, orthogonal, clean-last, alt-flip, linear-decay, lookahead" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(not (shutil.which("tar") and shutil.which("xz")), reason="gpu_check.sh unpacks with tar and xz")
 def test_gpu_check_prepares_the_data_then_skips_every_stage_its_budget_has_no_time_for(tmp_path):
     """The GPU check is run where GPU time is scarce: it must at least get this far on the CPU, and a
     budget that is spent must end it at once instead of running on past the device's command limit."""
