@@ -596,17 +596,17 @@ def plain_config(args):
 # ---------------------------------------------------------------------------------------------- logging
 
 class RunLock:
-    """An OS lock on the run folder: a second run on the same folder is refused, and the lock dies with
-    its process, so a killed run never blocks its own resume."""
+    """An OS lock on a folder a run writes to: a second run on the same folder is refused, and the lock
+    dies with its process, so a killed run never blocks its own resume."""
 
-    def __init__(self, run_dir):
-        self.file = open(Path(run_dir) / ".lock", "a+")
+    def __init__(self, folder, flag):
+        self.file = open(Path(folder) / ".lock", "a+")
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self.file.close()
-            raise UsageError(f"another run is writing to {run_dir}; wait for it to finish "
-                             "or pick another --run-name") from None
+            raise UsageError(f"another run is writing to {folder}; wait for it to finish "
+                             f"or pick another {flag}") from None
 
     def release(self):
         self.file.close()
@@ -780,7 +780,13 @@ class RunRecorder:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UsageError(f"cannot create {e.filename} ({e.strerror}); choose another --logdir or --ckpt-dir") from None
-        self.lock = RunLock(self.run_dir)
+        self.locks = [RunLock(self.run_dir, "--run-name")]
+        if self.ckpt_dir.resolve() != self.run_dir.resolve():  # a shared --ckpt-dir needs its own lock
+            try:
+                self.locks.append(RunLock(self.ckpt_dir, "--ckpt-dir"))
+            except UsageError:
+                self.locks[0].release()
+                raise
         self.writer = self.metrics_file = None
         try:
             if not resumed or Path(args.resume).resolve().parent != self.ckpt_dir.resolve():
@@ -810,7 +816,8 @@ class RunRecorder:
         for opened in (self.writer, self.metrics_file):
             if opened is not None:
                 opened.close()
-        self.lock.release()
+        for lock in self.locks:
+            lock.release()
 
 
 def train(args, resumed, device, rank=0, world=1):

@@ -118,6 +118,17 @@ def test_second_run_on_the_same_folder_is_refused(train_args, tmp_path, capsys):
     assert not list(run_dir.glob("*.pth"))
 
 
+def test_second_run_on_the_same_checkpoint_folder_is_refused_and_frees_its_run_folder(train_args, tmp_path, capsys):
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    with open(weights / ".lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a run writing there with another --run-name holds it
+        err = bad_input(capsys, train_args + ["--epochs", "1", "--ckpt-dir", str(weights)])
+    assert f"another run is writing to {weights}; wait for it to finish or pick another --ckpt-dir" in err
+    with open(tmp_path / "logs" / "run" / ".lock", "a") as run_lock:
+        fcntl.flock(run_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the refused run let go of its own folder
+
+
 class Killed(BaseException):
     """Stands for a kill -9: nothing after it runs (except the cleanup that a real kill would skip)."""
 
