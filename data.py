@@ -62,9 +62,11 @@ def load_cifar10(data_dir, split, download):
     """The torchvision CIFAR-10 files in DATA_DIR/cifar-10-batches-py, downloaded by torchvision if missing."""
     folder = Path(data_dir) / CIFAR_FOLDER
     files = [folder / name for name in CIFAR_FILES[split]]
-    if not all(f.is_file() for f in files):
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
         if not download:
-            raise DataError(f"CIFAR-10 is not in {folder} and --no-download was given; "
+            where = f"{folder} lacks {', '.join(missing)}" if folder.is_dir() else f"CIFAR-10 is not in {folder}"
+            raise DataError(f"{where} and --no-download was given; "
                             "drop --no-download to fetch it, or point --data-dir at a folder that has it")
         _download_cifar10(data_dir, split)
     parts = [_read_cifar_batch(f) for f in files]

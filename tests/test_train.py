@@ -279,6 +279,14 @@ def test_missing_dataset_with_no_download_is_one_clear_line(capsys, tmp_path):
     assert "--no-download" in err and "CIFAR-10 is not in" in err
 
 
+def test_a_cifar_folder_missing_some_batches_names_them(capsys, tmp_path):
+    from conftest import write_cifar_batches
+    root = write_cifar_batches(tmp_path / "data")
+    (root / "cifar-10-batches-py" / "data_batch_3").unlink()  # an interrupted extraction, say
+    err = bad_input(capsys, ["--data-dir", str(root), "--no-download", "--logdir", str(tmp_path)])
+    assert f"{root / 'cifar-10-batches-py'} lacks data_batch_3 and --no-download was given" in err
+
+
 def test_failed_download_is_one_clear_line(capsys, tmp_path, monkeypatch):
     import torchvision
     from urllib.error import URLError
