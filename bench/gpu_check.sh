@@ -77,7 +77,7 @@ for recipe in tutorial tuned; do
   secs=$(limit 120) && timeout $secs $py bench/step_profile.py --recipe $recipe >"$out/step_profile_$recipe.txt" 2>&1
   grep -E "ms/step|per step," "$out/step_profile_$recipe.txt" 2>/dev/null | sed "s/^/$recipe: /" | tee -a "$log"
 done
-$py -X importtime -c "import train" 2>"$out/importtime.txt"
+secs=$(limit 60) && timeout $secs $py -X importtime -c "import train" 2>"$out/importtime.txt"
 secs=$(limit 120) && timeout $secs $py -m cProfile -o "$out/train.prof" train.py --quiet --data-dir $pydata \
   --logdir $wall --run-name profiled 2>&1 | tee -a "$log"
 
