@@ -10,6 +10,7 @@ From Python: `from train import main; metrics = main(["--epochs", "1"])`.
 import argparse
 import fcntl
 import io
+import itertools
 import json
 import math
 import os
@@ -768,14 +769,30 @@ def refuse_to_overwrite(ckpt_dir):
                          f"{found}, or give this run another --run-name (or --ckpt-dir)")
 
 
+def claim_run_name(logdir):
+    """A new folder in LOGDIR named for the current time, -2, -3, ... added when runs start in the same
+    second: made here, at once, so that runs started together never share one."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    logdir.mkdir(parents=True, exist_ok=True)
+    for n in itertools.count(1):
+        name = stamp if n == 1 else f"{stamp}-{n}"
+        try:
+            (logdir / name).mkdir()
+            return name
+        except FileExistsError:
+            continue
+
+
 class RunRecorder:
     """Everything a run writes: its folder, lock, TensorBoard writer, metrics.jsonl and checkpoints.
     Under torchrun only rank 0 has one; the other ranks write nothing."""
 
     def __init__(self, args, resumed, start_epoch, step):
-        self.run_dir = Path(args.logdir) / args.run_name
-        self.ckpt_dir = Path(args.ckpt_dir) if args.ckpt_dir else self.run_dir
         try:
+            if args.run_name is None:
+                args.run_name = claim_run_name(Path(args.logdir))
+            self.run_dir = Path(args.logdir) / args.run_name
+            self.ckpt_dir = Path(args.ckpt_dir) if args.ckpt_dir else self.run_dir
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -936,8 +953,6 @@ def main(argv=None):
             device = pick_device(args.device)
         if args.evaluate:
             return evaluate_only(args, device)
-        if args.run_name is None:
-            args.run_name = datetime.now().strftime("%Y%m%d-%H%M%S")
         metrics = train(args, resumed, device, rank, world)
         if world > 1:
             # ranks leave together: a rank finishing early and exiting while rank 0 still writes its files

@@ -2,6 +2,8 @@
 import json
 import math
 import time
+from datetime import datetime
+from pathlib import Path
 
 import pytest
 import torch
@@ -117,6 +119,17 @@ def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(train_args, tmp_pa
     assert resumed["epoch"] == 2
     for key, tensor in straight["model"].items():
         assert torch.equal(tensor, resumed["model"][key]), key
+
+
+def test_runs_started_in_the_same_second_get_folders_of_their_own(train_args, tmp_path, monkeypatch):
+    class FrozenClock(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime(2026, 11, 29, 1, 2, 3)
+    monkeypatch.setattr(train, "datetime", FrozenClock)
+    unnamed = train_args[:train_args.index("--run-name")] + train_args[train_args.index("--run-name") + 2:]
+    runs = [train.main(unnamed + ["--epochs", "1"]) for _ in range(2)]
+    assert [Path(run["run_dir"]).name for run in runs] == ["20261129-010203", "20261129-010203-2"]
 
 
 def test_optimizer_flags_given_on_resume_override_the_checkpoints(train_args, tmp_path):
