@@ -918,8 +918,8 @@ def train(args, resumed, device, rank=0, world=1):
                           f"test loss {record['test_loss']:.4f}, test accuracy {record['test_accuracy']:.2%}, "
                           f"{record['epoch_seconds']:.1f} s, {record['images_per_s']:.0f} images/s")
     except Interrupted:
-        last = recorder.ckpt_dir / "last.pth" if recorder else None
-        how = f"resume with: python train.py --resume {last}" if last and last.exists() else "nothing saved yet"
+        last = resumable_checkpoint(recorder.ckpt_dir) if recorder else None
+        how = f"resume with: python train.py --resume {last}" if last else "nothing saved yet"
         raise Interrupted(f"interrupted in epoch {epoch}; its partial progress is discarded. {how}") from None
     finally:
         if recorder:
