@@ -1,4 +1,4 @@
-"""The benchmark scripts that reach into train.py's internals still run against them."""
+"""The benchmark scripts still run: those that reach into train.py's internals, and the GPU check's set-up."""
 import importlib.util
 import os
 import runpy

@@ -129,10 +129,6 @@ def test_second_run_on_the_same_checkpoint_folder_is_refused_and_frees_its_run_f
         fcntl.flock(run_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the refused run let go of its own folder
 
 
-class Killed(BaseException):
-    """Stands for a kill -9: nothing after it runs (except the cleanup that a real kill would skip)."""
-
-
 def test_a_new_run_never_writes_over_an_earlier_runs_checkpoints(train_args, tmp_path, capsys):
     train.main(train_args + ["--epochs", "1"])
     run_dir = tmp_path / "logs" / "run"
@@ -147,6 +143,10 @@ def test_the_checkpoint_to_resume_from_is_last_then_the_latest_epoch_then_best(t
     for name in ("best.pth", "tudui_epoch_2.pth", "tudui_epoch_10.pth", "last.pth"):
         (tmp_path / name).touch()
         assert train.resumable_checkpoint(tmp_path) == tmp_path / name  # each outranks those before it (10 > 2)
+
+
+class Killed(BaseException):
+    """Stands for a kill -9: nothing after it runs (except the cleanup that a real kill would skip)."""
 
 
 def test_epoch_saved_but_not_logged_before_a_kill_is_logged_on_resume(train_args, tmp_path, monkeypatch):
