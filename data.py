@@ -118,6 +118,12 @@ def decode_image(path):
             if im.width * im.height > MAX_IMAGE_PIXELS:
                 raise DataError(f"image {path} is too large ({im.width}x{im.height} pixels, limit "
                                 f"{MAX_IMAGE_PIXELS:,}); shrink it first")
+            if im.mode.startswith("I;16"):  # convert("RGB") would clip every value over 255 to white
+                sixteen_bit = np.asarray(im, dtype=np.uint32)
+                im = Image.fromarray(((sixteen_bit * 255 + 32767) // 65535).astype(np.uint8), "L")
+            elif im.mode in ("I", "F"):
+                raise DataError(f"image {path} has 32-bit pixel values (PIL mode {im.mode}), which have no fixed "
+                                "white; save it with 8 or 16 bits per channel (PNG or JPEG)")
             im = im.convert("RGB")
             if im.size != (32, 32):
                 im = im.resize((32, 32), Image.BILINEAR)

@@ -203,7 +203,24 @@ BAD_IMAGES = {
                       "damaged or truncated"),
     "huge.png": (huge_png, "too large"),
     "large.png": (lambda p: huge_png(p, 10_000), "too large"),  # where PIL only warns (89M to 179M pixels)
+    "float.tiff": (lambda p: float_image(p), "32-bit pixel values (PIL mode F)"),  # no fixed white to scale to
 }
+
+
+def float_image(path):
+    from PIL import Image
+    Image.new("F", (40, 30), 0.5).save(path)
+
+
+def test_a_16_bit_grayscale_image_keeps_its_grey_levels_instead_of_turning_white(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    import data
+    levels = np.linspace(0, 255, 32 * 32).round().reshape(32, 32).astype(np.uint16)
+    Image.fromarray(levels * 257).save(tmp_path / "sixteen.png")  # 0..65535, as a 16-bit PNG stores them
+    assert Image.open(tmp_path / "sixteen.png").mode == "I;16"
+    assert (data.decode_image(tmp_path / "sixteen.png") == levels.astype(np.uint8)).all()
 
 
 def test_each_bad_image_gets_one_line_and_the_good_ones_are_still_classified(checkpoint, images, tmp_path):
