@@ -23,7 +23,7 @@ from model import CIFAR10_CLASSES
 CIFAR_FOLDER = "cifar-10-batches-py"
 CIFAR_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # raised whenever decode_image changes, so that caches of the old decoding are rebuilt
 
 
 class DataError(Exception):

@@ -5,6 +5,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -93,6 +94,17 @@ def test_folder_dataset_is_cached_after_first_decode(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "decode_image", None)  # the second load must not decode at all
     second = data.load_folder(folder, "train")
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+
+
+def test_a_cache_from_another_cache_format_is_decoded_again(tmp_path, monkeypatch):
+    import data
+    folder = write_image_folder(tmp_path / "images")
+    _, labels, _ = data.load_folder(folder, "train")
+    decoded = []
+    monkeypatch.setattr(data, "decode_image", lambda path: decoded.append(path) or np.zeros((3, 32, 32), np.uint8))
+    monkeypatch.setattr(data, "CACHE_FORMAT", data.CACHE_FORMAT + 1)
+    data.load_folder(folder, "train")
+    assert len(decoded) == len(labels)
 
 
 def test_a_changed_image_is_decoded_again_instead_of_read_from_the_cache(tmp_path):
