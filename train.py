@@ -890,10 +890,10 @@ def train(args, resumed, device, rank=0, world=1):
                         step_fn, data, epoch, step, total_steps, args, device, progress, stop, rank, world)
                 finally:
                     progress.close()
-                stop_if_not_finite(losses, step, epoch, args)
                 train_seconds = time.perf_counter() - started
                 result = test(model, data["test_x"], data["test_y"], len(classes), data["preprocess"], device,
                               args.amp, rank=rank, world=world)
+                stop_if_not_finite(losses, result["test_loss"], step, epoch, args)
                 record = {
                     "epoch": epoch, "step": step + len(losses), "started_at": started_at,
                     "train_loss_mean": losses.double().mean().item(), "train_accuracy": train_accuracy,
@@ -931,14 +931,17 @@ def train(args, resumed, device, rank=0, world=1):
             "ckpt_dir": str(recorder.ckpt_dir) if recorder else None}
 
 
-def stop_if_not_finite(losses, step, epoch, args):
-    """A diverged run stops before anything of its epoch is saved, so best.pth and last.pth stay good."""
+def stop_if_not_finite(losses, test_loss, step, epoch, args):
+    """A diverged run stops before anything of its epoch is saved, so best.pth and last.pth stay good.
+    Each step's loss is computed before its update, so weights that only the epoch's last step broke
+    show up in the test loss alone."""
     finite = torch.isfinite(losses)
-    if not finite.all():
-        bad = step + int((~finite).nonzero()[0]) + 1
-        raise UsageError(f"the training loss became non-finite at step {bad} (epoch {epoch}); the learning rate "
-                         f"is likely too high for this network (--lr {args.lr}): lower it. Checkpoints of earlier "
-                         "epochs are untouched")
+    if finite.all() and math.isfinite(test_loss):
+        return
+    what = (f"the training loss became non-finite at step {step + int((~finite).nonzero()[0]) + 1}"
+            if not finite.all() else f"the weights became non-finite at step {step + len(losses)}, the last")
+    raise UsageError(f"{what} (epoch {epoch}); the learning rate is likely too high for this network "
+                     f"(--lr {args.lr}): lower it. Checkpoints of earlier epochs are untouched")
 
 
 def main(argv=None):

@@ -186,6 +186,19 @@ def test_non_finite_loss_stops_and_keeps_the_good_checkpoints(train_args, tmp_pa
     assert {p.name: p.read_bytes() for p in run_dir.glob("*.pth")} == before
 
 
+def test_weights_broken_by_the_last_step_of_an_epoch_stop_the_run_before_that_epoch_is_saved(train_args, tmp_path,
+                                                                                             capsys):
+    train.main(train_args + ["--epochs", "1"])
+    run_dir = tmp_path / "logs" / "run"
+    before = {p.name: p.read_bytes() for p in run_dir.glob("*.pth")}
+    with pytest.raises(SystemExit) as exit_info:  # one step per epoch: its loss is finite, its update is not
+        train.main(["--resume", str(run_dir / "last.pth"), "--epochs", "2", "--batch-size", "100000", "--lr", "1e30",
+                    "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "the weights became non-finite at step 5, the last (epoch 1)" in err
+    assert {p.name: p.read_bytes() for p in run_dir.glob("*.pth")} == before
+
+
 def checkpoint_bytes():
     buffer = io.BytesIO()
     torch.save(Tudui().state_dict(), buffer)
