@@ -190,17 +190,22 @@ def fits_flag(action, value):
     return isinstance(value, (int, float) if kind is float else kind)
 
 
+FLOAT32_MAX = torch.finfo(torch.float32).max  # the optimizer multiplies float32 weights by --lr and --weight-decay
+
+
 def check_args(args):
     problems = [
         (args.epochs < 1, f"--epochs must be at least 1 (got {args.epochs})"),
         (args.batch_size < 1, f"--batch-size must be at least 1 (got {args.batch_size})"),
-        (not args.lr > 0 or not math.isfinite(args.lr), f"--lr must be a positive number (got {args.lr})"),
+        (not 0 < args.lr <= FLOAT32_MAX, f"--lr must be a positive number up to {FLOAT32_MAX:.3g} (got {args.lr})"),
         (not 0 <= args.momentum < 1, f"--momentum must be in [0, 1) (got {args.momentum})"),
         (args.nesterov and args.momentum == 0, "--nesterov needs --momentum above 0"),
-        (args.weight_decay < 0, f"--weight-decay must be 0 or more (got {args.weight_decay})"),
+        (not 0 <= args.weight_decay <= FLOAT32_MAX,
+         f"--weight-decay must be 0 or more, up to {FLOAT32_MAX:.3g} (got {args.weight_decay})"),
         (not 0 <= args.translate <= 16, f"--translate must be 0 to 16 pixels (got {args.translate})"),
         (not 0 <= args.warmup < 1, f"--warmup must be a fraction in [0, 1) (got {args.warmup})"),
         (not 0 <= args.label_smoothing < 1, f"--label-smoothing must be in [0, 1) (got {args.label_smoothing})"),
+        (not 0 <= args.seed < 2**32, f"--seed must be 0 to {2**32 - 1} (got {args.seed})"),
         (args.log_every < 1, f"--log-every must be at least 1 (got {args.log_every})"),
         (args.run_name is not None and not names_a_subfolder(args.run_name),
          f"--run-name must name a folder inside --logdir, such as exp1 (got {args.run_name!r})"),

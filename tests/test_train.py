@@ -272,6 +272,11 @@ def test_each_epoch_records_when_it_started(train_args, tmp_path):
     (["--lr", "-1"], "--lr must be a positive number"),
     (["--lr", "nan"], "--lr must be a positive number"),
     (["--lr", "inf"], "--lr must be a positive number"),
+    (["--lr", "1e300"], "--lr must be a positive number up to 3.4e+38"),  # beyond float32: a traceback in SGD
+    (["--weight-decay", "nan"], "--weight-decay must be 0 or more"),  # used to train on to NaN weights
+    (["--weight-decay", "1e300"], "--weight-decay must be 0 or more, up to 3.4e+38"),
+    (["--seed", str(2**64)], "--seed must be 0 to 4294967295"),  # beyond what torch.manual_seed takes
+    (["--seed", "-1"], "--seed must be 0 to 4294967295"),
     (["--translate", "17"], "--translate must be 0 to 16 pixels"),
     (["--momentum", "1"], "--momentum must be in [0, 1)"),
     (["--nesterov"], "--nesterov needs --momentum above 0"),
