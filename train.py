@@ -726,6 +726,9 @@ def evaluate_only(args, device):
     if len(classes) != len(net.classes):
         raise UsageError(f"{args.evaluate} predicts {len(net.classes)} classes but the dataset has {len(classes)}; "
                          "evaluate it on the dataset it was trained for")
+    if classes != net.classes:  # scored all the same: folders named 0..9 are a common way to store CIFAR-10
+        print(f"note: the test classes ({', '.join(classes)}) are not the class names of {args.evaluate} "
+              f"({', '.join(net.classes)}); test class i in this order is scored as its class i", file=sys.stderr)
     result = test(net, images.to(device), labels.to(device), len(classes), net.preprocess, device, args.amp, args.tta)
     print(format_report(result, net.classes))
     return {k: v for k, v in result.items() if k != "confusion"} | {

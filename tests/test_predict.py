@@ -1,5 +1,6 @@
 """predict.py and load_tudui: every kind of Tudui checkpoint, safely; bad images one line each."""
 import json
+import shutil
 import textwrap
 
 import pytest
@@ -263,7 +264,6 @@ def test_evaluate_prints_per_class_accuracy_and_confusion_matrix(folder_dir, tmp
 
 
 def test_evaluating_a_folder_with_some_of_the_classes_labels_them_in_the_checkpoints_order(folder_dir, tmp_path):
-    import shutil
     train.main(["--dataset", "folder", "--data-dir", str(folder_dir), "--epochs", "1", "--device", "cpu",
                 "--logdir", str(tmp_path), "--run-name", "r", "--quiet"])
     evaluate = ["--evaluate", str(tmp_path / "r" / "last.pth"), "--dataset", "folder", "--device", "cpu"]
@@ -273,6 +273,21 @@ def test_evaluating_a_folder_with_some_of_the_classes_labels_them_in_the_checkpo
     part = train.main(evaluate + ["--data-dir", str(tmp_path / "part")])
     assert [part["per_class_accuracy"][c] for c in ("dog", "ship")] == [full["per_class_accuracy"][c]
                                                                         for c in ("dog", "ship")]
+
+
+def test_evaluating_on_classes_named_otherwise_says_how_they_are_matched(folder_dir, tmp_path, capsys):
+    train.main(["--dataset", "folder", "--data-dir", str(folder_dir), "--epochs", "1", "--device", "cpu",
+                "--logdir", str(tmp_path), "--run-name", "r", "--quiet"])
+    evaluate = ["--evaluate", str(tmp_path / "r" / "last.pth"), "--dataset", "folder", "--device", "cpu"]
+    capsys.readouterr()
+    train.main(evaluate + ["--data-dir", str(folder_dir)])
+    assert capsys.readouterr().err == ""
+    for old, new in (("cat", "x"), ("dog", "y"), ("ship", "z")):
+        shutil.copytree(folder_dir / "test" / old, tmp_path / "renamed" / "test" / new)
+    train.main(evaluate + ["--data-dir", str(tmp_path / "renamed")])
+    assert capsys.readouterr().err == (f"note: the test classes (x, y, z) are not the class names of "
+                                       f"{tmp_path / 'r' / 'last.pth'} (cat, dog, ship); test class i in this "
+                                       "order is scored as its class i\n")
 
 
 def test_an_image_over_the_pixel_limit_is_refused_before_decoding(images, monkeypatch):
