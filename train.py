@@ -430,10 +430,11 @@ class TrainStep:
         return result
 
 
-def train_one_epoch(step_fn, data, epoch, start_step, total_steps, args, device, progress, stop, rank=0, world=1):
+def train_one_epoch(step_fn, data, epoch, schedule_step, total_steps, args, device, progress, stop, rank=0, world=1):
     """One pass over the training set in a seeded order. Losses and correct counts stay on the device
     and are read once at the end: no host-device sync inside the epoch. Raises Interrupted when
-    Ctrl-C was pressed; the partial epoch is then discarded.
+    Ctrl-C was pressed; the partial epoch is then discarded. SCHEDULE_STEP is where the epoch starts in
+    the lr schedule of TOTAL_STEPS steps.
 
     Under torchrun every rank draws the same order and takes its slice of each global batch. Each rank's
     summed loss is scaled by world / global batch size, so DDP's gradient average equals the single-process
@@ -451,7 +452,7 @@ def train_one_epoch(step_fn, data, epoch, start_step, total_steps, args, device,
     step_fn.model.train()
     for i in range(steps):
         idx = order[i * args.batch_size:(i + 1) * args.batch_size].tensor_split(world)[rank]
-        lrs.append(lr_at(start_step + i, total_steps, args))
+        lrs.append(lr_at(schedule_step + i, total_steps, args))
         loss_sums[i], batch_correct = step_fn(idx, batch_sizes[i], lrs[-1])
         correct += batch_correct
         progress.update(1)
@@ -894,8 +895,10 @@ def train(args, resumed, device, rank=0, world=1):
                 started, started_at = time.perf_counter(), time.time()
                 progress = Progress(steps_per_epoch, epoch, show_bar)
                 try:
-                    losses, train_accuracy, lrs = train_one_epoch(
-                        step_fn, data, epoch, step, total_steps, args, device, progress, stop, rank, world)
+                    # the schedule counts epochs of this batch size, not the checkpoint's step: a run
+                    # resumed with another --batch-size would otherwise jump elsewhere in it
+                    losses, train_accuracy, lrs = train_one_epoch(step_fn, data, epoch, epoch * steps_per_epoch,
+                                                                  total_steps, args, device, progress, stop, rank, world)
                 finally:
                     progress.close()
                 train_seconds = time.perf_counter() - started

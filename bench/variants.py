@@ -89,10 +89,10 @@ def clean_last_epoch(patch):
     """The last epoch runs as with --translate 0: its order and flips are drawn as before, its shifts are zero."""
     train_one_epoch = train.train_one_epoch
 
-    def train_epoch(step_fn, data, epoch, start_step, total_steps, args, *rest):
+    def train_epoch(step_fn, data, epoch, schedule_step, total_steps, args, *rest):
         if epoch == args.epochs - 1:
             args = argparse.Namespace(**{**vars(args), "translate": 0})
-        return train_one_epoch(step_fn, data, epoch, start_step, total_steps, args, *rest)
+        return train_one_epoch(step_fn, data, epoch, schedule_step, total_steps, args, *rest)
     patch(train, "train_one_epoch", train_epoch)
 
 
@@ -101,7 +101,7 @@ def alternate_flips(patch):
     each image both ways in every two epochs, which airbench found worth extra epochs in short runs."""
     train_one_epoch, augment_plan = train.train_one_epoch, train.augment_plan
 
-    def train_epoch(step_fn, data, epoch, start_step, total_steps, args, *rest):
+    def train_epoch(step_fn, data, epoch, schedule_step, total_steps, args, *rest):
         n = len(data["train_y"])
         first_epoch = train.epoch_generator(args.seed, 0)
         torch.randperm(n, generator=first_epoch)  # drawn before the flips, as train_one_epoch does
@@ -111,7 +111,7 @@ def alternate_flips(patch):
             shifts = augment_plan(n, generator, max_shift)[1]
             return first_flips ^ (epoch % 2 == 1), shifts
         patch(train, "augment_plan", plan)
-        return train_one_epoch(step_fn, data, epoch, start_step, total_steps, args, *rest)
+        return train_one_epoch(step_fn, data, epoch, schedule_step, total_steps, args, *rest)
     patch(train, "train_one_epoch", train_epoch)
 
 

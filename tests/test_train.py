@@ -118,6 +118,14 @@ def test_a_changed_image_is_decoded_again_instead_of_read_from_the_cache(tmp_pat
     assert (reloaded == torch.tensor([255, 0, 0], dtype=torch.uint8).view(1, 3, 1, 1)).all((1, 2, 3)).sum() == 1
 
 
+def test_a_run_resumed_with_another_batch_size_continues_its_lr_schedule_from_the_same_epoch(train_args, tmp_path):
+    train.main(train_args + ["--recipe", "tuned", "--epochs", "2"])  # 200 images at 64: 4 steps an epoch, step 4 saved
+    run_dir = tmp_path / "logs" / "run"
+    train.main(["--resume", str(run_dir / "tudui_epoch_0.pth"), "--epochs", "2", "--batch-size", "32"])  # 7 an epoch
+    last_epoch = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last_epoch["epoch"] == 1 and last_epoch["lr"] == pytest.approx(cosine_lrs(0.04, 14)[-1], rel=1e-9)
+
+
 def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(train_args, tmp_path):
     # Momentum buffers and augmentation must be restored too. (A decaying schedule depends on the total
     # epochs, so stretching a run from 2 to 3 epochs changes it: the constant one keeps this comparison fair.)
