@@ -7,6 +7,7 @@ patched into it, everything else (data, loop, logging, checkpoints) unchanged.
 
 Variants (results in README, "Tuned recipe"):
   adamw          AdamW (decoupled weight decay) instead of SGD, with --lr and --weight-decay
+                 (this and muon train without a CUDA graph: it would replay the lr it captured)
   no-bias-decay  weight decay on the weights only, not the biases (a common default elsewhere)
   zero-last      the last Linear layer starts at zero, so the first logits are all equal
   scaled-init    every weight x sqrt(3): unit-variance layers instead of PyTorch's default 1/3
@@ -222,6 +223,8 @@ VARIANTS = {
     "muon": use_muon,
 }
 
+OWN_OPTIMIZERS = {"adamw", "muon"}
+
 
 def apply(variant, patch=setattr):
     """Patch VARIANT into the train module; PATCH(module, name, value) does the patching (tests pass
@@ -238,7 +241,10 @@ def main(argv):
         raise SystemExit(2)
     for name in names:
         apply(name)
-    return train.main(argv[2:])
+    # a CUDA graph replays the lr it was captured with unless the optimizer reads it from a device tensor,
+    # as train.py's own SGD does and these optimizers do not
+    eager = ["--no-cuda-graph"] if set(names) & OWN_OPTIMIZERS else []
+    return train.main(argv[2:] + eager)
 
 
 if __name__ == "__main__":

@@ -180,6 +180,16 @@ def test_variants_joined_with_plus_are_all_applied_in_order_before_training(monk
     assert result == ("trained with", ["alt-flip", "lookahead"], ["--recipe", "tuned"])
 
 
+@pytest.mark.parametrize("variant", ["adamw", "muon+alt-flip"])
+def test_variants_with_their_own_optimizer_train_without_a_cuda_graph(monkeypatch, variant):
+    """Their optimizers take the lr as a number, which a captured graph would replay unchanged."""
+    import train
+    variants = load_variants()
+    monkeypatch.setitem(variants, "apply", lambda name: None)
+    monkeypatch.setattr(train, "main", lambda argv: argv)
+    assert variants["main"]([variant, "--", "--recipe", "tuned"]) == ["--recipe", "tuned", "--no-cuda-graph"]
+
+
 @pytest.mark.parametrize("variant", ["alt-flip+sam", "lookahead+lookahead"])
 def test_variants_refuses_an_unknown_or_repeated_part_of_a_joined_variant(capsys, variant):
     with pytest.raises(SystemExit) as exit_info:
