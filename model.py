@@ -119,11 +119,31 @@ def unpack_checkpoint(obj, path="checkpoint"):
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         classes = obj.get("classes")
         named = isinstance(classes, (list, tuple)) and classes and all(isinstance(name, str) for name in classes)
-        return obj["model"], (list(classes) if named else None), checked_preprocess(obj.get("preprocess"), path)
-    if isinstance(obj, dict) and obj and all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()):
-        return obj, None, dict(TUTORIAL_PREPROCESS)
+        return (_unwrapped(obj["model"]), (list(classes) if named else None),
+                checked_preprocess(obj.get("preprocess"), path))
+    # PyTorch's recipe for a general checkpoint, and Lightning's, keep the weights under these keys
+    for key in ("model_state_dict", "state_dict"):
+        if isinstance(obj, dict) and _is_state_dict(obj.get(key)):
+            return _unwrapped(obj[key]), None, dict(TUTORIAL_PREPROCESS)
+    if _is_state_dict(obj):
+        return _unwrapped(obj), None, dict(TUTORIAL_PREPROCESS)
     raise CheckpointError(f"{path} holds no Tudui weights (found {type(obj).__name__}); "
                           "pass a checkpoint written by train.py, a state_dict or a tutorial model file")
+
+
+def _is_state_dict(obj):
+    return isinstance(obj, dict) and obj and all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items())
+
+
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DistributedDataParallel, torch.compile
+
+
+def _unwrapped(state_dict):
+    """STATE_DICT with the key prefix that a wrapper around the model added, when every key has it."""
+    for prefix in WRAPPER_PREFIXES:
+        if state_dict and all(isinstance(k, str) and k.startswith(prefix) for k in state_dict):
+            return _unwrapped({k[len(prefix):]: v for k, v in state_dict.items()})
+    return state_dict
 
 
 def checked_preprocess(preprocess, path="checkpoint"):

@@ -59,6 +59,26 @@ def test_bare_state_dict_loads(tmp_path):
     assert torch.equal(load_tudui(tmp_path / "weights.pth").model[0].weight, reference_weights()["model.0.weight"])
 
 
+@pytest.mark.parametrize("layout", [
+    lambda weights: {"epoch": 4, "model_state_dict": weights, "optimizer_state_dict": {"state": {}}, "loss": 0.9},
+    lambda weights: {"state_dict": weights, "epoch": 4},  # Lightning's layout
+])
+def test_the_weights_of_a_general_checkpoint_load(tmp_path, layout):
+    """PyTorch's recipe for saving a general checkpoint keeps the weights under model_state_dict."""
+    torch.save(layout(reference_weights()), tmp_path / "general.pth")
+    net = load_tudui(tmp_path / "general.pth")
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in reference_weights().items())
+
+
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "module._orig_mod."])
+def test_weights_saved_from_a_wrapped_model_load_without_the_wrappers_key_prefix(tmp_path, prefix):
+    """DataParallel and DistributedDataParallel put module. before every key, torch.compile _orig_mod."""
+    assert next(iter(torch.nn.DataParallel(Tudui()).state_dict())) == "module.model.0.weight"
+    torch.save({prefix + k: v for k, v in reference_weights().items()}, tmp_path / "wrapped.pth")
+    loaded = load_tudui(tmp_path / "wrapped.pth")
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in reference_weights().items())
+
+
 def test_training_checkpoint_loads_with_classes_and_preprocessing(folder_dir, tmp_path):
     train.main(["--dataset", "folder", "--data-dir", str(folder_dir), "--epochs", "1", "--device", "cpu",
                 "--logdir", str(tmp_path), "--run-name", "r", "--quiet", "--normalize"])
