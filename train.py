@@ -551,8 +551,9 @@ def save_checkpoints(state, ckpt_dir, epoch, is_best):
 def load_training_checkpoint(path):
     obj = read_checkpoint(path)
     if not (isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT):
-        raise CheckpointError(f"{path} is not a training checkpoint written by train.py, so it cannot be resumed; "
-                              "to start from its weights, evaluate or fine-tune it in a new run")
+        raise CheckpointError(f"{path} is not a training checkpoint written by train.py (it lacks the optimizer "
+                              "state, epoch and settings to continue from), so it cannot be resumed; --evaluate "
+                              "and predict.py take it as it is")
     damaged = damaged_fields(obj)
     if damaged:
         raise damaged_checkpoint(path, f"{', '.join(damaged)} missing or malformed")

@@ -222,6 +222,13 @@ def test_damaged_checkpoint_is_one_clear_line(tmp_path, damage, train_args, caps
     assert err.startswith(f"error: checkpoint {path} is not a readable PyTorch file")
 
 
+def test_resuming_from_weights_alone_says_what_takes_them_instead(tmp_path, train_args, capsys):
+    torch.save(Tudui().state_dict(), tmp_path / "weights.pth")
+    err = bad_input(capsys, train_args + ["--resume", str(tmp_path / "weights.pth")])
+    assert f"{tmp_path / 'weights.pth'} is not a training checkpoint written by train.py" in err
+    assert "cannot be resumed; --evaluate and predict.py take it as it is" in err
+
+
 def test_truncated_checkpoint_is_one_line_for_resume_evaluate_and_predict(tmp_path, cifar_dir):
     path = tmp_path / "truncated.pth"
     path.write_bytes(checkpoint_bytes()[:5000])
