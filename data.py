@@ -101,6 +101,10 @@ def _list_folder_split(root, split):
         raise DataError(f"cannot read {split_dir} ({e.strerror or e}); check its permissions") from None
     if not classes or not files:
         raise DataError(f"{split_dir} holds no class folders with images; expected {split_dir}/<class>/*.jpg")
+    for name in classes:  # class names become TensorBoard tags and report lines: text, one line each
+        if not name.isprintable():
+            raise DataError(f"class folder {str(split_dir / name)!r} has a name that is not printable text "
+                            "(bytes that are not UTF-8, or control characters); rename it")
     return classes, files
 
 

@@ -898,8 +898,9 @@ def train(args, resumed, device, rank=0, world=1):
                 try:
                     # the schedule counts epochs of this batch size, not the checkpoint's step: a run
                     # resumed with another --batch-size would otherwise jump elsewhere in it
-                    losses, train_accuracy, lrs = train_one_epoch(step_fn, data, epoch, epoch * steps_per_epoch,
-                                                                  total_steps, args, device, progress, stop, rank, world)
+                    losses, train_accuracy, lrs = train_one_epoch(
+                        step_fn, data, epoch, epoch * steps_per_epoch, total_steps, args, device, progress, stop,
+                        rank, world)
                 finally:
                     progress.close()
                 train_seconds = time.perf_counter() - started

@@ -278,6 +278,17 @@ def test_a_training_checkpoint_with_a_damaged_field_is_one_line_on_resume(train_
     assert f"{damaged} is a damaged training checkpoint (" in err and says in err
 
 
+@pytest.mark.parametrize("name", [os.fsdecode(b"ca\xeft"), "cat\tnew"])  # Latin-1 bytes; a tab
+def test_a_class_folder_name_that_is_not_printable_text_is_one_line_before_anything_is_written(tmp_path, capsys,
+                                                                                            name):
+    root = write_image_folder(tmp_path / "data", train_per_class=2, test_per_class=1)
+    for split in ("train", "test"):
+        (root / split / "cat").rename(root / split / name)  # TensorBoard tags must be UTF-8: it crashed after epoch 0
+    err = bad_input(capsys, ["--dataset", "folder", "--data-dir", str(root), "--logdir", str(tmp_path / "logs")])
+    assert f"class folder {str(root / 'train' / name)!r} has a name that is not printable text" in err
+    assert not (tmp_path / "logs").exists()
+
+
 def test_truncated_image_in_a_folder_dataset_is_one_clear_line(tmp_path, capsys):
     root = write_image_folder(tmp_path / "data", train_per_class=2, test_per_class=1)
     victim = next((root / "train" / "cat").glob("*.png"))
