@@ -7,7 +7,7 @@ patched into it, everything else (data, loop, logging, checkpoints) unchanged.
 
 Variants (results in README, "Tuned recipe"):
   adamw          AdamW (decoupled weight decay) instead of SGD, with --lr and --weight-decay
-                 (this and muon train without a CUDA graph: it would replay the lr it captured)
+                 (trains without a CUDA graph: it would replay the lr it captured)
   no-bias-decay  weight decay on the weights only, not the biases (a common default elsewhere)
   zero-last      the last Linear layer starts at zero, so the first logits are all equal
   scaled-init    every weight x sqrt(3): unit-variance layers instead of PyTorch's default 1/3
@@ -18,14 +18,9 @@ Variants (results in README, "Tuned recipe"):
   linear-decay   the learning rate falls linearly from its peak to 0 instead of along a cosine
   lookahead      airbench's Lookahead: every 5 steps the weights move to a slow copy that trails them,
                  which trails more as training ends; the last step ends on the slow copy
-  muon           Muon for the hidden layers' weights (each conv's filters and the first Linear's, as
-                 matrices): their Nesterov momentum orthogonalized by Newton-Schulz iterations, at the
-                 lr times MUON_LR_RATIO (environment, default 0.25), no weight decay; biases and the
-                 last layer keep SGD
 """
 import argparse
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -158,58 +153,6 @@ def lookahead(patch):
     patch(train.TrainStep, "__call__", step_with_lookahead)
 
 
-def orthogonalize(matrix, steps=5):
-    """The nearest matrix with all singular values 1, roughly: those within a factor of 100 of the largest
-    land in about 0.7 to 1.2, smaller ones are only raised toward it. Keller Jordan's quintic Newton-Schulz
-    iteration, as Muon and torch.optim.Muon use it."""
-    a, b, c = 3.4445, -4.7750, 2.0315
-    x = matrix / (matrix.norm() + 1e-7)
-    wide = x.size(0) <= x.size(1)
-    x = x if wide else x.T
-    for _ in range(steps):
-        gram = x @ x.T
-        x = a * x + (b * gram + c * gram @ gram) @ x
-    return x if wide else x.T
-
-
-class MuonAndSGD(torch.optim.Optimizer):
-    """Muon for the groups marked "muon", torch.optim.SGD's Nesterov update for the others. Muon moves
-    every direction of a layer's weight at the same rate, where SGD moves the few that dominate its
-    gradient; torch.optim.Muon does the same for 2-D weights only, and the conv filters here are 4-D."""
-
-    MOMENTUM = 0.95  # Muon's usual
-
-    def __init__(self, groups, lr, momentum, weight_decay, muon_lr_ratio):
-        super().__init__(groups, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, muon=False))
-        self.muon_lr_ratio = muon_lr_ratio
-
-    @torch.no_grad()
-    def step(self):
-        for group in self.param_groups:
-            for p in (p for p in group["params"] if p.grad is not None):
-                buffer = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
-                if group["muon"]:
-                    buffer.mul_(self.MOMENTUM).add_(p.grad)
-                    direction = orthogonalize(p.grad.add(buffer, alpha=self.MOMENTUM).flatten(1)).view_as(p)
-                    rows, columns = p.shape[0], p[0].numel()
-                    p.sub_(direction * (group["lr"] * self.muon_lr_ratio * max(1, rows / columns) ** 0.5))
-                else:
-                    grad = p.grad.add(p, alpha=group["weight_decay"])
-                    buffer.mul_(group["momentum"]).add_(grad)
-                    p.sub_(grad.add(buffer, alpha=group["momentum"]) * group["lr"])
-
-
-def use_muon(patch):
-    def build_optimizer(model, args, graphed=False):
-        layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-        hidden = {id(layer.weight): layer.weight for layer in layers[:-1]}
-        rest = [p for p in model.parameters() if id(p) not in hidden]
-        return MuonAndSGD([{"params": list(hidden.values()), "muon": True}, {"params": rest}], lr=args.lr,
-                          momentum=args.momentum, weight_decay=args.weight_decay,
-                          muon_lr_ratio=float(os.environ.get("MUON_LR_RATIO", "0.25")))
-    patch(train, "build_optimizer", build_optimizer)
-
-
 VARIANTS = {
     "adamw": use_adamw,
     "no-bias-decay": no_bias_decay,
@@ -220,10 +163,9 @@ VARIANTS = {
     "alt-flip": alternate_flips,
     "linear-decay": linear_decay,
     "lookahead": lookahead,
-    "muon": use_muon,
 }
 
-OWN_OPTIMIZERS = {"adamw", "muon"}
+OWN_OPTIMIZERS = {"adamw"}
 
 
 def apply(variant, patch=setattr):
@@ -242,7 +184,7 @@ def main(argv):
     for name in names:
         apply(name)
     # a CUDA graph replays the lr it was captured with unless the optimizer reads it from a device tensor,
-    # as train.py's own SGD does and these optimizers do not
+    # as train.py's own optimizers do and these do not
     eager = ["--no-cuda-graph"] if set(names) & OWN_OPTIMIZERS else []
     return train.main(argv[2:] + eager)
 

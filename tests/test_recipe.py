@@ -47,6 +47,20 @@ def test_a_resumed_run_takes_a_single_setting_from_a_flag(tutorial_run_checkpoin
     assert (args.recipe, args.lr, args.batch_size) == ("tutorial", 0.02, 64)
 
 
+def test_a_resumed_run_keeps_its_optimizer(tutorial_run_checkpoint, capsys):
+    err = bad_input(capsys, ["--resume", tutorial_run_checkpoint, "--optimizer", "muon"])
+    assert "was trained with --optimizer sgd, and a resumed run keeps its optimizer" in err
+
+
+def test_a_run_saved_before_the_optimizer_flag_resumes_with_sgd(tutorial_run_checkpoint, tmp_path, capsys):
+    checkpoint = torch.load(tutorial_run_checkpoint, weights_only=True)
+    del checkpoint["config"]["optimizer"]
+    torch.save(checkpoint, tmp_path / "older.pth")
+    assert train.parse_args(["--resume", str(tmp_path / "older.pth")])[0].optimizer == "sgd"
+    assert "was trained with --optimizer sgd" in bad_input(capsys, ["--resume", str(tmp_path / "older.pth"),
+                                                                    "--optimizer", "muon"])
+
+
 def test_both_recipes_name_the_same_settings():
     assert train.RECIPES["tutorial"].keys() == train.RECIPES["tuned"].keys()
 
@@ -139,10 +153,11 @@ def test_channel_stats_equal_the_mean_and_std_of_all_pixels():
     assert std == pytest.approx(pixels.std(1).tolist(), rel=1e-12)
 
 
-def test_checkpoints_hold_a_plain_lr_whatever_optimizer_wrote_them():
+@pytest.mark.parametrize("optimizer", ["sgd", "muon"])
+def test_checkpoints_hold_a_plain_lr_whatever_optimizer_wrote_them(optimizer):
     """A graphed run keeps its lr in a device tensor for the fused SGD kernel; its checkpoints must still
     resume in a plain run (and the reverse), carrying the momentum buffers across."""
-    args, _ = train.parse_args(["--recipe", "tuned"])
+    args, _ = train.parse_args(["--recipe", "tuned", "--optimizer", optimizer])
     model = train.build_model(10, torch.device("cpu"), seed=0)
     graphed = train.build_optimizer(model, args, graphed=True)
     model(torch.rand(2, 3, 32, 32)).sum().backward()
@@ -191,3 +206,37 @@ def test_predict_with_tta_gives_an_image_and_its_mirror_the_same_probabilities(u
     assert not torch.allclose(plain[0], plain[1])
     torch.testing.assert_close(averaged[0], averaged[1])
     torch.testing.assert_close(averaged[0], (plain[0] + plain[1]) / 2)
+
+
+@pytest.mark.parametrize("shape", [(32, 75), (75, 32)])
+def test_orthogonalize_keeps_the_singular_vectors_and_brings_singular_values_within_100x_near_1(shape):
+    left, _ = torch.linalg.qr(torch.randn(shape[0], min(shape), generator=torch.Generator().manual_seed(0)))
+    right, _ = torch.linalg.qr(torch.randn(shape[1], min(shape), generator=torch.Generator().manual_seed(1)))
+    singular_values = torch.logspace(-1, 1, min(shape))  # a factor of 100 from the smallest to the largest
+    result = train.orthogonalize(left @ torch.diag(singular_values) @ right.T)
+    in_the_same_basis = left.T @ result @ right
+    diagonal = in_the_same_basis.diagonal()
+    assert ((diagonal > 0.6) & (diagonal < 1.3)).all()
+    torch.testing.assert_close(in_the_same_basis, torch.diag(diagonal), atol=1e-4, rtol=0)
+
+
+def test_muon_moves_hidden_weights_by_their_orthogonalized_gradient_and_the_rest_as_sgd():
+    args = train.parse_args(["--recipe", "tuned", "--optimizer", "muon"])[0]
+    model = train.build_model(10, torch.device("cpu"), 0)
+    sgd_twin = train.build_model(10, torch.device("cpu"), 0)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    images, labels = torch.rand(8, 3, 32, 32), torch.arange(8)
+    for net, optimizer in ((model, train.build_optimizer(model, args)),
+                           (sgd_twin, torch.optim.SGD(sgd_twin.parameters(), lr=0.04, momentum=0.9, nesterov=True,
+                                                      weight_decay=2e-3))):
+        torch.nn.functional.cross_entropy(net(images), labels).backward()
+        optimizer.step()
+    hidden = {"model.0.weight", "model.2.weight", "model.4.weight", "model.7.weight"}
+    for (name, p), twin in zip(model.named_parameters(), sgd_twin.parameters()):
+        if name in hidden:
+            rows, columns = p.shape[0], p[0].numel()
+            ratio = train.Muon.LR_RATIO
+            step = 0.04 * ratio * max(1, rows / columns) ** 0.5 * train.orthogonalize(twin.grad.flatten(1))
+            torch.testing.assert_close(before[name] - p.detach(), step.view_as(p), atol=1e-6, rtol=1e-4)
+        else:
+            torch.testing.assert_close(p.detach(), twin.detach())

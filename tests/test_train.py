@@ -126,10 +126,11 @@ def test_a_run_resumed_with_another_batch_size_continues_its_lr_schedule_from_th
     assert last_epoch["epoch"] == 1 and last_epoch["lr"] == pytest.approx(cosine_lrs(0.04, 14)[-1], rel=1e-9)
 
 
-def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(train_args, tmp_path):
+@pytest.mark.parametrize("optimizer", ["sgd", "muon"])
+def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(train_args, tmp_path, optimizer):
     # Momentum buffers and augmentation must be restored too. (A decaying schedule depends on the total
     # epochs, so stretching a run from 2 to 3 epochs changes it: the constant one keeps this comparison fair.)
-    recipe = ["--momentum", "0.9", "--weight-decay", "5e-4", "--augment", "--normalize"]
+    recipe = ["--momentum", "0.9", "--weight-decay", "5e-4", "--augment", "--normalize", "--optimizer", optimizer]
     train.main(train_args + recipe + ["--epochs", "3", "--run-name", "straight"])
     train.main(train_args + recipe + ["--epochs", "2", "--run-name", "split"])
     split_dir = tmp_path / "logs" / "split"
