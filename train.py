@@ -360,7 +360,10 @@ class Muon(torch.optim.Optimizer):
     def step(self):
         for group in self.param_groups:
             for p in (p for p in group["params"] if p.grad is not None):
-                buffer = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+                state = self.state[p]
+                if "momentum_buffer" not in state:  # once: no allocation in the steps a CUDA graph records
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                buffer = state["momentum_buffer"]
                 if group["muon"]:
                     buffer.mul_(self.MOMENTUM).add_(p.grad)
                     direction = orthogonalize(p.grad.add(buffer, alpha=self.MOMENTUM).flatten(1)).view_as(p)

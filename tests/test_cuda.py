@@ -28,16 +28,19 @@ def run(cifar_dir, tmp_path, name, *extra):
     return torch.load(tmp_path / name / "last.pth", weights_only=True, map_location="cpu")
 
 
-def test_graphed_training_matches_eager_training(cifar_dir, tmp_path):
-    graphed = run(cifar_dir, tmp_path, "graphed", "--epochs", "3")
-    eager = run(cifar_dir, tmp_path, "eager", "--epochs", "3", "--no-cuda-graph")
+@pytest.mark.parametrize("optimizer", ["sgd", "muon"])
+def test_graphed_training_matches_eager_training(cifar_dir, tmp_path, optimizer):
+    graphed = run(cifar_dir, tmp_path, "graphed", "--epochs", "3", "--optimizer", optimizer)
+    eager = run(cifar_dir, tmp_path, "eager", "--epochs", "3", "--no-cuda-graph", "--optimizer", optimizer)
     for key, tensor in eager["model"].items():
         torch.testing.assert_close(graphed["model"][key], tensor, rtol=1e-4, atol=1e-5)
     assert graphed["metrics"]["train_loss_mean"] == pytest.approx(eager["metrics"]["train_loss_mean"], rel=1e-4)
 
 
-def test_graphed_run_resumes_to_the_uninterrupted_weights(cifar_dir, tmp_path):
-    constant = ["--schedule", "constant", "--lr", "0.01"]  # a decaying schedule depends on the total epochs
+@pytest.mark.parametrize("optimizer", ["sgd", "muon"])
+def test_graphed_run_resumes_to_the_uninterrupted_weights(cifar_dir, tmp_path, optimizer):
+    # a decaying schedule depends on the total epochs
+    constant = ["--schedule", "constant", "--lr", "0.01", "--optimizer", optimizer]
     straight = run(cifar_dir, tmp_path, "straight", "--epochs", "3", *constant)
     run(cifar_dir, tmp_path, "split", "--epochs", "2", *constant)
     train.main(["--resume", str(tmp_path / "split" / "last.pth"), "--epochs", "3", "--quiet"])
