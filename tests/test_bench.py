@@ -41,7 +41,7 @@ def test_variant_adamw_trains_with_adamw_at_the_flags_lr_and_weight_decay(monkey
 def test_variant_no_bias_decay_decays_every_weight_and_no_bias_with_the_recipes_other_settings(monkeypatch):
     import train
     load_variants()["apply"]("no-bias-decay", monkeypatch.setattr)
-    args = train.parse_args(["--recipe", "tuned", "--weight-decay", "0.01"])[0]
+    args = train.parse_args(["--recipe", "tuned", "--optimizer", "sgd", "--weight-decay", "0.01"])[0]
     model = train.build_model(10, torch.device("cpu"), 0)
     optimizer = train.build_optimizer(model, args)
     decay = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
