@@ -344,8 +344,8 @@ class Muon(torch.optim.Optimizer):
     Linear's as matrices of one row per output: their Nesterov momentum, orthogonalized, so that every
     direction of a layer moves at the same rate where SGD moves the few that dominate its gradient.
     torch.optim.Muon does this for 2-D weights only. The biases and the last layer keep SGD with the
-    run's momentum and weight decay, as the Muon authors do for a network's ends. Muon's lr is the
-    run's times LR_RATIO, without weight decay."""
+    run's momentum and weight decay (Muon is meant for hidden layers' matrices). Muon's lr is the run's
+    times LR_RATIO, without weight decay."""
 
     LR_RATIO = 0.25  # the best of 0.125, 0.25, 0.5 and 1 (README, Tuned recipe)
     MOMENTUM = 0.95  # Muon's usual
@@ -368,7 +368,7 @@ class Muon(torch.optim.Optimizer):
                 if group["muon"]:
                     buffer.mul_(self.MOMENTUM).add_(p.grad)
                     direction = orthogonalize(p.grad.add(buffer, alpha=self.MOMENTUM).flatten(1)).view_as(p)
-                    rows, columns = p.shape[0], p[0].numel()  # a tall matrix's step is scaled up to match a wide one's
+                    rows, columns = p.shape[0], p[0].numel()  # a tall matrix's step is scaled up to a wide one's
                     p.sub_(direction * (group["lr"] * self.LR_RATIO * max(1, rows / columns) ** 0.5))
                 else:  # torch.optim.SGD's update
                     grad = p.grad.add(p, alpha=group["weight_decay"])
