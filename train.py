@@ -145,10 +145,10 @@ def parse_args(argv):
     resumed = None
     if args.resume:
         resumed = load_training_checkpoint(args.resume)
-        # runs saved before --optimizer existed were SGD runs
-        parser.set_defaults(**saved_flags(parser, {"optimizer": "sgd", **resumed["config"]}, args.resume))
+        saved = {"optimizer": "sgd", **resumed["config"]}  # runs saved before --optimizer existed were SGD runs
+        parser.set_defaults(**saved_flags(parser, saved, args.resume))
         args = parser.parse_args(argv)
-        refuse_changed_foundations(args, resumed["config"])
+        refuse_changed_foundations(args, saved)
     for key, value in RECIPES[args.recipe].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -178,9 +178,9 @@ def refuse_changed_foundations(args, saved):
     if "recipe" in saved and args.recipe != saved["recipe"]:
         raise UsageError(f"{args.resume} was trained with --recipe {saved['recipe']}, and a resumed run keeps its "
                          "recipe; flags such as --lr or --epochs still change single settings")
-    if args.optimizer != saved.get("optimizer", "sgd"):
-        raise UsageError(f"{args.resume} was trained with --optimizer {saved.get('optimizer', 'sgd')}, and a resumed "
-                         "run keeps its optimizer, whose saved state only fits it")
+    if args.optimizer != saved["optimizer"]:
+        raise UsageError(f"{args.resume} was trained with --optimizer {saved['optimizer']}, and a resumed run keeps "
+                         "its optimizer, whose saved state only fits it")
     if "normalize" in saved and args.normalize != saved["normalize"]:
         raise UsageError(f"{args.resume} was trained {'with' if saved['normalize'] else 'without'} --normalize, and "
                          "a resumed run keeps the input normalization its weights learned")
