@@ -10,12 +10,14 @@ FLAGS = ["--no-download", "--device", "cpu", "--quiet", "--epochs", "1", "--batc
          "--momentum", "0.9", "--augment", "--normalize", "--run-name", "run"]
 
 
-def test_two_gloo_processes_match_one_process_and_leave_one_set_of_files(cifar_dir, tmp_path):
+@pytest.mark.parametrize("optimizer", ["sgd", "muon"])
+def test_two_gloo_processes_match_one_process_and_leave_one_set_of_files(cifar_dir, tmp_path, optimizer):
+    flags = [*FLAGS, "--optimizer", optimizer]
     result = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", ROOT / "train.py",
-                        "--data-dir", cifar_dir, "--logdir", tmp_path / "ddp", *FLAGS, cwd=tmp_path)
+                        "--data-dir", cifar_dir, "--logdir", tmp_path / "ddp", *flags, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("test accuracy") == 1  # only rank 0 speaks
-    train.main(["--data-dir", str(cifar_dir), "--logdir", str(tmp_path / "single"), *FLAGS])
+    train.main(["--data-dir", str(cifar_dir), "--logdir", str(tmp_path / "single"), *flags])
 
     assert [p.name for p in (tmp_path / "ddp").iterdir()] == ["run"]
     files = sorted(p.name for p in (tmp_path / "ddp" / "run").iterdir() if not p.name.startswith("."))
@@ -23,6 +25,7 @@ def test_two_gloo_processes_match_one_process_and_leave_one_set_of_files(cifar_d
     assert [f for f in files if f.endswith(".pth")] == ["best.pth", "last.pth", "tudui_epoch_0.pth"]
     ddp = torch.load(tmp_path / "ddp" / "run" / "last.pth", weights_only=True)
     single = torch.load(tmp_path / "single" / "run" / "last.pth", weights_only=True)
+    assert ddp["config"]["optimizer"] == optimizer
     for key, tensor in single["model"].items():
         torch.testing.assert_close(ddp["model"][key], tensor, atol=1e-4, rtol=0)
     assert ddp["test_accuracy"] == single["test_accuracy"]
