@@ -116,6 +116,8 @@ def decode_image(path):
     bilinearly as torchvision's Resize((32, 32)) does. Raises DataError naming the problem."""
     from PIL import Image, UnidentifiedImageError
 
+    if not str(path):  # Path("") is the current folder, which would be named instead
+        raise DataError("an image path is empty; pass image files")
     path = Path(path)
     try:
         with Image.open(path) as im:

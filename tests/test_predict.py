@@ -257,6 +257,11 @@ def test_each_bad_image_gets_one_line_and_the_good_ones_are_still_classified(che
     assert [line.split(":")[0] for line in result.stdout.splitlines()] == [str(good), str(good)]
 
 
+def test_an_empty_image_path_is_called_empty_not_the_current_folder(checkpoint, capsys):
+    code, out, err = run_predict(capsys, "--checkpoint", checkpoint, "")
+    assert (code, out, err) == (1, "", "error: an image path is empty; pass image files\n")
+
+
 @pytest.mark.parametrize("make", [lambda p: None, lambda p: p.write_bytes(b"\x00garbage")])
 def test_bad_checkpoint_exits_2_with_one_line(images, tmp_path, make, capsys):
     make(tmp_path / "bad.pth")
