@@ -82,6 +82,22 @@ def _state_dict_of_pickled_module(module, prefix=""):
     return tensors
 
 
+def begins_as_torch_save_file(path):
+    """Whether the file starts as torch.save writes: a zip archive, or (the legacy format) a pickle of
+    protocol 2 or later. A file that does not was never a checkpoint, so 'truncated' would mislead."""
+    try:
+        with open(path, "rb") as file:
+            start = file.read(4)
+    except (OSError, TypeError):  # not a path (a file object), or unreadable: no claim either way
+        return True
+    return start in (b"", b"PK\x03\x04") or start[:1] == b"\x80"
+
+
+def not_a_torch_file(path):
+    return CheckpointError(f"checkpoint {path} is not a PyTorch file: it does not begin as torch.save's files do; "
+                           "check that it names a .pth checkpoint")
+
+
 def read_checkpoint(path, map_location="cpu"):
     """torch.load(path, weights_only=True), with the tutorial's whole-model pickles allowed through
     inert stand-ins. Any other global in the pickle is refused by torch before it can run."""
@@ -97,6 +113,8 @@ def read_checkpoint(path, map_location="cpu"):
         raise CheckpointError(f"checkpoint {path} is not readable; check its permissions") from None
     except pickle.UnpicklingError as e:
         asked = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if asked is None and not begins_as_torch_save_file(path):
+            raise not_a_torch_file(path) from None
         if asked is None:  # not a refused global: the pickle itself is damaged
             raise CheckpointError(f"checkpoint {path} is not a readable PyTorch file (damaged pickle); "
                                   "it may be truncated or corrupt, use another copy") from None
@@ -106,6 +124,8 @@ def read_checkpoint(path, map_location="cpu"):
             "nothing from it was run. Only load checkpoints from sources you trust, saved as a state_dict") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError, TypeError,
             IndexError, OverflowError, MemoryError, UnicodeDecodeError, struct.error, zipfile.BadZipFile) as e:
+        if not begins_as_torch_save_file(path):
+            raise not_a_torch_file(path) from None
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
             f"checkpoint {path} is not a readable PyTorch file ({reason[:200]}); "

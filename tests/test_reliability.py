@@ -207,7 +207,7 @@ def checkpoint_bytes():
 
 @pytest.mark.parametrize("damage", [
     lambda good: good[: len(good) // 2],
-    lambda good: bytes(random.Random(1).randrange(256) for _ in range(4096)),
+    lambda good: good[:4] + bytes(random.Random(1).randrange(256) for _ in range(4096)),
     lambda good: b"",
 ])
 def test_damaged_checkpoint_is_one_clear_line(tmp_path, damage, train_args, capsys):
@@ -220,6 +220,17 @@ def test_damaged_checkpoint_is_one_clear_line(tmp_path, damage, train_args, caps
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and len(err.splitlines()) == 1
     assert err.startswith(f"error: checkpoint {path} is not a readable PyTorch file")
+
+
+@pytest.mark.parametrize("content", [(ROOT / "tests" / "data" / "sample.png").read_bytes(),
+                                     bytes(random.Random(1).randrange(256) for _ in range(4096))])
+def test_a_file_that_never_was_a_checkpoint_is_called_so_not_truncated(tmp_path, content, capsys):
+    path = tmp_path / "cat.png"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match="is not a PyTorch file: it does not begin as torch.save's files do"):
+        load_tudui(path)
+    err = bad_input(capsys, ["--evaluate", str(path)])
+    assert "truncated" not in err and "check that it names a .pth checkpoint" in err
 
 
 def test_resuming_from_weights_alone_says_what_takes_them_instead(tmp_path, train_args, capsys):
