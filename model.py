@@ -93,9 +93,13 @@ def begins_as_torch_save_file(path):
     return start in (b"", b"PK\x03\x04") or start[:1] == b"\x80"
 
 
-def not_a_torch_file(path):
-    return CheckpointError(f"checkpoint {path} is not a PyTorch file: it does not begin as torch.save's files do; "
-                           "check that it names a .pth checkpoint")
+def unreadable(path, reason):
+    """The error for a checkpoint torch.load could not read, whose reason is the first line of torch's."""
+    if not begins_as_torch_save_file(path):
+        return CheckpointError(f"checkpoint {path} is not a PyTorch file: it does not begin as torch.save's files "
+                               "do; check that it names a .pth checkpoint")
+    return CheckpointError(f"checkpoint {path} is not a readable PyTorch file ({reason}); it may be truncated or "
+                           "corrupt, use another copy (last.pth, best.pth or an epoch file)")
 
 
 def read_checkpoint(path, map_location="cpu"):
@@ -113,23 +117,16 @@ def read_checkpoint(path, map_location="cpu"):
         raise CheckpointError(f"checkpoint {path} is not readable; check its permissions") from None
     except pickle.UnpicklingError as e:
         asked = re.search(r"GLOBAL ([\w.]+)", str(e))
-        if asked is None and not begins_as_torch_save_file(path):
-            raise not_a_torch_file(path) from None
         if asked is None:  # not a refused global: the pickle itself is damaged
-            raise CheckpointError(f"checkpoint {path} is not a readable PyTorch file (damaged pickle); "
-                                  "it may be truncated or corrupt, use another copy") from None
+            raise unreadable(path, "damaged pickle") from None
         raise CheckpointError(
             f"checkpoint {path} was refused: its pickle asks for {asked.group(1)}, which is not "
             "on the allow-list; "
             "nothing from it was run. Only load checkpoints from sources you trust, saved as a state_dict") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError, TypeError,
             IndexError, OverflowError, MemoryError, UnicodeDecodeError, struct.error, zipfile.BadZipFile) as e:
-        if not begins_as_torch_save_file(path):
-            raise not_a_torch_file(path) from None
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
-            f"checkpoint {path} is not a readable PyTorch file ({reason[:200]}); "
-            "it may be truncated or corrupt, use another copy (last.pth, best.pth or an epoch file)") from None
+        raise unreadable(path, reason[:200]) from None
 
 
 def unpack_checkpoint(obj, path="checkpoint"):
