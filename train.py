@@ -32,9 +32,11 @@ from model import (TUTORIAL_PREPROCESS, CheckpointError, Tudui, build_from_state
 # Settings that a recipe chooses. The tutorial's are the defaults; every one can be overridden by its flag.
 RECIPES = {
     "tutorial": dict(optimizer="sgd", batch_size=64, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0,
-                     schedule="constant", warmup=0.0, augment=False, translate=2, normalize=False, label_smoothing=0.0),
+                     muon_decay=0.0, schedule="constant", warmup=0.0, augment=False, translate=2, normalize=False,
+                     label_smoothing=0.0),
     "tuned": dict(optimizer="muon", batch_size=128, lr=0.04, momentum=0.9, nesterov=True, weight_decay=2e-3,
-                  schedule="cosine", warmup=0.0, augment=True, translate=2, normalize=True, label_smoothing=0.1),
+                  muon_decay=0.0, schedule="cosine", warmup=0.0, augment=True, translate=2, normalize=True,
+                  label_smoothing=0.1),
 }
 EVAL_BATCH_SIZE = 500  # evaluation needs no gradients, so bigger batches just mean fewer steps
 CHECKPOINT_FORMAT = "tudui-train-checkpoint/1"
@@ -105,6 +107,9 @@ def build_parser():
     p.add_argument("--momentum", type=float, help="recipe: 0 (tutorial), 0.9 (tuned)")
     p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, help="recipe: off (tutorial), on (tuned)")
     p.add_argument("--weight-decay", type=float, help="recipe: 0 (tutorial), 2e-3 (tuned)")
+    p.add_argument("--muon-decay", type=float,
+                   help="with --optimizer muon: decoupled weight decay on its hidden weights, each step scaling "
+                        "them by 1 - Muon's lr x R (0.1 for 50 epochs, README); recipe: 0")
     p.add_argument("--schedule", choices=["constant", "cosine", "onecycle"],
                    help="learning-rate schedule, per step; onecycle warms up for 30%% of the steps, then "
                         "anneals (as torch's OneCycleLR); recipe: constant (tutorial), cosine (tuned)")
@@ -210,6 +215,9 @@ def check_args(args):
         (args.nesterov and args.momentum == 0, "--nesterov needs --momentum above 0"),
         (not 0 <= args.weight_decay <= FLOAT32_MAX,
          f"--weight-decay must be 0 or more, up to {FLOAT32_MAX:.3g} (got {args.weight_decay})"),
+        (not 0 <= args.muon_decay <= FLOAT32_MAX,
+         f"--muon-decay must be 0 or more, up to {FLOAT32_MAX:.3g} (got {args.muon_decay})"),
+        (args.muon_decay > 0 and args.optimizer != "muon", "--muon-decay applies to --optimizer muon only"),
         (not 0 <= args.translate <= 16, f"--translate must be 0 to 16 pixels (got {args.translate})"),
         (not 0 <= args.warmup < 1, f"--warmup must be a fraction in [0, 1) (got {args.warmup})"),
         (not 0 <= args.label_smoothing < 1, f"--label-smoothing must be in [0, 1) (got {args.label_smoothing})"),
@@ -320,7 +328,8 @@ def build_optimizer(model, args, graphed=False):
     changing lr must live in memory it reads."""
     lr = torch.tensor(args.lr, device=next(model.parameters()).device) if graphed else args.lr
     if args.optimizer == "muon":
-        return Muon(model, lr=lr, momentum=args.momentum, nesterov=args.nesterov, weight_decay=args.weight_decay)
+        return Muon(model, lr=lr, momentum=args.momentum, nesterov=args.nesterov, weight_decay=args.weight_decay,
+                    muon_decay=args.muon_decay)
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=args.momentum, nesterov=args.nesterov,
                            weight_decay=args.weight_decay, fused=graphed or None)
 
@@ -345,16 +354,18 @@ class Muon(torch.optim.Optimizer):
     direction of a layer moves at the same rate where SGD moves the few that dominate its gradient.
     torch.optim.Muon does this for 2-D weights only. The biases and the last layer keep SGD with the
     run's momentum and weight decay (Muon is meant for hidden layers' matrices). Muon's lr is the run's
-    times LR_RATIO, without weight decay."""
+    times LR_RATIO. Its steps have a fixed size whatever the gradient's, so its weights grow all run
+    unless muon_decay shrinks them first (decoupled, as modded-nanogpt's Muon does), which lets their
+    norm settle where the two balance."""
 
     LR_RATIO = 0.25  # the best of 0.125, 0.25, 0.5 and 1 (README, Tuned recipe)
     MOMENTUM = 0.95  # Muon's usual
 
-    def __init__(self, model, lr, momentum, nesterov, weight_decay):
+    def __init__(self, model, lr, momentum, nesterov, weight_decay, muon_decay=0.0):
         layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
         hidden = [layer.weight for layer in layers[:-1]]
         rest = [p for p in model.parameters() if all(p is not weight for weight in hidden)]
-        super().__init__([{"params": hidden, "muon": True}, {"params": rest, "muon": False}],
+        super().__init__([{"params": hidden, "muon": True, "muon_decay": muon_decay}, {"params": rest, "muon": False}],
                          dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay))
 
     @torch.no_grad()
@@ -366,6 +377,7 @@ class Muon(torch.optim.Optimizer):
                     state["momentum_buffer"] = torch.zeros_like(p)
                 buffer = state["momentum_buffer"]
                 if group["muon"]:
+                    p.mul_(1 - group["lr"] * self.LR_RATIO * group["muon_decay"])
                     buffer.mul_(self.MOMENTUM).add_(p.grad)
                     direction = orthogonalize(p.grad.add(buffer, alpha=self.MOMENTUM).flatten(1)).view_as(p)
                     rows, columns = p.shape[0], p[0].numel()  # a tall matrix's step is scaled up to a wide one's

@@ -4,7 +4,6 @@ patched into it, everything else (data, loop, logging, checkpoints) unchanged.
     OMP_NUM_THREADS=1 python bench/variants.py VARIANT -- TRAIN_FLAGS
     OMP_NUM_THREADS=1 python bench/variants.py adamw -- --recipe tuned --lr 0.002 --weight-decay 0.05
     OMP_NUM_THREADS=1 python bench/variants.py alt-flip+lookahead -- --recipe tuned   # several at once
-    OMP_NUM_THREADS=1 python bench/variants.py muon-decay=0.03 -- --recipe tuned --epochs 50   # with a value
 
 Variants (results in README, "Tuned recipe"):
   adamw          AdamW (decoupled weight decay) instead of SGD, with --lr and --weight-decay
@@ -19,8 +18,6 @@ Variants (results in README, "Tuned recipe"):
   linear-decay   the learning rate falls linearly from its peak to 0 instead of along a cosine
   lookahead      airbench's Lookahead: every 5 steps the weights move to a slow copy that trails them,
                  which trails more as training ends; the last step ends on the slow copy
-  muon-decay=R   decoupled weight decay at rate R on the hidden weights that --optimizer muon steps
-                 (train.py decays only the rest): each step first scales them by 1 - Muon's lr x R
 """
 import argparse
 import math
@@ -156,20 +153,6 @@ def lookahead(patch):
     patch(train.TrainStep, "__call__", step_with_lookahead)
 
 
-def muon_decay(patch, rate):
-    """Muon's steps have a fixed size whatever the gradient's, so without decay its weights grow all run;
-    decoupled decay (as modded-nanogpt's Muon has it) lets their norm settle where the two balance."""
-    step = train.Muon.step
-
-    @torch.no_grad()
-    def step_with_decay(optimizer):
-        for group in (group for group in optimizer.param_groups if group["muon"]):
-            for p in group["params"]:
-                p.mul_(1 - group["lr"] * train.Muon.LR_RATIO * rate)
-        step(optimizer)
-    patch(train.Muon, "step", step_with_decay)
-
-
 VARIANTS = {
     "adamw": use_adamw,
     "no-bias-decay": no_bias_decay,
@@ -180,43 +163,26 @@ VARIANTS = {
     "alt-flip": alternate_flips,
     "linear-decay": linear_decay,
     "lookahead": lookahead,
-    "muon-decay": muon_decay,
 }
-TAKES_A_VALUE = {"muon-decay"}
 
 OWN_OPTIMIZERS = {"adamw"}
 
 
 def apply(variant, patch=setattr):
-    """Patch VARIANT (a name, or name=value) into the train module; PATCH(module, name, value) does the
-    patching (tests pass pytest's monkeypatch.setattr so that it is undone)."""
-    name, _, value = variant.partition("=")
-    VARIANTS[name](patch, *([float(value)] if name in TAKES_A_VALUE else []))
-
-
-def is_number(text):
-    try:
-        return math.isfinite(float(text))
-    except ValueError:
-        return False
-
-
-def well_formed(variant):
-    name, has_value, value = variant.partition("=")
-    return name in VARIANTS and (is_number(value) if name in TAKES_A_VALUE else not has_value)
+    """Patch VARIANT into the train module; PATCH(module, name, value) does the patching (tests pass
+    pytest's monkeypatch.setattr so that it is undone)."""
+    VARIANTS[variant](patch)
 
 
 def main(argv):
     """VARIANT may join several with "+", to see whether small gains add up."""
-    parts = argv[0].split("+") if argv else []
-    names = [part.partition("=")[0] for part in parts]
-    if len(argv) < 2 or argv[1] != "--" or not all(map(well_formed, parts)) or len(set(names)) < len(names):
-        choices = ", ".join(name + "=R" * (name in TAKES_A_VALUE) for name in VARIANTS)
-        print(f"error: VARIANT must be one of {choices} (R a number), or several joined with +, each once; "
+    names = argv[0].split("+") if argv else []
+    if len(argv) < 2 or argv[1] != "--" or not set(names) <= VARIANTS.keys() or len(set(names)) < len(names):
+        print(f"error: VARIANT must be one of {', '.join(VARIANTS)}, or several joined with +, each once; "
               "usage: variants.py VARIANT -- TRAIN_FLAGS", file=sys.stderr)
         raise SystemExit(2)
-    for part in parts:
-        apply(part)
+    for name in names:
+        apply(name)
     # a CUDA graph replays the lr it was captured with unless the optimizer reads it from a device tensor,
     # as train.py's own optimizers do and these do not
     eager = ["--no-cuda-graph"] if set(names) & OWN_OPTIMIZERS else []

@@ -240,3 +240,18 @@ def test_muon_moves_hidden_weights_by_their_orthogonalized_gradient_and_the_rest
             torch.testing.assert_close(before[name] - p.detach(), step.view_as(p), atol=1e-6, rtol=1e-4)
         else:
             torch.testing.assert_close(p.detach(), twin.detach())
+
+
+def test_muon_decay_shrinks_only_the_hidden_weights_by_muons_lr_times_the_rate_before_each_step():
+    """Zero gradients: Muon's own step and the SGD part then move nothing, so only the decay shows."""
+    args = train.parse_args(["--recipe", "tuned", "--weight-decay", "0", "--lr", "0.2", "--muon-decay", "0.5"])[0]
+    model = train.build_model(10, torch.device("cpu"), 0)
+    optimizer = train.build_optimizer(model, args)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    hidden = {"model.0.weight", "model.2.weight", "model.4.weight", "model.7.weight"}
+    for name, p in model.named_parameters():
+        factor = 1 - 0.2 * train.Muon.LR_RATIO * 0.5 if name in hidden else 1.0
+        torch.testing.assert_close(p.detach(), before[name] * factor, msg=name)

@@ -290,6 +290,8 @@ def test_each_epoch_records_when_it_started(train_args, tmp_path):
     (["--momentum", "1"], "--momentum must be in [0, 1)"),
     (["--nesterov"], "--nesterov needs --momentum above 0"),
     (["--weight-decay", "-0.0001"], "--weight-decay must be 0 or more"),
+    (["--muon-decay", "nan"], "--muon-decay must be 0 or more"),
+    (["--muon-decay", "0.1"], "--muon-decay applies to --optimizer muon only"),  # the tutorial recipe's SGD
     (["--warmup", "1"], "--warmup must be a fraction in [0, 1)"),
     (["--label-smoothing", "1"], "--label-smoothing must be in [0, 1)"),
     (["--log-every", "0"], "--log-every must be at least 1"),
