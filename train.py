@@ -107,7 +107,7 @@ def build_parser():
     p.add_argument("--momentum", type=float, help="recipe: 0 (tutorial), 0.9 (tuned)")
     p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, help="recipe: off (tutorial), on (tuned)")
     p.add_argument("--weight-decay", type=float, help="recipe: 0 (tutorial), 2e-3 (tuned)")
-    p.add_argument("--muon-decay", type=float,
+    p.add_argument("--muon-decay", type=float, metavar="R",
                    help="with --optimizer muon: decoupled weight decay on its hidden weights, each step scaling "
                         "them by 1 - Muon's lr x R (0.1 for 50 epochs, README); recipe: 0")
     p.add_argument("--schedule", choices=["constant", "cosine", "onecycle"],
@@ -377,7 +377,8 @@ class Muon(torch.optim.Optimizer):
                     state["momentum_buffer"] = torch.zeros_like(p)
                 buffer = state["momentum_buffer"]
                 if group["muon"]:
-                    p.mul_(1 - group["lr"] * self.LR_RATIO * group["muon_decay"])
+                    if group["muon_decay"]:  # no extra kernels in the recipes' steps, which leave it at 0
+                        p.mul_(1 - group["lr"] * self.LR_RATIO * group["muon_decay"])
                     buffer.mul_(self.MOMENTUM).add_(p.grad)
                     direction = orthogonalize(p.grad.add(buffer, alpha=self.MOMENTUM).flatten(1)).view_as(p)
                     rows, columns = p.shape[0], p[0].numel()  # a tall matrix's step is scaled up to a wide one's
