@@ -35,7 +35,7 @@ RECIPES = {
                      muon_decay=0.0, schedule="constant", warmup=0.0, augment=False, translate=2, normalize=False,
                      label_smoothing=0.0),
     "tuned": dict(optimizer="muon", batch_size=128, lr=0.04, momentum=0.9, nesterov=True, weight_decay=2e-3,
-                  muon_decay=0.0, schedule="cosine", warmup=0.0, augment=True, translate=2, normalize=True,
+                  muon_decay=0.1, schedule="cosine", warmup=0.0, augment=True, translate=2, normalize=True,
                   label_smoothing=0.1),
 }
 EVAL_BATCH_SIZE = 500  # evaluation needs no gradients, so bigger batches just mean fewer steps
@@ -109,7 +109,7 @@ def build_parser():
     p.add_argument("--weight-decay", type=float, help="recipe: 0 (tutorial), 2e-3 (tuned)")
     p.add_argument("--muon-decay", type=float, metavar="R",
                    help="with --optimizer muon: decoupled weight decay on its hidden weights, each step scaling "
-                        "them by 1 - Muon's lr x R (0.1 for 50 epochs, README); recipe: 0")
+                        "them by 1 - Muon's lr x R; recipe: 0 (tutorial), 0.1 (tuned)")
     p.add_argument("--schedule", choices=["constant", "cosine", "onecycle"],
                    help="learning-rate schedule, per step; onecycle warms up for 30%% of the steps, then "
                         "anneals (as torch's OneCycleLR); recipe: constant (tutorial), cosine (tuned)")
@@ -150,10 +150,12 @@ def parse_args(argv):
     resumed = None
     if args.resume:
         resumed = load_training_checkpoint(args.resume)
-        saved = {"optimizer": "sgd", **resumed["config"]}  # runs saved before --optimizer existed were SGD runs
+        saved = {"optimizer": "sgd", "muon_decay": 0.0, **resumed["config"]}  # what runs saved before those flags did
         parser.set_defaults(**saved_flags(parser, saved, args.resume))
         args = parser.parse_args(argv)
         refuse_changed_foundations(args, saved)
+    if args.optimizer == "sgd" and args.muon_decay is None:
+        args.muon_decay = 0.0  # the recipe's decay is for Muon's weights, which an SGD run does not have
     for key, value in RECIPES[args.recipe].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -377,7 +379,7 @@ class Muon(torch.optim.Optimizer):
                     state["momentum_buffer"] = torch.zeros_like(p)
                 buffer = state["momentum_buffer"]
                 if group["muon"]:
-                    if group["muon_decay"]:  # no extra kernels in the recipes' steps, which leave it at 0
+                    if group["muon_decay"]:  # no extra kernels in the steps of runs without it
                         p.mul_(1 - group["lr"] * self.LR_RATIO * group["muon_decay"])
                     buffer.mul_(self.MOMENTUM).add_(p.grad)
                     direction = orthogonalize(p.grad.add(buffer, alpha=self.MOMENTUM).flatten(1)).view_as(p)

@@ -61,6 +61,19 @@ def test_a_run_saved_before_the_optimizer_flag_resumes_with_sgd(tutorial_run_che
                                                                     "--optimizer", "muon"])
 
 
+def test_a_run_saved_before_the_muon_decay_flag_resumes_without_decay(tutorial_run_checkpoint, tmp_path):
+    checkpoint = torch.load(tutorial_run_checkpoint, weights_only=True)
+    checkpoint["config"].update(recipe="tuned", optimizer="muon")
+    del checkpoint["config"]["muon_decay"]
+    torch.save(checkpoint, tmp_path / "older.pth")
+    assert train.parse_args(["--resume", str(tmp_path / "older.pth")])[0].muon_decay == 0.0
+
+
+def test_tuned_recipe_with_sgd_drops_the_decay_meant_for_muons_weights():
+    args, _ = train.parse_args(["--recipe", "tuned", "--optimizer", "sgd"])
+    assert (args.optimizer, args.muon_decay, args.weight_decay) == ("sgd", 0.0, train.RECIPES["tuned"]["weight_decay"])
+
+
 def test_both_recipes_name_the_same_settings():
     assert train.RECIPES["tutorial"].keys() == train.RECIPES["tuned"].keys()
 
@@ -221,7 +234,7 @@ def test_orthogonalize_keeps_the_singular_vectors_and_brings_singular_values_wit
 
 
 def test_muon_moves_hidden_weights_by_their_orthogonalized_gradient_and_the_rest_as_sgd():
-    args = train.parse_args(["--recipe", "tuned", "--optimizer", "muon"])[0]
+    args = train.parse_args(["--recipe", "tuned", "--muon-decay", "0"])[0]  # the decay has a test of its own
     model = train.build_model(10, torch.device("cpu"), 0)
     sgd_twin = train.build_model(10, torch.device("cpu"), 0)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
