@@ -109,7 +109,7 @@ def build_parser():
     p.add_argument("--weight-decay", type=float, help="recipe: 0 (tutorial), 2e-3 (tuned)")
     p.add_argument("--muon-decay", type=float, metavar="R",
                    help="with --optimizer muon: decoupled weight decay on its hidden weights, each step scaling "
-                        "them by 1 - Muon's lr x R; recipe: 0 (tutorial), 0.1 (tuned)")
+                        "them by 1 - Muon's lr x R; recipe: 0 (tutorial), 0.1 (tuned, 0 with --optimizer sgd)")
     p.add_argument("--schedule", choices=["constant", "cosine", "onecycle"],
                    help="learning-rate schedule, per step; onecycle warms up for 30%% of the steps, then "
                         "anneals (as torch's OneCycleLR); recipe: constant (tutorial), cosine (tuned)")
