@@ -165,7 +165,8 @@ def test_variants_names_the_choices_when_the_variant_is_unknown(capsys):
     with pytest.raises(SystemExit) as exit_info:
         load_variants()["main"](["sam", "--", "--recipe", "tuned"])
     assert exit_info.value.code == 2
-    assert "adamw, no-bias-decay, zero-last, scaled-init, orthogonal, clean-last, alt-flip, linear-decay, lookahead" in capsys.readouterr().err
+    assert ("adamw, no-bias-decay, zero-last, scaled-init, orthogonal, clean-last, alt-flip, linear-decay, "
+            "lookahead") in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not (shutil.which("tar") and shutil.which("xz")), reason="gpu_check.sh unpacks with tar and xz")
