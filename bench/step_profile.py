@@ -63,6 +63,7 @@ def main():
     opts = p.parse_args()
     device = torch.device(opts.device)
     args, _ = train.parse_args(["--recipe", opts.recipe, "--device", opts.device])
+    train.keep_freed_memory()  # as train.main does
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
