@@ -9,7 +9,6 @@ From Python: `from train import main; metrics = main(["--epochs", "1"])`.
 """
 import argparse
 import ctypes
-import fcntl
 import io
 import itertools
 import json
@@ -30,6 +29,12 @@ from torch import nn
 from data import DataError, load_dataset, load_test_split
 from model import (TUTORIAL_PREPROCESS, CheckpointError, Tudui, build_from_state_dict, checked_preprocess, load_tudui,
                    read_checkpoint)
+
+try:
+    import fcntl
+except ModuleNotFoundError:  # Windows, which locks byte ranges of a file instead (RunLock)
+    fcntl = None
+    import msvcrt
 
 # Settings that a recipe chooses. The tutorial's are the defaults; every one can be overridden by its flag.
 RECIPES = {
@@ -588,11 +593,12 @@ def atomic_write(data, path):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        if hasattr(os, "O_DIRECTORY"):  # POSIX: sync the folder too, so that the rename survives a power cut
+            dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)  # (Windows cannot open a folder)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -684,18 +690,27 @@ def plain_config(args):
 
 class RunLock:
     """An OS lock on a folder a run writes to: a second run on the same folder is refused, and the lock
-    dies with its process, so a killed run never blocks its own resume."""
+    dies with its process, so a killed run never blocks its own resume. flock on POSIX; on Windows, a
+    lock on the first byte of the same file."""
 
     def __init__(self, folder, flag):
         self.file = open(Path(folder) / ".lock", "a+")
+        held_elsewhere = BlockingIOError if fcntl else OSError  # msvcrt says so with a plain OSError
         try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            if fcntl:
+                fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            else:
+                self.file.seek(0)
+                msvcrt.locking(self.file.fileno(), msvcrt.LK_NBLCK, 1)
+        except held_elsewhere:
             self.file.close()
             raise UsageError(f"another run is writing to {folder}; wait for it to finish "
                              f"or pick another {flag}") from None
 
     def release(self):
+        if not fcntl:  # closing would release it too, but Windows may take a while to
+            self.file.seek(0)
+            msvcrt.locking(self.file.fileno(), msvcrt.LK_UNLCK, 1)
         self.file.close()
 
 

@@ -13,6 +13,7 @@ import zipfile
 import pytest
 import torch
 from hypothesis import HealthCheck, example, given, settings, strategies as st
+from PIL import Image
 
 import train
 from conftest import ROOT, bad_input, run_script, write_image_folder
@@ -130,6 +131,30 @@ def test_second_run_on_the_same_checkpoint_folder_is_refused_and_frees_its_run_f
     assert f"another run is writing to {weights}; wait for it to finish or pick another --ckpt-dir" in err
     with open(tmp_path / "logs" / "run" / ".lock", "a") as run_lock:
         fcntl.flock(run_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the refused run let go of its own folder
+
+
+def test_without_fcntl_and_folder_sync_as_on_windows_runs_still_lock_save_resume_and_predict(cifar_dir, tmp_path):
+    """tests/as_on_windows.py takes away the POSIX-only calls (fcntl, opening a folder to sync it)."""
+    def as_on_windows(script, *args):
+        return run_script(ROOT / "tests" / "as_on_windows.py", script, *args, "--device", "cpu")
+
+    run_dir = tmp_path / "logs" / "run"
+    first = as_on_windows("train.py", "--data-dir", cifar_dir, "--no-download", "--logdir", tmp_path / "logs",
+                          "--run-name", "run", "--batch-size", "64", "--epochs", "1", "--quiet")
+    assert first.returncode == 0, first.stderr
+    with open(run_dir / ".lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running train.py holds it
+        refused = as_on_windows("train.py", "--resume", run_dir / "last.pth", "--epochs", "2")
+    assert refused.returncode == 2 and "error: another run is writing to" in refused.stderr, refused.stderr
+    resumed = as_on_windows("train.py", "--resume", run_dir / "last.pth", "--epochs", "2", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert torch.load(run_dir / "last.pth", weights_only=True)["epoch"] == 1
+    with open(run_dir / ".lock", "a") as after:
+        fcntl.flock(after, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the finished run let go of its folder
+    image = tmp_path / "cat.png"
+    Image.new("RGB", (32, 32), (200, 120, 40)).save(image)
+    predicted = as_on_windows("predict.py", "--checkpoint", run_dir / "last.pth", image)
+    assert predicted.returncode == 0 and "cat.png" in predicted.stdout, predicted.stderr
 
 
 def test_a_new_run_never_writes_over_an_earlier_runs_checkpoints(train_args, tmp_path, capsys):
