@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.optim.sgd import sgd as sgd_update  # torch.optim.SGD's step, as a function
 
 from data import DataError, load_dataset, load_test_split
 from model import (TUTORIAL_PREPROCESS, CheckpointError, Tudui, build_from_state_dict, checked_preprocess, load_tudui,
@@ -353,7 +354,8 @@ def orthogonalize(matrix, steps=5):
     x = x if wide else x.T
     for _ in range(steps):
         gram = x @ x.T
-        x = a * x + (b * gram + c * gram @ gram) @ x
+        # a x + (b gram + c gram gram) x, each product with its sum in one addmm kernel (as torch.optim.Muon)
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
     return x if wide else x.T
 
 
@@ -379,23 +381,29 @@ class Muon(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self):
-        for group in self.param_groups:
-            for p in (p for p in group["params"] if p.grad is not None):
-                state = self.state[p]
-                if "momentum_buffer" not in state:  # once: no allocation in the steps a CUDA graph records
-                    state["momentum_buffer"] = torch.zeros_like(p)
-                buffer = state["momentum_buffer"]
-                if group["muon"]:
-                    if group["muon_decay"]:  # no extra kernels in the steps of runs without it
-                        p.mul_(1 - group["lr"] * self.LR_RATIO * group["muon_decay"])
-                    buffer.mul_(self.MOMENTUM).add_(p.grad)
-                    direction = orthogonalize(p.grad.add(buffer, alpha=self.MOMENTUM).flatten(1)).view_as(p)
-                    rows, columns = p.shape[0], p[0].numel()  # a tall matrix's step is scaled up to a wide one's
-                    p.sub_(direction * (group["lr"] * self.LR_RATIO * max(1, rows / columns) ** 0.5))
-                else:  # torch.optim.SGD's update
-                    grad = p.grad.add(p, alpha=group["weight_decay"])
-                    buffer.mul_(group["momentum"]).add_(grad)
-                    p.sub_((grad.add(buffer, alpha=group["momentum"]) if group["nesterov"] else buffer) * group["lr"])
+        hidden, rest = ([p for p in group["params"] if p.grad is not None] for group in self.param_groups)
+        for p in hidden + rest:
+            if "momentum_buffer" not in self.state[p]:  # once: no allocation in the steps a CUDA graph records
+                self.state[p]["momentum_buffer"] = torch.zeros_like(p)
+        self._muon_step(self.param_groups[0], hidden)
+        group = self.param_groups[1]  # torch's SGD; with a device-resident lr (a CUDA graph) its fused kernel
+        sgd_update(rest, [p.grad for p in rest], [self.state[p]["momentum_buffer"] for p in rest],
+                   fused=isinstance(group["lr"], torch.Tensor) or None, weight_decay=group["weight_decay"],
+                   momentum=group["momentum"], lr=group["lr"], dampening=0.0, nesterov=group["nesterov"],
+                   maximize=False)
+
+    def _muon_step(self, group, params):
+        lr = group["lr"] * self.LR_RATIO  # once per step: with a device-resident lr, each product is a kernel
+        decay = group["muon_decay"]
+        shrink = 1 - lr * decay if decay else None  # no extra kernels in the steps of runs without it
+        for p in params:
+            if decay:
+                p.mul_(shrink)
+            buffer = self.state[p]["momentum_buffer"]
+            buffer.mul_(self.MOMENTUM).add_(p.grad)
+            direction = orthogonalize(p.grad.add(buffer, alpha=self.MOMENTUM).flatten(1)).view_as(p)
+            rows, columns = p.shape[0], p[0].numel()  # a tall matrix's step is scaled up to a wide one's
+            p.sub_(direction * (lr * max(1, rows / columns) ** 0.5))
 
 
 def set_lr(optimizer, lr):

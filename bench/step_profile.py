@@ -1,7 +1,9 @@
 """Where one train.py training step spends its time: the operators (and on CUDA the kernels) of eager
 steps under torch.profiler, how many kernels, copies and fills one step runs on the GPU, and the
-milliseconds per step, eager and (on CUDA) replayed as a CUDA graph. It runs train.py's own TrainStep on
-random images, so it profiles exactly the code that trains.
+milliseconds per step, eager and (on CUDA) replayed as a CUDA graph. It also counts the operators one
+step dispatches, on any device: on a GPU each is about one kernel, and a CUDA graph's step, bound by
+its kernels' count more than by their work, replays those of the device-resident-lr count. It runs
+train.py's own TrainStep on random images, so it profiles exactly the code that trains.
 
     python bench/step_profile.py --device cuda --recipe tutorial
     python bench/step_profile.py --device cpu --recipe tuned --steps 5
@@ -14,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
+from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train  # noqa: E402
@@ -27,13 +30,14 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def build_step(args, device, graphed, steps):
+def build_step(args, device, graphed, steps, device_lr=None):
+    """DEVICE_LR (default: GRAPHED) gives the optimizer a CUDA graph records: its lr in a device tensor."""
     n = args.batch_size * (WARMUP_STEPS + steps)
     data = {"train_x": torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, device=device),
             "train_y": torch.randint(0, 10, (n,), device=device),
             "norm": train.normalizer({"mean": [0.5] * 3, "std": [0.25] * 3} if args.normalize else {}, device)}
     model = train.build_model(10, device, args.seed)
-    optimizer = train.build_optimizer(model, args, graphed)
+    optimizer = train.build_optimizer(model, args, graphed if device_lr is None else device_lr)
     loss_fn = nn.CrossEntropyLoss(reduction="sum", label_smoothing=args.label_smoothing)
     step = train.TrainStep(model, optimizer, loss_fn, data, args, graphed)
     if args.augment:
@@ -54,6 +58,27 @@ def ms_per_step(step, batches, args, device):
     return (time.perf_counter() - started) / len(batches[WARMUP_STEPS:]) * 1000
 
 
+class OperatorCount(TorchDispatchMode):
+    """Counts the operators dispatched inside it, views (which launch nothing) left out."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func.namespace == "aten" and not func.is_view
+        return func(*args, **(kwargs or {}))
+
+
+def operators_per_step(args, device, device_lr):
+    step, batches = build_step(args, device, False, 1, device_lr)
+    for idx in batches[:WARMUP_STEPS]:
+        step(idx, args.batch_size, args.lr)
+    with OperatorCount() as counter:
+        step(batches[WARMUP_STEPS], args.batch_size, args.lr)
+    return counter.count
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -67,6 +92,8 @@ def main():
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
+    print(f"operators per step, views left out: {operators_per_step(args, device, False)} with a plain lr, "
+          f"{operators_per_step(args, device, True)} with the lr in a device tensor (as in the CUDA graph)")
     step, batches = build_step(args, device, False, opts.steps)
     print(f"eager: {ms_per_step(step, batches, args, device):.3f} ms/step (batch {args.batch_size}, {device})")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])

@@ -19,6 +19,16 @@ def test_step_profile_times_and_profiles_train_steps_on_the_cpu(monkeypatch, cap
     out = capsys.readouterr().out
     assert "ms/step (batch 128, cpu)" in out
     assert "aten::convolution_backward" in out  # the profiler saw a backward pass
+    assert "operators per step, views left out: " in out
+
+
+def test_step_profile_counts_the_operators_that_compute_and_leaves_views_out():
+    step_profile = runpy.run_path(str(ROOT / "bench" / "step_profile.py"))
+    with step_profile["OperatorCount"]() as counter:
+        x = torch.ones(4, 4)
+        x.view(16).unsqueeze(0)[:, :8].t()  # views: nothing runs
+        (x + 1).mul_(2)
+    assert counter.count == 3
 
 
 def load_variants():
