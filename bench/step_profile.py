@@ -1,9 +1,9 @@
 """Where one train.py training step spends its time: the operators (and on CUDA the kernels) of eager
 steps under torch.profiler, how many kernels, copies and fills one step runs on the GPU, and the
 milliseconds per step, eager and (on CUDA) replayed as a CUDA graph. It also counts the operators one
-step dispatches, on any device: on a GPU each is about one kernel, and a CUDA graph's step, bound by
-its kernels' count more than by their work, replays those of the device-resident-lr count. It runs
-train.py's own TrainStep on random images, so it profiles exactly the code that trains.
+step dispatches, on any device: on a GPU each is about one kernel, which a CUDA graph still runs one
+after another, and a graphed step is the count with the lr in a device tensor. It runs train.py's own
+TrainStep on random images, so it profiles exactly the code that trains.
 
     python bench/step_profile.py --device cuda --recipe tutorial
     python bench/step_profile.py --device cpu --recipe tuned --steps 5
