@@ -245,8 +245,8 @@ def check_args(args):
 
 
 def names_a_subfolder(name):
-    path = Path(name)
-    return name.strip() not in ("", ".") and not path.is_absolute() and ".." not in path.parts
+    path = Path(name)  # no anchor: on Windows, C:run and \\run are not absolute, yet LOGDIR / them leaves LOGDIR
+    return name.strip() not in ("", ".") and not path.anchor and ".." not in path.parts
 
 
 def pick_device(name):

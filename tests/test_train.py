@@ -4,7 +4,7 @@ import math
 import platform
 import time
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 import numpy as np
 import pytest
@@ -304,6 +304,13 @@ def test_each_epoch_records_when_it_started(train_args, tmp_path):
 ])
 def test_bad_values_are_one_clear_line(capsys, train_args, flags, words):
     assert words in bad_input(capsys, train_args + flags)
+
+
+@pytest.mark.parametrize("name, inside", [("run", True), ("runs/exp1", True), ("/tmp/run", False), ("C:run", False),
+                                          ("\\run", False), ("C:\\run", False), ("..\\run", False)])
+def test_a_run_name_must_stay_inside_logdir_under_windows_path_rules_too(monkeypatch, name, inside):
+    monkeypatch.setattr(train, "Path", PureWindowsPath)
+    assert train.names_a_subfolder(name) is inside
 
 
 @pytest.mark.parametrize("flags, words", [
