@@ -141,7 +141,8 @@ def build_parser():
     p.add_argument("--tta", action="store_true", help="with --evaluate: average predictions over the image and its flip")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
                    help="auto: cuda, then mps, then cpu")
-    p.add_argument("--amp", action="store_true", help="bfloat16 autocast (CPU and CUDA)")
+    p.add_argument("--amp", action="store_true",
+                   help="bfloat16 autocast: fast on GPUs and on CPUs with native bf16 (AVX-512 BF16), slow on others")
     p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=True,
                    help="on one CUDA GPU, replay each training step as a recorded CUDA graph")
     p.add_argument("--seed", type=int, default=0, help="seeds the initial weights, data order and augmentation")
