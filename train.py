@@ -377,20 +377,21 @@ class Muon(torch.optim.Optimizer):
         layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
         hidden = [layer.weight for layer in layers[:-1]]
         rest = [p for p in model.parameters() if all(p is not weight for weight in hidden)]
-        super().__init__([{"params": hidden, "muon": True, "muon_decay": muon_decay}, {"params": rest, "muon": False}],
+        super().__init__([{"params": hidden, "muon_decay": muon_decay}, {"params": rest}],
                          dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay))
 
     @torch.no_grad()
     def step(self):
+        muon_group, sgd_group = self.param_groups  # as __init__ made them
         hidden, rest = ([p for p in group["params"] if p.grad is not None] for group in self.param_groups)
         for p in hidden + rest:
             if "momentum_buffer" not in self.state[p]:  # once: no allocation in the steps a CUDA graph records
                 self.state[p]["momentum_buffer"] = torch.zeros_like(p)
-        self._muon_step(self.param_groups[0], hidden)
-        group = self.param_groups[1]  # torch's SGD; with a device-resident lr (a CUDA graph) its fused kernel
+        self._muon_step(muon_group, hidden)
+        # torch's SGD; with a device-resident lr (a CUDA graph) its fused kernel, which reads it there
         sgd_update(rest, [p.grad for p in rest], [self.state[p]["momentum_buffer"] for p in rest],
-                   fused=isinstance(group["lr"], torch.Tensor) or None, weight_decay=group["weight_decay"],
-                   momentum=group["momentum"], lr=group["lr"], dampening=0.0, nesterov=group["nesterov"],
+                   fused=isinstance(sgd_group["lr"], torch.Tensor) or None, weight_decay=sgd_group["weight_decay"],
+                   momentum=sgd_group["momentum"], lr=sgd_group["lr"], dampening=0.0, nesterov=sgd_group["nesterov"],
                    maximize=False)
 
     def _muon_step(self, group, params):
