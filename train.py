@@ -345,19 +345,21 @@ def build_optimizer(model, args, graphed=False):
                            weight_decay=args.weight_decay, fused=graphed or None)
 
 
-def orthogonalize(matrix, steps=5):
+def orthogonalize(matrices, steps=5):
     """The nearest matrix with all singular values 1, roughly: those within a factor of 100 of the largest
     land in about 0.7 to 1.2, smaller ones are only raised toward it. Keller Jordan's quintic Newton-Schulz
-    iteration, as Muon and torch.optim.Muon use it."""
+    iteration, as Muon and torch.optim.Muon use it. MATRICES is one matrix or a batch (..., rows, columns)
+    of them, each orthogonalized on its own."""
     a, b, c = 3.4445, -4.7750, 2.0315
-    x = matrix / (matrix.norm() + 1e-7)
-    wide = x.size(0) <= x.size(1)
-    x = x if wide else x.T
+    x = matrices.reshape(-1, *matrices.shape[-2:])
+    x = x / (x.norm(dim=(1, 2), keepdim=True) + 1e-7)
+    wide = x.size(1) <= x.size(2)
+    x = x if wide else x.mT
     for _ in range(steps):
-        gram = x @ x.T
-        # a x + (b gram + c gram gram) x, each product with its sum in one addmm kernel (as torch.optim.Muon)
-        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-    return x if wide else x.T
+        gram = torch.bmm(x, x.mT)
+        # a x + (b gram + c gram gram) x, each product with its sum in one kernel (as torch.optim.Muon)
+        x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return (x if wide else x.mT).reshape(matrices.shape)
 
 
 class Muon(torch.optim.Optimizer):
@@ -379,33 +381,60 @@ class Muon(torch.optim.Optimizer):
         rest = [p for p in model.parameters() if all(p is not weight for weight in hidden)]
         super().__init__([{"params": hidden, "muon_decay": muon_decay}, {"params": rest}],
                          dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay))
+        self.padded = self.step_scales = None  # made by the first step (padded_matrices)
 
     @torch.no_grad()
     def step(self):
         muon_group, sgd_group = self.param_groups  # as __init__ made them
-        hidden, rest = ([p for p in group["params"] if p.grad is not None] for group in self.param_groups)
-        for p in hidden + rest:
+        stepped = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+        for p in stepped:
             if "momentum_buffer" not in self.state[p]:  # once: no allocation in the steps a CUDA graph records
                 self.state[p]["momentum_buffer"] = torch.zeros_like(p)
-        self._muon_step(muon_group, hidden)
+        self._muon_step(muon_group)
+        rest = [p for p in sgd_group["params"] if p.grad is not None]
         # torch's SGD; with a device-resident lr (a CUDA graph) its fused kernel, which reads it there
         sgd_update(rest, [p.grad for p in rest], [self.state[p]["momentum_buffer"] for p in rest],
                    fused=isinstance(sgd_group["lr"], torch.Tensor) or None, weight_decay=sgd_group["weight_decay"],
                    momentum=sgd_group["momentum"], lr=sgd_group["lr"], dampening=0.0, nesterov=sgd_group["nesterov"],
                    maximize=False)
 
-    def _muon_step(self, group, params):
+    def _muon_step(self, group):
         lr = group["lr"] * self.LR_RATIO  # once per step: with a device-resident lr, each product is a kernel
         decay = group["muon_decay"]
         shrink = 1 - lr * decay if decay else None  # no extra kernels in the steps of runs without it
-        for p in params:
+        if self.padded is None:  # once: no allocation in the steps a CUDA graph records
+            self.padded, self.step_scales = padded_matrices(group["params"])
+        stepped = [(p, i) for i, p in enumerate(group["params"]) if p.grad is not None]
+        for p, i in stepped:
             if decay:
                 p.mul_(shrink)
             buffer = self.state[p]["momentum_buffer"]
             buffer.mul_(self.MOMENTUM).add_(p.grad)
-            direction = orthogonalize(p.grad.add(buffer, alpha=self.MOMENTUM).flatten(1)).view_as(p)
-            rows, columns = p.shape[0], p[0].numel()  # a tall matrix's step is scaled up to a wide one's
-            p.sub_(direction * (lr * max(1, rows / columns) ** 0.5))
+            torch.add(p.grad, buffer, alpha=self.MOMENTUM, out=as_weight(self.padded[i], p))  # Nesterov
+        # every layer's matrix in one batch: a GPU step is bound by launching kernels, and the batch
+        # launches each Newton-Schulz product once, not once per layer
+        directions = orthogonalize(self.padded).mul_(lr * self.step_scales)
+        for p, i in stepped:
+            p.sub_(as_weight(directions[i], p))
+
+
+def padded_matrices(weights):
+    """Zeros to hold each weight as a matrix of one row per output (transposed when it has more rows
+    than columns), all padded to one size: the padding stays zero through Newton-Schulz and leaves each
+    matrix's result what it is alone. Also each weight's step scale: a tall matrix's step is scaled up to
+    a wide one's."""
+    shapes = [(w.shape[0], w[0].numel()) for w in weights]
+    rows, columns = max(min(shape) for shape in shapes), max(max(shape) for shape in shapes)
+    padded = weights[0].new_zeros(len(weights), rows, columns)
+    scales = torch.tensor([max(1, r / c) ** 0.5 for r, c in shapes], device=padded.device).view(-1, 1, 1)
+    return padded, scales
+
+
+def as_weight(matrix, weight):
+    """The part of a padded MATRIX that holds WEIGHT (see padded_matrices), viewed in WEIGHT's shape."""
+    rows, columns = weight.shape[0], weight[0].numel()
+    part = matrix[:rows, :columns] if rows <= columns else matrix[:columns, :rows].mT
+    return part.view(weight.shape)
 
 
 def set_lr(optimizer, lr):

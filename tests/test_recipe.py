@@ -251,6 +251,22 @@ def test_orthogonalize_keeps_the_singular_vectors_and_brings_singular_values_wit
     torch.testing.assert_close(in_the_same_basis, torch.diag(diagonal), atol=1e-4, rtol=0)
 
 
+def test_orthogonalizing_weights_zero_padded_into_one_batch_gives_each_its_own_result():
+    """Muon orthogonalizes all its weights as one padded batch (fewer GPU kernels): Tudui's four, and a
+    tall one, which is padded transposed."""
+    generator = torch.Generator().manual_seed(0)
+    weights = [torch.randn(shape, generator=generator)
+               for shape in [(32, 3, 5, 5), (32, 32, 5, 5), (64, 32, 5, 5), (64, 1024), (100, 20)]]
+    padded, _ = train.padded_matrices(weights)
+    for weight, matrix in zip(weights, padded):
+        train.as_weight(matrix, weight).copy_(weight)
+    result = train.orthogonalize(padded)
+    for weight, matrix in zip(weights, result):
+        alone = train.orthogonalize(weight.flatten(1)).view_as(weight)
+        torch.testing.assert_close(train.as_weight(matrix, weight), alone, atol=1e-6, rtol=0)
+        assert matrix.count_nonzero() == weight.count_nonzero()  # the padding stayed zero
+
+
 def test_muon_moves_hidden_weights_by_their_orthogonalized_gradient_and_the_rest_as_sgd():
     args = train.parse_args(["--recipe", "tuned", "--muon-decay", "0"])[0]  # the decay has a test of its own
     model = train.build_model(10, torch.device("cpu"), 0)
