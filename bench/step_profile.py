@@ -1,9 +1,9 @@
 """Where one train.py training step spends its time: the operators (and on CUDA the kernels) of eager
 steps under torch.profiler, how many kernels, copies and fills one step runs on the GPU, and the
-milliseconds per step, eager and (on CUDA) replayed as a CUDA graph. It also counts the operators one
-step dispatches, on any device: on a GPU each is about one kernel, which a CUDA graph still runs one
-after another, and a graphed step is the count with the lr in a device tensor. It runs train.py's own
-TrainStep on random images, so it profiles exactly the code that trains.
+milliseconds per step: eager, of which the optimizer step alone, and (on CUDA) replayed as a CUDA graph.
+It also counts the operators one step dispatches, on any device: on a GPU each is about one kernel, which
+a CUDA graph still runs one after another, and a graphed step is the count with the lr in a device
+tensor. It runs train.py's own TrainStep on random images, so it profiles exactly the code that trains.
 
     python bench/step_profile.py --device cuda --recipe tutorial
     python bench/step_profile.py --device cpu --recipe tuned --steps 5
@@ -58,6 +58,18 @@ def ms_per_step(step, batches, args, device):
     return (time.perf_counter() - started) / len(batches[WARMUP_STEPS:]) * 1000
 
 
+def optimizer_ms(step, device, repeats=50):
+    """The optimizer's step alone, repeated on the gradients the last step left: its share of a step."""
+    for _ in range(WARMUP_STEPS):
+        step.optimizer.step()
+    sync(device)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        step.optimizer.step()
+    sync(device)
+    return (time.perf_counter() - started) / repeats * 1000
+
+
 class OperatorCount(TorchDispatchMode):
     """Counts the operators dispatched inside it, views (which launch nothing) left out."""
 
@@ -95,7 +107,8 @@ def main():
     print(f"operators per step, views left out: {operators_per_step(args, device, False)} with a plain lr, "
           f"{operators_per_step(args, device, True)} with the lr in a device tensor (as in the CUDA graph)")
     step, batches = build_step(args, device, False, opts.steps)
-    print(f"eager: {ms_per_step(step, batches, args, device):.3f} ms/step (batch {args.batch_size}, {device})")
+    print(f"eager: {ms_per_step(step, batches, args, device):.3f} ms/step (batch {args.batch_size}, {device}), "
+          f"of which the optimizer step alone {optimizer_ms(step, device):.3f} ms")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         for idx in batches[WARMUP_STEPS:]:
