@@ -386,8 +386,8 @@ class Muon(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self):
         muon_group, sgd_group = self.param_groups  # as __init__ made them
-        stepped = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
-        for p in stepped:
+        with_grads = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+        for p in with_grads:
             if "momentum_buffer" not in self.state[p]:  # once: no allocation in the steps a CUDA graph records
                 self.state[p]["momentum_buffer"] = torch.zeros_like(p)
         self._muon_step(muon_group)
