@@ -1091,19 +1091,19 @@ def stop_if_not_finite(losses, test_loss, step, epoch, args):
 
 
 def keep_freed_memory():
-    """Make the first epoch's CPU steps reuse the memory the step before freed, as later ones do. glibc's
-    malloc maps large blocks straight from the system and unmaps them when freed, and raises that bar
-    only gradually as it sees such blocks freed: until it has, each step's activations and gradients
-    (16 MB for the first conv's output at batch 128) came back as fresh pages, each faulting on its first
-    write, and the first epoch took 1.3x-1.6x as long as later ones (README, Speed). Blocks under 32 MB
-    (glibc's highest bar) now come from the heap from the start, and up to 256 MB of freed heap is kept
-    for reuse. Process-wide (it also holds for a notebook that calls main); results are unchanged, and
-    other C libraries (macOS, musl) are left as they are."""
+    """Make CPU steps reuse the memory the step before freed. glibc's malloc maps large blocks straight
+    from the system and unmaps them when freed, so each step's activations and gradients (64 MB for the
+    first conv's output at batch 512) came back as fresh pages, each faulting on its first write. It
+    stops doing so for blocks under 32 MB only as it sees them freed, which made the first epoch at batch
+    128 take 1.3x-1.6x as long as later ones, and never for larger ones, which made every epoch at batch
+    512 slower than batch 128's (README, Speed). Now no block is mapped: all come from the heap, and up to
+    256 MB of freed heap is kept for reuse. Process-wide (it also holds for a notebook that calls main);
+    results are unchanged, and other C libraries (macOS, musl) are left as they are."""
     if platform.libc_ver()[0] != "glibc":
         return
     mallopt = ctypes.CDLL(None).mallopt
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-    mallopt(m_mmap_threshold, 32 << 20)
+    m_trim_threshold, m_mmap_max = -1, -4  # from glibc's malloc.h
+    mallopt(m_mmap_max, 0)  # glibc still maps memory when the heap cannot grow
     mallopt(m_trim_threshold, 256 << 20)
 
 
