@@ -14,10 +14,12 @@ from conftest import CLASSES, ROOT, write_image_folder
 
 
 def test_step_profile_times_and_profiles_train_steps_on_the_cpu(monkeypatch, capsys):
+    import train
     monkeypatch.setattr("sys.argv", ["step_profile.py", "--device", "cpu", "--recipe", "tuned", "--steps", "1"])
     runpy.run_path(str(ROOT / "bench" / "step_profile.py"), run_name="__main__")
     out = capsys.readouterr().out
-    assert "ms/step (batch 128, cpu), of which the optimizer step alone " in out
+    batch_size = train.RECIPES["tuned"]["batch_size"]
+    assert f"ms/step (batch {batch_size}, cpu), of which the optimizer step alone " in out
     assert "aten::convolution_backward" in out  # the profiler saw a backward pass
     assert "operators per step, views left out: " in out
 
@@ -56,7 +58,8 @@ def test_variant_no_bias_decay_decays_every_weight_and_no_bias_with_the_recipes_
     optimizer = train.build_optimizer(model, args)
     decay = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
     assert decay == {id(p): 0.01 if name.endswith("weight") else 0.0 for name, p in model.named_parameters()}
-    assert all((g["lr"], g["momentum"], g["nesterov"]) == (0.04, 0.9, True) for g in optimizer.param_groups)
+    assert all((g["lr"], g["momentum"], g["nesterov"]) == (train.RECIPES["tuned"]["lr"], 0.9, True)
+               for g in optimizer.param_groups)
 
 
 def test_variant_zero_last_starts_the_last_layer_at_zero_and_leaves_the_others(monkeypatch):
@@ -195,8 +198,8 @@ def test_gpu_check_prepares_the_data_then_skips_every_stage_its_budget_has_no_ti
     log = (tmp_path / "out" / "log.txt").read_text()
     assert done.returncode == 0, done.stderr
     assert "wrote 20 training and 10 test images" in log
-    # the CUDA tests, tuned alone and over 3 seeds, compare, 2 plain runs, 2 step profiles, import times,
-    # cProfile, 50 epochs
-    assert log.count("=== skipped") == 11
+    # the CUDA tests, tuned alone, its batch-128 settings alone, tuned over 3 seeds, compare, 2 plain runs,
+    # 2 step profiles, import times, cProfile, 50 epochs
+    assert log.count("=== skipped") == 12
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["log.txt"]
     assert log.rstrip().endswith("done")

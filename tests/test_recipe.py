@@ -274,7 +274,7 @@ def test_muon_moves_hidden_weights_by_their_orthogonalized_gradient_and_the_rest
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     images, labels = torch.rand(8, 3, 32, 32), torch.arange(8)
     for net, optimizer in ((model, train.build_optimizer(model, args)),
-                           (sgd_twin, torch.optim.SGD(sgd_twin.parameters(), lr=0.04, momentum=0.9, nesterov=True,
+                           (sgd_twin, torch.optim.SGD(sgd_twin.parameters(), lr=args.lr, momentum=0.9, nesterov=True,
                                                       weight_decay=2e-3))):
         torch.nn.functional.cross_entropy(net(images), labels).backward()
         optimizer.step()
@@ -283,7 +283,7 @@ def test_muon_moves_hidden_weights_by_their_orthogonalized_gradient_and_the_rest
         if name in hidden:
             rows, columns = p.shape[0], p[0].numel()
             ratio = train.Muon.LR_RATIO
-            step = 0.04 * ratio * max(1, rows / columns) ** 0.5 * train.orthogonalize(twin.grad.flatten(1))
+            step = args.lr * ratio * max(1, rows / columns) ** 0.5 * train.orthogonalize(twin.grad.flatten(1))
             torch.testing.assert_close(before[name] - p.detach(), step.view_as(p), atol=1e-6, rtol=1e-4)
         else:
             torch.testing.assert_close(p.detach(), twin.detach())

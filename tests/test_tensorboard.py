@@ -38,7 +38,7 @@ def test_lr_curve_is_the_learning_rate_each_logged_step_trained_with(cifar_dir, 
                 "--device", "cpu", "--quiet", "--epochs", "2", "--log-every", "1", "--recipe", "tuned",
                 "--batch-size", "64"])  # 200 images: 4 steps an epoch, 8 in all
     points = [(e.step, e.value) for e in events(tmp_path / "run").Scalars("lr")]
-    expected = list(zip(range(1, 9), cosine_lrs(0.04, 8)))  # logged at steps counted from 1
+    expected = list(zip(range(1, 9), cosine_lrs(train.RECIPES["tuned"]["lr"], 8)))  # logged at steps counted from 1
     assert [step for step, _ in points] == [step for step, _ in expected]
     assert [value for _, value in points] == pytest.approx([value for _, value in expected], rel=1e-6)
 

@@ -15,6 +15,8 @@ import train
 from conftest import ROOT, bad_input, class_images, cosine_lrs, run_script, write_image_folder
 from model import Tudui
 
+TUNED_LR = train.RECIPES["tuned"]["lr"]
+
 
 def scalars(run_dir):
     events = EventAccumulator(str(run_dir))
@@ -124,7 +126,7 @@ def test_a_run_resumed_with_another_batch_size_continues_its_lr_schedule_from_th
     run_dir = tmp_path / "logs" / "run"
     train.main(["--resume", str(run_dir / "tudui_epoch_0.pth"), "--epochs", "2", "--batch-size", "32"])  # 7 an epoch
     last_epoch = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
-    assert last_epoch["epoch"] == 1 and last_epoch["lr"] == pytest.approx(cosine_lrs(0.04, 14)[-1], rel=1e-9)
+    assert last_epoch["epoch"] == 1 and last_epoch["lr"] == pytest.approx(cosine_lrs(TUNED_LR, 14)[-1], rel=1e-9)
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "muon"])
@@ -464,7 +466,7 @@ def test_tuned_recipe_trains_as_a_textbook_loop_with_flips_shifts_normalization_
     """With SGD, which the textbook loop has (Muon's update has a test of its own)."""
     images, labels = cifar_train
     train.main(train_args + ["--recipe", "tuned", "--optimizer", "sgd", "--epochs", "1"])  # batch 64: 4 steps
-    plain, _ = plain_epoch(images, labels, cosine_lrs(0.04, 4), translate=2, normalize=True, label_smoothing=0.1,
+    plain, _ = plain_epoch(images, labels, cosine_lrs(TUNED_LR, 4), translate=2, normalize=True, label_smoothing=0.1,
                            momentum=0.9, nesterov=True, weight_decay=2e-3)
     trained = torch.load(tmp_path / "logs" / "run" / "last.pth", weights_only=True)["model"]
     for key, tensor in plain.state_dict().items():  # seen: 2.6e-5 apart (channels_last sums in another order)
@@ -494,11 +496,11 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / len(batche
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc's malloc's")
 def test_a_cpu_step_reuses_the_memory_the_step_before_freed():
-    """Seen here without keep_freed_memory: 5,363 to 13,679 page faults per step (21 to 56 MB of fresh pages);
-    with it, 0, and once 205."""
+    """Seen here at batch 512 without keep_freed_memory: 46,568 to 55,887 page faults per step (181 to 218 MB
+    of fresh pages); with glibc's bar at 32 MB, the setting before: 18,023 to 33,589; with it, 0.2 to 2,048.2."""
     result = run_script("-c", PAGE_FAULTS_PER_TUNED_STEP)
     assert result.returncode == 0, result.stderr
-    assert float(result.stdout.split()[-1]) < 1000
+    assert float(result.stdout.split()[-1]) < 8000
 
 
 def test_a_training_run_sets_up_the_memory_reuse(train_args, monkeypatch):
