@@ -411,8 +411,8 @@ class Muon(torch.optim.Optimizer):
             buffer = self.state[p]["momentum_buffer"]
             buffer.mul_(self.MOMENTUM).add_(p.grad)
             torch.add(p.grad, buffer, alpha=self.MOMENTUM, out=as_weight(self.padded[i], p))  # Nesterov
-        # every layer's matrix in one batch: a GPU step is bound by launching kernels, and the batch
-        # launches each Newton-Schulz product once, not once per layer
+        # every layer's matrix in one batch: on a GPU, a product of matrices this small takes about a
+        # kernel's fixed cost whatever its size, and the batch runs each Newton-Schulz product once, not per layer
         directions = orthogonalize(self.padded).mul_(lr * self.step_scales)
         for p, i in stepped:
             p.sub_(as_weight(directions[i], p))
