@@ -17,6 +17,8 @@ from model import Tudui  # noqa: E402
 
 
 def step_ms(device, batch_size, channels_last, amp, steps=30, repeats=3):
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as train.py: cuDNN times its algorithms and keeps the fastest
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = Tudui().to(device, memory_format=memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -40,12 +42,12 @@ def step_ms(device, batch_size, channels_last, amp, steps=30, repeats=3):
     return statistics.median(timings)
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--steps", type=int, default=30)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     device = torch.device(args.device)
     print(f"| layout | precision | ms/step (batch {args.batch_size}, {device}) |\n|---|---|---|")
     for channels_last in (False, True):

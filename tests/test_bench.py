@@ -1,4 +1,4 @@
-"""The benchmark scripts still run: those that reach into train.py's internals, and the GPU check's set-up."""
+"""The benchmark scripts still run: those that import the project's code, and the GPU check's set-up."""
 import importlib.util
 import os
 import runpy
@@ -22,6 +22,15 @@ def test_step_profile_times_and_profiles_train_steps_on_the_cpu(monkeypatch, cap
     assert f"ms/step (batch {batch_size}, cpu), of which the optimizer step alone " in out
     assert "aten::convolution_backward" in out  # the profiler saw a backward pass
     assert "operators per step, views left out: " in out
+
+
+def test_step_time_prints_the_ms_per_step_of_each_memory_format_and_precision(monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["step_time.py", "--device", "cpu", "--batch-size", "4", "--steps", "2"])
+    runpy.run_path(str(ROOT / "bench" / "step_time.py"), run_name="__main__")
+    rows = [line.split("|")[1:4] for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [(layout.strip(), precision.strip()) for layout, precision, _ in rows] == [
+        ("NCHW", "fp32"), ("NCHW", "bf16 autocast"), ("channels_last", "fp32"), ("channels_last", "bf16 autocast")]
+    assert all(float(ms) > 0 for _, _, ms in rows)
 
 
 def test_step_profile_counts_the_operators_that_compute_and_leaves_views_out():
@@ -199,7 +208,7 @@ def test_gpu_check_prepares_the_data_then_skips_every_stage_its_budget_has_no_ti
     assert done.returncode == 0, done.stderr
     assert "wrote 20 training and 10 test images" in log
     # the CUDA tests, tuned alone, with --amp, its batch-128 settings alone, tuned over 3 seeds, compare,
-    # 2 plain runs, 2 step profiles, import times, cProfile, 50 epochs
-    assert log.count("=== skipped") == 13
+    # 2 plain runs, the step time, 2 step profiles, import times, cProfile, 50 epochs
+    assert log.count("=== skipped") == 14
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["log.txt"]
     assert log.rstrip().endswith("done")
