@@ -6,9 +6,9 @@
 # with its settings before batch 512), and its accuracy over 3 seeds at 10 epochs (the open goals of the
 # tuned recipe); 3. bench/compare.py (tutorial loop vs train.py, 10 epochs, default recipe); 4. the
 # process wall time of plain `python train.py`; 5. where the time goes: bench/step_time.py at batch 512,
-# bench/step_profile.py, import times and a cProfile of a whole run; 6. `--recipe tuned` and its SGD row, 3 seeds each at 50 epochs. With FULL_SEARCH=1, 7: the
-# README's whole recipe search (10 epochs: every variant with seed 0, the best 6 with seeds 1 and 2),
-# which needs a BUDGET of about an hour.
+# bench/step_profile.py, import times and a cProfile of a whole run; 6. `--recipe tuned` and its SGD
+# row, 3 seeds each at 50 epochs. With FULL_SEARCH=1, 7: the README's whole recipe search (10 epochs:
+# every variant with seed 0, the best 6 with seeds 1 and 2), which needs a BUDGET of about an hour.
 # The whole script keeps inside BUDGET seconds (default 540, under a device command's 10 minutes): each
 # stage's timeout is cut to what is left, and a stage with under a minute left is skipped, said in the log.
 set -u
@@ -77,7 +77,7 @@ wall_time plain1
 wall_time plain2
 
 stamp where the time goes
-# the network's step alone at the tuned batch size, per memory format and precision: which layout is fastest here
+# the network's step alone at the tuned batch size, per memory format and precision: which is fastest here
 secs=$(limit 120) && timeout $secs $py bench/step_time.py --device "${DEVICE:-cuda}" --batch-size 512 2>&1 | tee -a "$log"
 for recipe in tutorial tuned; do
   secs=$(limit 120) && timeout $secs $py bench/step_profile.py --recipe $recipe >"$out/step_profile_$recipe.txt" 2>&1

@@ -42,12 +42,12 @@ def step_ms(device, batch_size, channels_last, amp, steps=30, repeats=3):
     return statistics.median(timings)
 
 
-def main(argv=None):
+def main():
     p = argparse.ArgumentParser()
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--steps", type=int, default=30)
-    args = p.parse_args(argv)
+    args = p.parse_args()
     device = torch.device(args.device)
     print(f"| layout | precision | ms/step (batch {args.batch_size}, {device}) |\n|---|---|---|")
     for channels_last in (False, True):
