@@ -1095,8 +1095,8 @@ def keep_freed_memory():
     from the system and unmaps them when freed, so each step's activations and gradients (64 MB for the
     first conv's output at batch 512) came back as fresh pages, each faulting on its first write. It
     stops doing so for blocks under 32 MB only as it sees them freed, which made the first epoch at batch
-    128 take 1.3x-1.6x as long as later ones, and never for larger ones, which made epochs at batch 512
-    slower than at batch 128 (README, Speed). Now no block is mapped: all come from the heap, and up to
+    128 take 1.3x-1.6x as long as later ones, and never for larger ones, which slowed every step at
+    batch 512 (README, Speed). Now no block is mapped: all come from the heap, and up to
     256 MB of freed heap is kept for reuse. Process-wide (it also holds for a notebook that calls main);
     results are unchanged, and other C libraries (macOS, musl) are left as they are."""
     if platform.libc_ver()[0] != "glibc":
