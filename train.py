@@ -372,7 +372,7 @@ class Muon(torch.optim.Optimizer):
     unless muon_decay shrinks them first (decoupled, as modded-nanogpt's Muon does), which lets their
     norm settle where the two balance."""
 
-    LR_RATIO = 0.25  # the best of 0.125, 0.25, 0.5 and 1 (README, Tuned recipe)
+    LR_RATIO = 0.25  # the best of 0.125, 0.25, 0.5 and 1 (docs/experiments.md, Tuned recipe)
     MOMENTUM = 0.95  # Muon's usual
 
     def __init__(self, model, lr, momentum, nesterov, weight_decay, muon_decay=0.0):
@@ -1096,7 +1096,7 @@ def keep_freed_memory():
     first conv's output at batch 512) came back as fresh pages, each faulting on its first write. It
     stops doing so for blocks under 32 MB only as it sees them freed, which made the first epoch at batch
     128 take 1.3x-1.6x as long as later ones, and never for larger ones, which slowed every step at
-    batch 512 (README, Speed). Now no block is mapped: all come from the heap, and up to
+    batch 512 (docs/experiments.md, Speed). Now no block is mapped: all come from the heap, and up to
     256 MB of freed heap is kept for reuse. Process-wide (it also holds for a notebook that calls main);
     results are unchanged, and other C libraries (macOS, musl) are left as they are."""
     if platform.libc_ver()[0] != "glibc":

@@ -7,8 +7,8 @@
 # tuned recipe); 3. bench/compare.py (tutorial loop vs train.py, 10 epochs, default recipe); 4. the
 # process wall time of plain `python train.py`; 5. where the time goes: bench/step_time.py at batch 512,
 # bench/step_profile.py, import times and a cProfile of a whole run; 6. `--recipe tuned` and its SGD
-# row, 3 seeds each at 50 epochs. With FULL_SEARCH=1, 7: the README's whole recipe search (10 epochs:
-# every variant with seed 0, the best 6 with seeds 1 and 2), which needs a BUDGET of about an hour.
+# row, 3 seeds each at 50 epochs. With FULL_SEARCH=1, 7: the whole recipe search of docs/experiments.md
+# (10 epochs, each variant with seed 0, the best 6 with seeds 1 and 2): it needs a BUDGET of about an hour.
 # The whole script keeps inside BUDGET seconds (default 540, under a device command's 10 minutes): each
 # stage's timeout is cut to what is left, and a stage with under a minute left is skipped, said in the log.
 set -u
@@ -95,7 +95,7 @@ secs=$(limit 600) && timeout $secs $py bench/recipe_search.py --data-dir $data -
 
 if [ "${FULL_SEARCH:-0}" != 1 ]; then stamp done; exit 0; fi
 stamp recipe search, 10 epochs
-t="$t --optimizer sgd $b128 --translate 1 --weight-decay 1e-3"  # the SGD search, with 1e-3; the CPU then chose 2e-3 (README)
+t="$t --optimizer sgd $b128 --translate 1 --weight-decay 1e-3"  # the SGD search, with 1e-3; the CPU then chose 2e-3 (docs/experiments.md)
 old="$t --batch-size 256 --lr 0.05 --weight-decay 5e-4 --schedule onecycle --translate 2"  # the earlier tuned recipe
 b64="$t --batch-size 64 --lr 0.02 --weight-decay 5e-4 --translate 2"
 secs=$(limit 900) && timeout $secs $py bench/recipe_search.py --data-dir $data --epochs 10 --seeds 0 1 2 --screen 6 --jobs 4 \

@@ -5,7 +5,7 @@ patched into it, everything else (data, loop, logging, checkpoints) unchanged.
     OMP_NUM_THREADS=1 python bench/variants.py adamw -- --recipe tuned --lr 0.002 --weight-decay 0.05
     OMP_NUM_THREADS=1 python bench/variants.py alt-flip+lookahead -- --recipe tuned   # several at once
 
-Variants (results in README, "Tuned recipe"):
+Variants (results in docs/experiments.md, "Tuned recipe"):
   adamw          AdamW (decoupled weight decay) instead of SGD, with --lr and --weight-decay
                  (trains without a CUDA graph: it would replay the lr it captured)
   no-bias-decay  weight decay on the weights only, not the biases (a common default elsewhere)
