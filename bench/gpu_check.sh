@@ -95,7 +95,8 @@ secs=$(limit 600) && timeout $secs $py bench/recipe_search.py --data-dir $data -
 
 if [ "${FULL_SEARCH:-0}" != 1 ]; then stamp done; exit 0; fi
 stamp recipe search, 10 epochs
-t="$t --optimizer sgd $b128 --translate 1 --weight-decay 1e-3"  # the SGD search, with 1e-3; the CPU then chose 2e-3 (docs/experiments.md)
+# the SGD search, with weight decay 1e-3; the CPU then chose 2e-3 (docs/experiments.md)
+t="$t --optimizer sgd $b128 --translate 1 --weight-decay 1e-3"
 old="$t --batch-size 256 --lr 0.05 --weight-decay 5e-4 --schedule onecycle --translate 2"  # the earlier tuned recipe
 b64="$t --batch-size 64 --lr 0.02 --weight-decay 5e-4 --translate 2"
 secs=$(limit 900) && timeout $secs $py bench/recipe_search.py --data-dir $data --epochs 10 --seeds 0 1 2 --screen 6 --jobs 4 \
