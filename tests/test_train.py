@@ -474,10 +474,10 @@ def test_tuned_recipe_trains_as_a_textbook_loop_with_flips_shifts_normalization_
 
 
 PAGE_FAULTS_PER_TUNED_STEP = """
-import resource, torch, train
+import resource, statistics, torch, train
 train.keep_freed_memory()
 args, _ = train.parse_args(["--recipe", "tuned", "--device", "cpu"])
-n = args.batch_size * 8
+n = args.batch_size * 11
 data = {"train_x": torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8), "train_y": torch.randint(0, 10, (n,)),
         "norm": None}
 model = train.build_model(10, torch.device("cpu"), seed=0)
@@ -485,22 +485,24 @@ step = train.TrainStep(model, train.build_optimizer(model, args), torch.nn.Cross
                        args, graphed=False)
 step.set_augmentation(*train.augment_plan(n, torch.Generator().manual_seed(0), args.translate))
 batches = torch.arange(n).split(args.batch_size)
-for idx in batches[:3]:
+faults = []
+for idx in batches:
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     step(idx, args.batch_size, args.lr)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for idx in batches[3:]:
-    step(idx, args.batch_size, args.lr)
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / len(batches[3:]))
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(statistics.median(faults[3:]))
 """
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc's malloc's")
 def test_a_cpu_step_reuses_the_memory_the_step_before_freed():
     """Seen here at batch 512 without keep_freed_memory: 46,568 to 55,887 page faults per step (181 to 218 MB
-    of fresh pages); with glibc's bar at 32 MB, the setting before: 18,023 to 33,589; with it, 0.2 to 2,048.2."""
+    of fresh pages); with glibc's bar at 32 MB, the setting before: 18,023 to 33,589; with it, 0.2 to 2,048.2.
+    The median step, as the heap still grows by 4 to 64 MB now and then (up to 16,385 faults in one step)."""
     result = run_script("-c", PAGE_FAULTS_PER_TUNED_STEP)
     assert result.returncode == 0, result.stderr
-    assert float(result.stdout.split()[-1]) < 8000
+    faults_per_step = float(result.stdout.split()[-1])
+    assert faults_per_step < 8000, faults_per_step
 
 
 def test_a_training_run_sets_up_the_memory_reuse(train_args, monkeypatch):
