@@ -498,7 +498,7 @@ print(statistics.median(faults[3:]))
 def test_a_cpu_step_reuses_the_memory_the_step_before_freed():
     """Seen here at batch 512 without keep_freed_memory: 46,568 to 55,887 page faults per step (181 to 218 MB
     of fresh pages); with glibc's bar at 32 MB, the setting before: 18,023 to 33,589; with it, 0.2 to 2,048.2.
-    The median step, as the heap still grows by 4 to 64 MB now and then (up to 16,385 faults in one step)."""
+    The median step, as the heap still grows by 4 to 32 MB now and then (up to 8,193 faults in one step)."""
     result = run_script("-c", PAGE_FAULTS_PER_TUNED_STEP)
     assert result.returncode == 0, result.stderr
     faults_per_step = float(result.stdout.split()[-1])
