@@ -212,3 +212,13 @@ def test_gpu_check_prepares_the_data_then_skips_every_stage_its_budget_has_no_ti
     assert log.count("=== skipped") == 14
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["log.txt"]
     assert log.rstrip().endswith("done")
+
+
+def test_torchrun_exits_counts_the_runs_whose_processes_exit_with_a_failure(tmp_path, capsys):
+    failing = tmp_path / "failing.py"
+    failing.write_text("import sys\nsys.exit(3)\n")
+    torchrun_exits = runpy.run_path(str(ROOT / "bench" / "torchrun_exits.py"))
+    assert torchrun_exits["main"](["--runs", "2", "--script", str(failing)]) == 2
+    out = capsys.readouterr().out
+    assert "run 1 exited 1:" in out and "failing.py FAILED" in out
+    assert out.rstrip().endswith("2 of 2 runs failed (runs [1, 2])")
