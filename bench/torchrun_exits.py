@@ -1,7 +1,7 @@
 """How often a finished two-process torchrun run on the CPU (gloo) still exits with a failure.
 
 Runs `torchrun --standalone --nproc_per_node=2 train.py` for one epoch on a tiny dataset, RUNS times, and
-counts the runs whose exit code is not 0; the first such run's last lines say how it failed. --script runs
+counts the runs whose exit code is not 0; the first such run's stderr says how it failed. --script runs
 another copy of train.py (say one from an older commit) with the same flags, to compare.
 
     python bench/torchrun_exits.py --runs 100
@@ -35,7 +35,7 @@ def main(argv=None):
             if result.returncode:
                 failures.append(run)
                 if len(failures) == 1:
-                    print(f"run {run} exited {result.returncode}:\n" + "\n".join(result.stderr.splitlines()[-40:]))
+                    print(f"run {run} exited {result.returncode}:\n{result.stderr}")  # all of it: the rank's message comes before torchrun's report
             print(f"run {run}: exit {result.returncode}", flush=True)
     print(f"{len(failures)} of {args.runs} runs failed{f' (runs {failures})' if failures else ''}")
     return len(failures)
