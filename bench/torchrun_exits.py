@@ -34,8 +34,8 @@ def main(argv=None):
                 capture_output=True, text=True)
             if result.returncode:
                 failures.append(run)
-                if len(failures) == 1:
-                    print(f"run {run} exited {result.returncode}:\n{result.stderr}")  # all of it: the rank's message comes before torchrun's report
+                if len(failures) == 1:  # all of stderr: the rank's own message comes before torchrun's report
+                    print(f"run {run} exited {result.returncode}:\n{result.stderr}")
             print(f"run {run}: exit {result.returncode}", flush=True)
     print(f"{len(failures)} of {args.runs} runs failed{f' (runs {failures})' if failures else ''}")
     return len(failures)
