@@ -1190,11 +1190,17 @@ def run_cli(entry):
 
 
 if __name__ == "__main__":
-    run_cli(main)
-    if launched_world_size() > 1:
+    exit_code = 0
+    try:
+        run_cli(main)
+    except SystemExit as stop:
+        exit_code = stop.code or 0
+    if os.environ.get("WORLD_SIZE", "1") != "1":
         # gloo's worker threads outlive destroy_process_group, and tearing them down as the interpreter exited
         # sometimes aborted a rank (SIGABRT, "terminate called without an active exception") after every file
-        # was written and closed, and torchrun called the run failed; end here, without that teardown (README)
+        # was written and closed, and torchrun called a finished run failed; an error's exit (2) went through
+        # the same teardown. End here with the run's own exit code, without it (README)
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(0)
+        os._exit(exit_code)
+    sys.exit(exit_code)

@@ -32,6 +32,16 @@ def test_two_gloo_processes_match_one_process_and_leave_one_set_of_files(cifar_d
     assert ddp["metrics"]["train_loss_mean"] == pytest.approx(single["metrics"]["train_loss_mean"], abs=1e-4)
 
 
+def test_an_error_after_the_processes_join_exits_2_on_every_rank_with_its_line(tmp_path):
+    result = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", ROOT / "train.py",
+                        "--data-dir", tmp_path / "missing", "--no-download", "--device", "cpu",
+                        "--logdir", tmp_path / "logs", cwd=tmp_path)
+    assert result.returncode != 0
+    assert result.stderr.count("error: CIFAR-10 is not in") == 2
+    assert result.stderr.count("exitcode  : 2 ") == 2, result.stderr[-3000:]  # torchrun's report, per rank
+    assert "terminate called" not in result.stderr
+
+
 def test_global_batch_that_does_not_divide_across_processes_is_one_clear_line(monkeypatch, capsys, cifar_dir):
     for name, value in {"WORLD_SIZE": "3", "RANK": "0", "MASTER_ADDR": "localhost", "MASTER_PORT": "29500"}.items():
         monkeypatch.setenv(name, value)  # as torchrun sets them
