@@ -1,4 +1,6 @@
-"""Datasets as whole tensors: images uint8 (N, 3, 32, 32) and labels int64 (N,), plus class names.
+"""The data: datasets as whole tensors (images uint8 (N, 3, 32, 32), labels int64 (N,), class names),
+reading image files, each epoch's seeded order and augmentation plan, batch augmentation, normalization
+statistics, and the conversion to the network's input. Holds no model or training code.
 
 Loading a split once into one tensor replaces the tutorial's per-sample DataLoader + ToTensor:
 `images.float() / 255` is numerically what ToTensor gives, and batches are slices of a permutation.
@@ -18,16 +20,13 @@ try:
 except ImportError:  # numpy < 2
     from numpy.core.multiarray import _reconstruct
 
+from errors import DataError
 from model import CIFAR10_CLASSES
 
 CIFAR_FOLDER = "cifar-10-batches-py"
 CIFAR_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 CACHE_FORMAT = 2  # raised whenever decode_image changes, so that caches of the old decoding are rebuilt
-
-
-class DataError(Exception):
-    """Data that cannot be used; the message says what is wrong and how to fix it."""
 
 
 class _ArrayOnlyUnpickler(pickle.Unpickler):
@@ -213,3 +212,68 @@ def load_test_split(kind, data_dir, download=True, classes=None):
         return load_cifar10(data_dir, "test", download)
     found, _ = _list_folder_split(data_dir, "test")
     return load_folder(data_dir, "test", classes if classes and set(found) <= set(classes) else found)
+
+
+# ---------------------------------------------------------------------------------------------- from uint8 to input
+
+def channel_stats(images):
+    """Per-channel mean and std of uint8 images, on the 0-1 scale ToTensor gives, from each channel's
+    histogram of its 256 pixel values: exact, and without a float copy of the dataset."""
+    values = torch.arange(256, dtype=torch.float64) / 255
+    means, stds = [], []
+    for channel in images.transpose(0, 1):
+        counts = torch.bincount(channel.reshape(-1), minlength=256).double()
+        pixels = counts.sum()
+        mean = (counts * values).sum() / pixels
+        means.append(mean.item())
+        stds.append(((counts * (values - mean) ** 2).sum() / (pixels - 1)).sqrt().item())
+    return means, stds
+
+
+def normalizer(preprocess, device):
+    """A checkpoint's preprocess dict as (mean, std) tensors on DEVICE, made once so that no step copies
+    from the host; None when the input is plain x / 255."""
+    if preprocess.get("mean") is None:
+        return None
+    return tuple(torch.tensor(preprocess[k], device=device).view(1, -1, 1, 1) for k in ("mean", "std"))
+
+
+def to_input(images_u8, norm=None):
+    """uint8 (B, 3, H, W) -> the network's float input: x / 255 (ToTensor), then (x - mean) / std if NORM."""
+    x = images_u8.float().div_(255)
+    if norm is not None:
+        x = x.sub_(norm[0]).div_(norm[1])
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+# ---------------------------------------------------------------------------------------------- order and augmentation
+
+def epoch_generator(seed, epoch):
+    """Each epoch's randomness (order, augmentation) depends only on (seed, epoch): resumed runs and every
+    distributed rank draw exactly what an uninterrupted single process would."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def augment_plan(n, generator, max_shift):
+    """Per-image flip flags and (dy, dx) shifts in [-max_shift, max_shift] for one epoch."""
+    flips = torch.rand(n, generator=generator) < 0.5
+    shifts = torch.randint(-max_shift, max_shift + 1, (n, 2), generator=generator)
+    return flips, shifts
+
+
+def augment_batch(images, flips, shifts):
+    """Flip and translate a uint8 batch on its own device as tensor ops: each image is gathered through
+    indices shifted by (dy, dx), and the strip uncovered at the edge mirrors the image (reflect padding,
+    torchvision's padding_mode="reflect"), so no border of constant colour appears."""
+    images = torch.where(flips.view(-1, 1, 1, 1), images.flip(3), images)
+    b, c, h, w = images.shape
+    rows = mirror(torch.arange(h, device=images.device) - shifts[:, 0:1], h).view(b, 1, h, 1)
+    cols = mirror(torch.arange(w, device=images.device) - shifts[:, 1:2], w).view(b, 1, 1, w)
+    batch = torch.arange(b, device=images.device).view(b, 1, 1, 1)
+    chans = torch.arange(c, device=images.device).view(1, c, 1, 1)
+    return images[batch, chans, rows, cols]
+
+
+def mirror(index, size):
+    """Reflect out-of-range indices back into [0, size): -1 -> 1, size -> size - 2 (for shifts below size)."""
+    return (size - 1) - ((size - 1) - index.abs()).abs()

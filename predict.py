@@ -13,9 +13,11 @@ import warnings
 
 import torch
 
-from data import DataError, decode_image
-from model import CheckpointError, load_tudui
-from train import OneLineErrorParser, UsageError, normalizer, pick_device, run_cli, to_input
+from checkpoints import load_tudui
+from cli import OneLineErrorParser, run_cli
+from data import decode_image, normalizer, to_input
+from devices import pick_device
+from errors import DataError, SettingsError, TuduiError
 
 
 def build_parser():
@@ -45,7 +47,7 @@ def predict(argv=None):
     """Returns (results, exit_code); each result is {"path", "predictions"} or {"path", "error"}."""
     args = build_parser().parse_args(argv)
     if args.top_k < 1:
-        raise UsageError(f"--top-k must be at least 1 (got {args.top_k})")
+        raise SettingsError(f"--top-k must be at least 1 (got {args.top_k})")
     device = pick_device(args.device)
     net = load_tudui(args.checkpoint, map_location="cpu").to(device)
     top_k = min(args.top_k, len(net.classes))
@@ -74,11 +76,11 @@ def main(argv=None):
     warnings.simplefilter("error", Image.DecompressionBombWarning)  # a bomb is a bad image, not a warning
     try:
         _, code = predict(argv)
-    except (UsageError, CheckpointError) as e:
+    except TuduiError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     raise SystemExit(code)
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    sys.exit(run_cli(main))

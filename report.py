@@ -1,6 +1,7 @@
-"""Pictures for TensorBoard and the README, drawn with PIL (no plotting library needed).
+"""How results are shown: the evaluation report of --evaluate as text, and pictures for TensorBoard and
+the README drawn with PIL (no plotting library needed). Computes nothing it shows.
 
-Each function returns a uint8 numpy array (H, W, 3), which `SummaryWriter.add_image(..., dataformats="HWC")`
+Each picture is a uint8 numpy array (H, W, 3), which `SummaryWriter.add_image(..., dataformats="HWC")`
 takes, or which `PIL.Image.fromarray(...).save(...)` writes as a PNG.
 """
 import numpy as np
@@ -14,6 +15,27 @@ def _font(size):
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
         return ImageFont.load_default()
+
+
+def per_class_accuracy(confusion):
+    """Each class's accuracy from a confusion matrix (rows: true class, columns: predicted)."""
+    totals = confusion.sum(1).clamp(min=1)
+    return (confusion.diag().double() / totals).tolist()
+
+
+def format_report(result, classes):
+    """--evaluate's report: loss and accuracy, per-class accuracy, and the confusion matrix."""
+    accs = per_class_accuracy(result["confusion"])
+    width = max(6, max(len(c) for c in classes))
+    lines = [f"test loss {result['test_loss']:.4f}, accuracy {result['test_accuracy']:.2%} "
+             f"on {result['confusion'].sum().item()} images", "",
+             f"{'class':<{width}}  accuracy",
+             *(f"{c:<{width}}  {a:8.2%}" for c, a in zip(classes, accs)), "",
+             "confusion matrix (rows: true class, columns: predicted)",
+             " " * width + "".join(f"{c[:6]:>7}" for c in classes)]
+    for c, row in zip(classes, result["confusion"].tolist()):
+        lines.append(f"{c:<{width}}" + "".join(f"{v:>7}" for v in row))
+    return "\n".join(lines)
 
 
 def confusion_image(confusion, classes, cell=44):

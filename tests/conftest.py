@@ -8,6 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,3 +110,63 @@ def real_cifar(tmp_path_factory):
     root = tmp_path_factory.mktemp("real_cifar")
     subprocess.run(["tar", "-xJf", str(archive), "-C", str(root), "test"], check=True)
     return root
+
+
+def assert_every_final_file_loads(run_dir):
+    for path in run_dir.glob("*.pth"):  # temporary files are hidden (.name.pid.tmp): never matched
+        torch.load(path, weights_only=True)  # a torn file raises here
+
+
+def random_batch(n=8, seed=0):
+    """N random uint8 images."""
+    return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def reference_weights():
+    """A freshly initialised Tudui's state_dict (seed 1)."""
+    from model import Tudui
+    torch.manual_seed(1)
+    return Tudui().state_dict()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A state_dict file of reference_weights()."""
+    path = tmp_path_factory.mktemp("ckpt") / "weights.pth"
+    torch.save(reference_weights(), path)
+    return path
+
+
+@pytest.fixture
+def untrained_weights(tmp_path):
+    """A state_dict file of a freshly initialised Tudui (seed 3)."""
+    from model import Tudui
+    torch.manual_seed(3)
+    torch.save(Tudui().state_dict(), tmp_path / "weights.pth")
+    return tmp_path / "weights.pth"
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """One image per awkward mode, each a different size."""
+    folder = tmp_path_factory.mktemp("images")
+    base = Image.new("RGB", (40, 30), (200, 30, 30))
+    for mode in ("RGB", "L", "RGBA", "P", "CMYK"):
+        base.convert(mode).save(folder / f"{mode}.{'jpg' if mode == 'CMYK' else 'png'}")
+    return folder
+
+
+FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def mutate(data, edits):
+    data = bytearray(data)
+    for position, value in edits:
+        data[position % len(data)] = value
+    return bytes(data)
+
+
+def random_or_mutated(valid):
+    """Hypothesis strategy: arbitrary bytes, or VALID with up to 8 bytes overwritten."""
+    edits = st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=8)
+    return st.binary(max_size=2048) | edits.map(lambda e: mutate(valid, e))

@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
+import runs  # noqa: E402
 import train  # noqa: E402
 
 
@@ -49,7 +50,7 @@ def main():
     rng = random.Random(seed)
     killed, torn_temporaries, first_save_seconds = 0, 0, None
     while True:
-        last = train.resumable_checkpoint(run_dir)  # as a user would, told so when starting afresh is refused
+        last = runs.resumable_checkpoint(run_dir)  # as a user would, told so when starting afresh is refused
         resume = ["--resume", str(last)] if last else []
         saved_before, first_save_seconds = last_saved(run_dir), None
         started = time.monotonic()

@@ -1,9 +1,10 @@
-"""model.py: the tutorial's network, unchanged, and safe loading of any Tudui checkpoint."""
+"""model.py: the tutorial's network, unchanged."""
+
 import torch
 from torch import nn
 
-from conftest import ROOT, SHARED, needs_shared, run_script
-from model import CIFAR10_CLASSES, Tudui, load_tudui
+from conftest import ROOT, run_script
+from model import CIFAR10_CLASSES, Tudui
 
 TUTORIAL_LAYERS = [
     (nn.Conv2d, dict(in_channels=3, out_channels=32, kernel_size=(5, 5), stride=(1, 1), padding=(2, 2))),
@@ -56,10 +57,3 @@ def test_import_prints_nothing():
 def test_running_model_py_prints_the_output_shape():
     result = run_script(ROOT / "model.py")
     assert result.returncode == 0 and result.stdout.strip() == "torch.Size([64, 10])"
-
-
-@needs_shared("tutorial", "tudui_29_gpu.pth")
-def test_weights_trained_by_the_tutorial_load_unchanged():
-    net = load_tudui(SHARED / "tutorial" / "tudui_29_gpu.pth")
-    assert sum(p.numel() for p in net.parameters()) == 145_578
-    assert not net.training and net.classes == list(CIFAR10_CLASSES)

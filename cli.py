@@ -1,0 +1,81 @@
+"""How train.py and predict.py talk to the person running them: argparse with one-line errors, printing
+and the progress bar, Ctrl-C, and run_cli, the one place where the project's exceptions become exit
+codes. Holds no training code."""
+import argparse
+import os
+import signal
+import sys
+import threading
+
+from errors import Interrupted, SettingsError, TuduiError
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, with a flag it cannot read raised as a one-line SettingsError instead of printing the
+    usage block and exiting: the command line prints it as every other error, a Python caller catches it."""
+
+    def error(self, message):
+        raise SettingsError(f"{message}; see {self.prog} --help")
+
+
+def say(quiet, *parts):
+    if not quiet:
+        print(*parts, flush=True)
+
+
+def progress_bar(total, description, enabled):
+    """A tqdm bar on a terminal; elsewhere (a log file, a pipe) it draws nothing."""
+    from tqdm import tqdm
+
+    shown = enabled and sys.stderr.isatty()
+    return tqdm(total=total, desc=description, leave=False, unit="step", disable=not shown)
+
+
+class StopOnCtrlC:
+    """The first Ctrl-C asks the loop to stop after the current step; a second one exits at once.
+    Installed from the main thread only, where signal handlers can be set."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, self._exit_now)
+        print("\nstopping after this step (Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
+
+    @staticmethod
+    def _exit_now(signum, frame):
+        os._exit(130)
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+def run_cli(entry):
+    """Run a script's ENTRY() and return its exit code: ENTRY's own (an int, or 0 for anything else),
+    2 for bad input (one line on stderr, never a traceback), 130 for Ctrl-C, 1 when a reader closed the
+    pipe early (`| head`), which ends quietly, as any Unix tool."""
+    try:
+        code = entry()
+        return code if isinstance(code, int) else 0
+    except TuduiError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Interrupted as e:
+        print(e, file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # outside the training loop, which stops itself cleanly: loading data, say
+        print("\ninterrupted; files already saved are intact", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return 1
+    except SystemExit as e:  # --help, which argparse ends with an exit of its own
+        return e.code if isinstance(e.code, int) else 0

@@ -1,0 +1,90 @@
+"""torchrun: joining the process group, each rank's share of the work and the sums across ranks, and
+ending the processes. A plain `python train.py` runs as World() and never touches torch.distributed.
+Why each process ends as it does: docs/distributed.md."""
+import os
+import sys
+
+import torch
+
+from errors import SettingsError
+
+
+class World:
+    """This process's place among those torchrun started: rank RANK of SIZE (World() is a plain run).
+    Every rank draws the same order; each takes a contiguous slice of each global batch and of the test
+    set, and the losses and counts are summed across ranks."""
+
+    def __init__(self, rank=0, size=1):
+        self.rank, self.size = rank, size
+
+    def share_of_batch(self, indices):
+        return indices.tensor_split(self.size)[self.rank]
+
+    def share_of(self, n):
+        return slice(self.rank * n // self.size, (self.rank + 1) * n // self.size)
+
+    def sum(self, *tensors):
+        """All-reduce TENSORS in place (a no-op in a plain run)."""
+        if self.size > 1:
+            for tensor in tensors:
+                torch.distributed.all_reduce(tensor)
+
+    def wrap(self, model, device):
+        """MODEL for training: under DistributedDataParallel when there are several processes."""
+        if self.size == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def leave(self, finished):
+        """Close the process group. After a FINISHED run the ranks first wait for each other: a rank that
+        exited while rank 0 still wrote its files sometimes aborted in gloo's native teardown."""
+        if self.size > 1:
+            if finished:
+                torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+
+
+def launched_world_size():
+    """How many processes torchrun started (WORLD_SIZE); 1 outside torchrun."""
+    value = os.environ.get("WORLD_SIZE", "1")
+    if not value.isdigit() or int(value) < 1:
+        raise SettingsError(f"WORLD_SIZE must be a whole number of processes (got {value!r}); leave it to torchrun")
+    return int(value)
+
+
+def join_torchrun(args):
+    """Under torchrun: join the process group (nccl on CUDA, gloo on CPU) and return (World, device).
+    --batch-size stays the global batch; only rank 0 prints and writes files."""
+    missing = [name for name in ("RANK", "MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
+    if missing:
+        raise SettingsError(f"WORLD_SIZE is {os.environ['WORLD_SIZE']} but {', '.join(missing)} "
+                            f"{'is' if len(missing) == 1 else 'are'} not set: start several processes with "
+                            "torchrun (see README), or unset WORLD_SIZE for one")
+    rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if args.batch_size % size:
+        raise SettingsError(f"--batch-size {args.batch_size} is the global batch and must divide evenly across "
+                            f"{size} processes; use a multiple of {size}")
+    use_cuda = args.device in ("auto", "cuda") and torch.cuda.is_available()
+    if args.device not in ("auto", "cpu", "cuda") or (args.device == "cuda" and not use_cuda):
+        raise SettingsError(f"--device {args.device} cannot be used under torchrun here; use cuda (nccl) or cpu (gloo)")
+    if use_cuda:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    torch.distributed.init_process_group("nccl" if use_cuda else "gloo")
+    if rank != 0:
+        args.quiet = True
+    return World(rank, size), device
+
+
+def exit_process(code):
+    """End the script with exit code CODE. Under torchrun, with os._exit once every file is closed: gloo's
+    worker threads outlive destroy_process_group, and tearing them down as Python exited sometimes
+    aborted a finished rank (SIGABRT), which torchrun reports as a failed run."""
+    if os.environ.get("WORLD_SIZE", "1") != "1":
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

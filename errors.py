@@ -1,0 +1,24 @@
+"""The project's exceptions: one class per kind of bad input, all under TuduiError, each carrying a
+one-line message that says what is wrong and how to fix it. Only cli.run_cli turns them into exit codes.
+Holds no logic."""
+
+
+class TuduiError(Exception):
+    """Bad input of any kind: catch this to catch them all. str(error) is the one-line message."""
+
+
+class SettingsError(TuduiError):
+    """Flags or settings that cannot be used, including a run folder that cannot be written."""
+
+
+class DataError(TuduiError):
+    """A dataset or an image that cannot be used."""
+
+
+class CheckpointError(TuduiError):
+    """A checkpoint that cannot be used."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (or a notebook's interrupt) stopped a run cleanly between two steps; the message says how
+    to resume it. A KeyboardInterrupt, so that `except Exception` does not swallow it."""

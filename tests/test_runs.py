@@ -1,0 +1,334 @@
+"""runs.py: what a run writes (TensorBoard read back as TensorBoard reads it, metrics.jsonl, config.json,
+checkpoints), its folder and lock, and why a crash, a kill or a full disk loses nothing."""
+import fcntl
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import config
+import runs
+import train
+from conftest import ROOT, assert_every_final_file_loads, bad_input, cosine_lrs, run_script
+
+
+@pytest.fixture(scope="module")
+def finished_run(cifar_dir, tmp_path_factory):
+    logdir = tmp_path_factory.mktemp("tb")
+    train.main(["--data-dir", str(cifar_dir), "--no-download", "--logdir", str(logdir), "--run-name", "run",
+                "--device", "cpu", "--quiet", "--epochs", "2", "--log-every", "2"])
+    return logdir
+
+
+def events(run_dir):
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0})
+    accumulator.Reload()
+    return accumulator
+
+
+def scalars(run_dir):
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_tensorboard_has_the_tutorials_tags_with_the_tutorials_x_axes(train_args, tmp_path):
+    train.main(train_args + ["--epochs", "2", "--log-every", "2"])
+    curves = scalars(tmp_path / "logs" / "run")
+    assert [step for step, _ in curves["train_loss"]] == [2, 4, 6, 8]  # 4 steps per epoch, logged every 2
+    assert [step for step, _ in curves["test_accuracy"]] == [0, 1]
+    assert [step for step, _ in curves["test_loss"]] == [0, 1]
+
+
+def test_scalars_include_per_class_accuracy_lr_train_accuracy_speed_and_epoch_time(finished_run):
+    tags = set(events(finished_run / "run").Tags()["scalars"])
+    assert {"train_loss", "test_loss", "test_accuracy", "lr", "train_accuracy", "images_per_s",
+            "epoch_seconds", "per_class_accuracy/airplane", "per_class_accuracy/truck"} <= tags
+
+
+def test_lr_curve_is_the_learning_rate_each_logged_step_trained_with(cifar_dir, tmp_path):
+    train.main(["--data-dir", str(cifar_dir), "--no-download", "--logdir", str(tmp_path), "--run-name", "run",
+                "--device", "cpu", "--quiet", "--epochs", "2", "--log-every", "1", "--recipe", "tuned",
+                "--batch-size", "64"])  # 200 images: 4 steps an epoch, 8 in all
+    points = [(e.step, e.value) for e in events(tmp_path / "run").Scalars("lr")]
+    expected = list(zip(range(1, 9), cosine_lrs(config.RECIPES["tuned"]["lr"], 8)))  # logged at steps counted from 1
+    assert [step for step, _ in points] == [step for step, _ in expected]
+    assert [value for _, value in points] == pytest.approx([value for _, value in expected], rel=1e-6)
+
+
+def test_confusion_matrix_and_prediction_grid_are_logged_as_pictures_each_epoch(finished_run):
+    accumulator = events(finished_run / "run")
+    for tag in ("confusion_matrix", "test_predictions"):
+        pictures = accumulator.Images(tag)
+        assert [p.step for p in pictures] == [0, 1] and pictures[0].width > 300
+
+
+def test_hparams_and_graph_live_in_the_run_folder_itself(finished_run):
+    accumulator = events(finished_run / "run")
+    assert accumulator.Tags()["graph"]
+    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(accumulator.PluginTagToContent("hparams"))
+    assert [p.name for p in finished_run.iterdir()] == ["run"]
+    assert not [p for p in (finished_run / "run").iterdir() if p.is_dir()]
+
+
+def test_a_resumed_run_writes_its_graph_and_hparams_only_once(cifar_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    flags = ["--data-dir", str(cifar_dir), "--no-download", "--device", "cpu", "--quiet"]
+    train.main(flags + ["--logdir", str(tmp_path), "--run-name", "run", "--epochs", "1"])
+    train.main(flags + ["--resume", str(tmp_path / "run" / "last.pth"), "--epochs", "2"])
+    graphs = hparams = 0
+    for path in (tmp_path / "run").glob("events.out.tfevents.*"):
+        for event in EventFileLoader(str(path)).Load():
+            graphs += bool(event.graph_def)
+            hparams += sum(value.tag == "_hparams_/session_start_info" for value in event.summary.value)
+    assert (graphs, hparams) == (1, 1)
+
+
+def test_resumed_curves_continue_without_doubling_back(train_args, tmp_path):
+    train.main(train_args + ["--epochs", "1"])
+    train.main(["--resume", str(tmp_path / "logs" / "run" / "last.pth"), "--epochs", "2", "--quiet", "--device", "cpu"])
+    curves = scalars(tmp_path / "logs" / "run")
+    steps = [step for step, _ in curves["train_loss"]]
+    assert steps == sorted(set(steps)) == list(range(1, 9))
+    assert [step for step, _ in curves["test_accuracy"]] == [0, 1]
+
+
+def test_config_json_and_metrics_jsonl_are_written_for_notebooks(finished_run):
+    config = json.loads((finished_run / "run" / "config.json").read_text())
+    lines = [json.loads(x) for x in (finished_run / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert config["lr"] == 0.01 and [r["epoch"] for r in lines] == [0, 1]
+    assert {"test_accuracy", "test_loss", "train_accuracy", "per_class_accuracy", "lr", "images_per_s"} <= set(lines[0])
+
+
+def test_metrics_jsonl_has_one_line_per_epoch(train_args, tmp_path):
+    train.main(train_args + ["--epochs", "2"])
+    lines = (tmp_path / "logs" / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [0, 1]
+
+
+def test_resuming_from_an_earlier_epoch_drops_the_later_epochs_metrics_lines(train_args, tmp_path):
+    train.main(train_args + ["--epochs", "2"])
+    run_dir = tmp_path / "logs" / "run"
+    train.main(["--resume", str(run_dir / "tudui_epoch_0.pth"), "--epochs", "2", "--quiet", "--device", "cpu"])
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [0, 1]
+
+
+def test_a_metrics_line_torn_by_a_crash_is_dropped_when_the_run_resumes(train_args, tmp_path):
+    train.main(train_args + ["--epochs", "1"])
+    run_dir = tmp_path / "logs" / "run"
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 1, "step": 8, "sta')  # what a power cut mid-append can leave
+    train.main(["--resume", str(run_dir / "last.pth"), "--epochs", "2", "--quiet", "--device", "cpu"])
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [0, 1]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url):
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.load(response)
+
+
+def test_a_real_tensorboard_server_serves_the_values_in_metrics_jsonl(finished_run):
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(finished_run),
+                               "--host", "127.0.0.1", "--port", str(port), "--load_fast", "false",
+                               "--reload_interval", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}/data/plugin/scalars"
+    try:
+        deadline, tags = time.time() + 90, {}
+        while "test_accuracy" not in tags.get("run", {}) and time.time() < deadline:
+            try:
+                tags = get_json(f"{base}/tags")
+            except OSError:
+                time.sleep(0.5)
+        assert "test_accuracy" in tags["run"]
+        metrics = [json.loads(x) for x in (finished_run / "run" / "metrics.jsonl").read_text().splitlines()]
+        for tag in ("test_accuracy", "test_loss", "train_accuracy"):
+            served = get_json(f"{base}/scalars?run=run&tag={tag}")
+            assert [step for _, step, _ in served] == [m["epoch"] for m in metrics]
+            assert [value for _, _, value in served] == pytest.approx([m[tag] for m in metrics], rel=1e-6)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_runs_started_in_the_same_second_get_folders_of_their_own(train_args, tmp_path, monkeypatch):
+    class FrozenClock(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime(2026, 11, 29, 1, 2, 3)
+    monkeypatch.setattr(runs, "datetime", FrozenClock)
+    unnamed = train_args[:train_args.index("--run-name")] + train_args[train_args.index("--run-name") + 2:]
+    results = [train.main(unnamed + ["--epochs", "1"]) for _ in range(2)]
+    assert [Path(run["run_dir"]).name for run in results] == ["20261129-010203", "20261129-010203-2"]
+
+
+def test_ckpt_dir_takes_the_checkpoints_and_a_resumed_run_keeps_writing_there(train_args, tmp_path):
+    ckpt_dir = tmp_path / "weights"
+    train.main(train_args + ["--epochs", "1", "--ckpt-dir", str(ckpt_dir)])
+    train.main(["--resume", str(ckpt_dir / "last.pth"), "--epochs", "2", "--quiet", "--device", "cpu"])
+    run_dir = tmp_path / "logs" / "run"
+    assert {p.name for p in ckpt_dir.glob("*.pth")} == {"tudui_epoch_0.pth", "tudui_epoch_1.pth", "last.pth", "best.pth"}
+    assert not list(run_dir.glob("*.pth"))
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_a_new_run_never_writes_over_an_earlier_runs_checkpoints(train_args, tmp_path, capsys):
+    train.main(train_args + ["--epochs", "1"])
+    run_dir = tmp_path / "logs" / "run"
+    before = {p.name: p.read_bytes() for p in run_dir.glob("*.pth")}
+    err = bad_input(capsys, train_args + ["--epochs", "1", "--seed", "1"])
+    assert f"continue it with --resume {run_dir / 'last.pth'}, or give this run another --run-name" in err
+    assert {p.name: p.read_bytes() for p in run_dir.glob("*.pth")} == before
+
+
+def test_the_checkpoint_to_resume_from_is_last_then_the_latest_epoch_then_best(tmp_path):
+    assert runs.resumable_checkpoint(tmp_path) is None
+    for name in ("best.pth", "tudui_epoch_2.pth", "tudui_epoch_10.pth", "last.pth"):
+        (tmp_path / name).touch()
+        assert runs.resumable_checkpoint(tmp_path) == tmp_path / name  # each outranks those before it (10 > 2)
+
+
+def test_second_run_on_the_same_folder_is_refused(train_args, tmp_path, capsys):
+    run_dir = tmp_path / "logs" / "run"
+    run_dir.mkdir(parents=True)
+    with open(run_dir / ".lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running train.py holds it
+        with pytest.raises(SystemExit):
+            train.main(train_args + ["--epochs", "1"])
+    assert "another run is writing to" in capsys.readouterr().err
+    assert not list(run_dir.glob("*.pth"))
+
+
+def test_second_run_on_the_same_checkpoint_folder_is_refused_and_frees_its_run_folder(train_args, tmp_path, capsys):
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    with open(weights / ".lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a run writing there with another --run-name holds it
+        err = bad_input(capsys, train_args + ["--epochs", "1", "--ckpt-dir", str(weights)])
+    assert f"another run is writing to {weights}; wait for it to finish or pick another --ckpt-dir" in err
+    with open(tmp_path / "logs" / "run" / ".lock", "a") as run_lock:
+        fcntl.flock(run_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the refused run let go of its own folder
+
+
+def test_without_fcntl_and_folder_sync_as_on_windows_runs_still_lock_save_resume_and_predict(cifar_dir, tmp_path):
+    """tests/as_on_windows.py takes away the POSIX-only calls (fcntl, opening a folder to sync it)."""
+    def as_on_windows(script, *args):
+        return run_script(ROOT / "tests" / "as_on_windows.py", script, *args, "--device", "cpu")
+
+    run_dir = tmp_path / "logs" / "run"
+    first = as_on_windows("train.py", "--data-dir", cifar_dir, "--no-download", "--logdir", tmp_path / "logs",
+                          "--run-name", "run", "--batch-size", "64", "--epochs", "1", "--quiet")
+    assert first.returncode == 0, first.stderr
+    with open(run_dir / ".lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running train.py holds it
+        refused = as_on_windows("train.py", "--resume", run_dir / "last.pth", "--epochs", "2")
+    assert refused.returncode == 2 and "error: another run is writing to" in refused.stderr, refused.stderr
+    resumed = as_on_windows("train.py", "--resume", run_dir / "last.pth", "--epochs", "2", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert torch.load(run_dir / "last.pth", weights_only=True)["epoch"] == 1
+    with open(run_dir / ".lock", "a") as after:
+        fcntl.flock(after, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the finished run let go of its folder
+    image = tmp_path / "cat.png"
+    Image.new("RGB", (32, 32), (200, 120, 40)).save(image)
+    predicted = as_on_windows("predict.py", "--checkpoint", run_dir / "last.pth", image)
+    assert predicted.returncode == 0 and "cat.png" in predicted.stdout, predicted.stderr
+
+
+def test_full_disk_is_one_clear_line_and_earlier_checkpoints_survive(train_args, tmp_path, monkeypatch, capsys):
+    train.main(train_args + ["--epochs", "1"])
+    run_dir = tmp_path / "logs" / "run"
+    before = {p.name: p.read_bytes() for p in run_dir.glob("*.pth")}
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(os, "fsync", disk_full)  # the moment a full disk reports the lost write
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--resume", str(run_dir / "last.pth"), "--epochs", "2", "--device", "cpu", "--quiet"])
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "No space left on device" in err and len(err.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in run_dir.glob("*.pth")} == before
+    assert not list(run_dir.glob(".*.tmp"))
+
+
+def test_full_disk_at_the_metrics_line_is_one_clear_line_after_the_epoch_is_saved(train_args, tmp_path, monkeypatch,
+                                                                                    capsys):
+    class FullDisk(io.StringIO):
+        name = "metrics.jsonl"
+
+        def write(self, text):
+            raise OSError(28, "No space left on device")
+
+    def open_full_metrics(path, mode="r", *args, **kwargs):
+        return FullDisk() if str(path).endswith("metrics.jsonl") else open(path, mode, *args, **kwargs)
+    monkeypatch.setattr(runs, "open", open_full_metrics, raising=False)
+    err = bad_input(capsys, train_args + ["--epochs", "1"])
+    assert "cannot write metrics.jsonl (No space left on device)" in err
+    assert torch.load(tmp_path / "logs" / "run" / "last.pth", weights_only=True)["epoch"] == 0
+
+
+def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_weights(cifar_dir, tmp_path):
+    flags = ["--data-dir", str(cifar_dir), "--no-download", "--device", "cpu", "--run-name", "run", "--quiet",
+             "--recipe", "tuned", "--lr", "0.01", "--batch-size", "64", "--epochs", "20"]
+
+    def kill_driver(name, kills, first_save_seconds):
+        result = run_script(ROOT / "tests" / "kill_driver.py", tmp_path / f"{name}-snapshots", kills, 0,
+                            first_save_seconds, "--", *flags, "--logdir", tmp_path / name)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout.splitlines()[-1])
+
+    uninterrupted = kill_driver("straight", 0, 0)
+    killed = kill_driver("killed", 30, uninterrupted["first_save_seconds"])  # kill times scaled to this machine
+    assert killed["exit_code"] == 0 and killed["kills"] >= 24
+    for snapshot in (tmp_path / "killed-snapshots").iterdir():  # the folder as each kill left it
+        assert_every_final_file_loads(snapshot)
+    straight = torch.load(tmp_path / "straight" / "run" / "last.pth", weights_only=True)
+    resumed = torch.load(tmp_path / "killed" / "run" / "last.pth", weights_only=True)
+    assert resumed["epoch"] == straight["epoch"] == 19
+    assert all(torch.equal(straight["model"][k], resumed["model"][k]) for k in straight["model"])
+
+
+class Killed(BaseException):
+    """Stands for a kill -9: nothing after it runs (except the cleanup that a real kill would skip)."""
+
+
+def test_epoch_saved_but_not_logged_before_a_kill_is_logged_on_resume(train_args, tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    real_log_epoch = runs.log_epoch
+
+    def killed_after_saving_epoch_1(writer, metrics_file, record, *rest):
+        if record["epoch"] == 1:
+            raise Killed
+        real_log_epoch(writer, metrics_file, record, *rest)
+
+    monkeypatch.setattr(runs, "log_epoch", killed_after_saving_epoch_1)
+    with pytest.raises(Killed):
+        train.main(train_args + ["--epochs", "3"])
+    monkeypatch.setattr(runs, "log_epoch", real_log_epoch)
+    run_dir = tmp_path / "logs" / "run"
+    train.main(["--resume", str(run_dir / "last.pth"), "--quiet", "--device", "cpu"])
+
+    epochs = [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    assert epochs == [0, 1, 2]
+    assert [e.step for e in events.Scalars("test_accuracy")] == [0, 1, 2]
