@@ -23,17 +23,27 @@ def say(quiet, *parts):
         print(*parts, flush=True)
 
 
-def progress_bar(total, description, enabled):
-    """A tqdm bar on a terminal; elsewhere (a log file, a pipe) it draws nothing."""
-    from tqdm import tqdm
+def in_notebook():
+    """Whether this process is a Jupyter kernel (IPython running inside an ipykernel app)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython else None
+    return shell is not None and "IPKernelApp" in shell.config
 
-    shown = enabled and sys.stderr.isatty()
+
+def progress_bar(total, description, enabled):
+    """A progress bar on a terminal and in a notebook, where tqdm.auto draws a widget if ipywidgets is
+    installed and text otherwise. Elsewhere (a log file, a pipe) it draws nothing."""
+    from tqdm.auto import tqdm
+
+    shown = enabled and (sys.stderr.isatty() or in_notebook())
     return tqdm(total=total, desc=description, leave=False, unit="step", disable=not shown)
 
 
 class StopOnCtrlC:
-    """The first Ctrl-C asks the loop to stop after the current step; a second one exits at once.
-    Installed from the main thread only, where signal handlers can be set."""
+    """The first Ctrl-C (a notebook's interrupt is one too) asks the loop to stop after the current step;
+    a second one raises KeyboardInterrupt at once, which still closes the run's files and releases its
+    lock, so a notebook's kernel can resume the run. Installed from the main thread only, where signal
+    handlers can be set."""
 
     def __init__(self):
         self.requested = False
@@ -46,12 +56,12 @@ class StopOnCtrlC:
 
     def _handle(self, signum, frame):
         self.requested = True
-        signal.signal(signal.SIGINT, self._exit_now)
-        print("\nstopping after this step (Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
+        signal.signal(signal.SIGINT, self.stop_now)
+        print("\nstopping after this step (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
 
     @staticmethod
-    def _exit_now(signum, frame):
-        os._exit(130)
+    def stop_now(signum, frame):
+        raise KeyboardInterrupt
 
     def __exit__(self, *exc):
         if self.previous is not None:

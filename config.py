@@ -1,8 +1,11 @@
-"""The run's configuration: the two recipes, the flags and their checks, and what a resumed run takes
-from its checkpoint. Turns flags into settings; runs nothing.
+"""The run's configuration: the two recipes, the flags and their checks, the keyword form of the flags
+that train.run takes, and what a resumed run takes from its checkpoint. Turns flags into settings; runs
+nothing.
 """
 import argparse
+import shlex
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -97,6 +100,49 @@ def parse_args(argv):
             setattr(args, key, value)
     check_args(args)
     return args, resumed
+
+
+def keyword_argv(settings):
+    """train.py's flags for SETTINGS given as keywords, each named as its flag's dest (data_dir for
+    --data-dir): run(epochs=3, augment=False) is `--epochs 3 --no-augment`. Unknown names are refused."""
+    actions = {action.dest: action for action in build_parser()._actions if action.option_strings}
+    del actions["help"]
+    argv = []
+    for name, value in settings.items():
+        if name not in actions:
+            raise SettingsError(f"{name!r} is not a setting of train.run; the settings are: {', '.join(actions)}")
+        action, flag = actions[name], actions[name].option_strings[0]
+        if value is None:
+            continue
+        if action.nargs == 0:  # an on/off flag
+            if not isinstance(value, bool):
+                raise SettingsError(f"{name} takes True or False (got {value!r})")
+            negative = [option for option in action.option_strings if option.startswith("--no-")]
+            argv += [flag] if value else negative
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+class Call(NamedTuple):
+    """How a run was started, in the words its caller used, and how that caller resumes it."""
+    text: str
+    resume_template: str
+
+    def resume(self, path):
+        return self.resume_template.format(path=str(path))
+
+
+def command_line_call(argv):
+    return Call(shlex.join(["python", "train.py", *argv]), "python train.py --resume {path}")
+
+
+def python_call(argv):
+    return Call(f"train.main({list(argv)!r})", "train.main(['--resume', {path!r}])")
+
+
+def keyword_call(settings):
+    return Call("train.run(" + ", ".join(f"{k}={v!r}" for k, v in settings.items()) + ")", "train.run(resume={path!r})")
 
 
 def saved_flags(parser, config, path):

@@ -123,16 +123,7 @@ def decode_image(path):
             if im.width * im.height > MAX_IMAGE_PIXELS:
                 raise DataError(f"image {path} is too large ({im.width}x{im.height} pixels, limit "
                                 f"{MAX_IMAGE_PIXELS:,}); shrink it first")
-            if im.mode.startswith("I;16"):  # convert("RGB") would clip every value over 255 to white
-                sixteen_bit = np.asarray(im, dtype=np.uint32)
-                im = Image.fromarray(((sixteen_bit * 255 + 32767) // 65535).astype(np.uint8), "L")
-            elif im.mode in ("I", "F"):
-                raise DataError(f"image {path} has 32-bit pixel values (PIL mode {im.mode}), which have no fixed "
-                                "white; save it with 8 or 16 bits per channel (PNG or JPEG)")
-            im = im.convert("RGB")
-            if im.size != (32, 32):
-                im = im.resize((32, 32), Image.BILINEAR)
-            return np.array(im, dtype=np.uint8).transpose(2, 0, 1).copy()
+            return rgb_32x32(im, f"image {path}")
     except FileNotFoundError:
         problem = "does not exist; check the path"
     except IsADirectoryError:
@@ -148,6 +139,48 @@ def decode_image(path):
     except Exception as e:  # PIL raises many kinds for damaged files: truncated data, bad headers
         problem = f"is damaged or truncated ({type(e).__name__}: {str(e)[:100]}); remove or replace it"
     raise DataError(f"image {path} {problem}")
+
+
+def rgb_32x32(im, name):
+    """A PIL image as uint8 RGB (3, 32, 32); NAME says which image in the DataError it may raise."""
+    from PIL import Image
+
+    if im.mode.startswith("I;16"):  # convert("RGB") would clip every value over 255 to white
+        sixteen_bit = np.asarray(im, dtype=np.uint32)
+        im = Image.fromarray(((sixteen_bit * 255 + 32767) // 65535).astype(np.uint8), "L")
+    elif im.mode in ("I", "F"):
+        raise DataError(f"{name} has 32-bit pixel values (PIL mode {im.mode}), which have no fixed white; "
+                        "save it with 8 or 16 bits per channel (PNG or JPEG)")
+    im = im.convert("RGB")
+    if im.size != (32, 32):
+        im = im.resize((32, 32), Image.BILINEAR)
+    return np.array(im, dtype=np.uint8).transpose(2, 0, 1).copy()
+
+
+def image_pixels(image):
+    """One image as the network sees it before normalization: float (3, 32, 32) on ToTensor's 0-1 scale.
+    IMAGE is a file path (anything decode_image reads), a PIL image, or a (3, H, W) tensor, uint8 or float
+    from 0 to 1; other sizes are resized to 32 x 32 bilinearly. Raises DataError naming the problem."""
+    from PIL import Image
+
+    if isinstance(image, (str, os.PathLike)):
+        return torch.from_numpy(decode_image(image)).float().div_(255)
+    if isinstance(image, Image.Image):
+        return torch.from_numpy(rgb_32x32(image, "the PIL image")).float().div_(255)
+    if not (torch.is_tensor(image) and image.dim() == 3 and image.shape[0] == 3 and image.numel()):
+        shape = f"a tensor of shape {tuple(image.shape)}" if torch.is_tensor(image) else type(image).__name__
+        raise DataError(f"an image must be a file path, a PIL image or a (3, H, W) tensor (got {shape}); "
+                        "for a batch, pass a list of images")
+    if image.dtype == torch.uint8:
+        pixels = image.float().div(255)
+    elif image.is_floating_point() and torch.isfinite(image).all() and 0 <= image.min() and image.max() <= 1:
+        pixels = image.float()
+    else:
+        raise DataError(f"an image tensor must be uint8, or float from 0 to 1 as ToTensor gives (got {image.dtype}"
+                        f" from {image.min().item():.3g} to {image.max().item():.3g}); divide uint8 pixels by 255")
+    if pixels.shape[1:] != (32, 32):
+        pixels = torch.nn.functional.interpolate(pixels[None], size=(32, 32), mode="bilinear", antialias=True)[0]
+    return pixels.cpu()
 
 
 def _fingerprint(files):
@@ -238,9 +271,10 @@ def normalizer(preprocess, device):
     return tuple(torch.tensor(preprocess[k], device=device).view(1, -1, 1, 1) for k in ("mean", "std"))
 
 
-def to_input(images_u8, norm=None):
-    """uint8 (B, 3, H, W) -> the network's float input: x / 255 (ToTensor), then (x - mean) / std if NORM."""
-    x = images_u8.float().div_(255)
+def to_input(images, norm=None):
+    """uint8 (B, 3, H, W) images, or float ones already on the 0-1 scale, as the network's float input:
+    x / 255 (ToTensor), then (x - mean) / std if NORM."""
+    x = images.float().div_(255) if images.dtype == torch.uint8 else images.to(torch.float32, copy=True)
     if norm is not None:
         x = x.sub_(norm[0]).div_(norm[1])
     return x.contiguous(memory_format=torch.channels_last)

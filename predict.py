@@ -1,9 +1,10 @@
 """Classify images with any Tudui checkpoint: one written by train.py, a state_dict, or the tutorial's
-`torch.save(tudui, ...)` files. Loading never runs code from the checkpoint.
+`torch.save(tudui, ...)` files. Loading never runs code from the checkpoint. Imports no training code.
 
     python predict.py --checkpoint logs_train/RUN/best.pth dog.png airplane.png
     python predict.py --checkpoint tudui_29_gpu.pth --top-k 3 --json *.png
 
+From Python: `predict.predict(image, "best.pth", top_k=3)`, the image a path, a PIL image or a tensor.
 Exit code: 0 when every image was classified, 1 when some could not be read, 2 for a bad checkpoint or flags.
 """
 import argparse
@@ -15,9 +16,9 @@ import torch
 
 from checkpoints import load_tudui
 from cli import OneLineErrorParser, run_cli
-from data import decode_image, normalizer, to_input
+from data import image_pixels, normalizer, to_input
 from devices import pick_device
-from errors import DataError, SettingsError, TuduiError
+from errors import DataError, SettingsError
 
 
 def build_parser():
@@ -34,52 +35,62 @@ def build_parser():
 
 
 @torch.no_grad()
-def classify(net, image_u8, device, tta=False):
-    """Class probabilities for one uint8 (3, 32, 32) image, preprocessed exactly as in training."""
-    x = to_input(image_u8.unsqueeze(0).to(device), normalizer(net.preprocess, device))
+def classify(net, image, device, tta=False):
+    """Class probabilities for one (3, 32, 32) image, uint8 or on the 0-1 scale, preprocessed exactly as
+    in training."""
+    x = to_input(image.unsqueeze(0).to(device), normalizer(net.preprocess, device))
     probs = net(x).float().softmax(1)
     if tta:
         probs = (probs + net(x.flip(3)).float().softmax(1)) / 2
     return probs[0].cpu()
 
 
-def predict(argv=None):
-    """Returns (results, exit_code); each result is {"path", "predictions"} or {"path", "error"}."""
+def top_classes(net, image, device, top_k, tta=False):
+    """[{"class", "probability"}, ...] of IMAGE (anything data.image_pixels takes), most likely first."""
+    values, indices = classify(net, image_pixels(image), device, tta).topk(min(top_k, len(net.classes)))
+    return [{"class": net.classes[i], "probability": round(v, 6)} for v, i in zip(values.tolist(), indices.tolist())]
+
+
+def predict(images, checkpoint, top_k=1, tta=False, device="auto"):
+    """The TOP_K most likely classes of an image, [{"class", "probability"}, ...]; of each image when
+    IMAGES is a list. An image is a file path, a PIL image, or a (3, H, W) tensor, uint8 or float from 0
+    to 1 (as ToTensor gives). CHECKPOINT is any Tudui checkpoint's path, or a network load_tudui returned.
+    Raises CheckpointError, DataError or SettingsError with the command line's one-line messages."""
+    if top_k < 1:
+        raise SettingsError(f"--top-k must be at least 1 (got {top_k})")
+    device = pick_device(device)
+    net = checkpoint if isinstance(checkpoint, torch.nn.Module) else load_tudui(checkpoint, map_location="cpu")
+    net = net.to(device)
+    if isinstance(images, (list, tuple)):
+        return [top_classes(net, image, device, top_k, tta) for image in images]
+    return top_classes(net, images, device, top_k, tta)
+
+
+def main(argv=None):
+    """predict.py's command line; returns its exit code. An image that cannot be read is one error line
+    and the others are still classified; a bad checkpoint or flag raises."""
+    from PIL import Image
+
+    warnings.simplefilter("error", Image.DecompressionBombWarning)  # a bomb is a bad image, not a warning
     args = build_parser().parse_args(argv)
     if args.top_k < 1:
         raise SettingsError(f"--top-k must be at least 1 (got {args.top_k})")
     device = pick_device(args.device)
     net = load_tudui(args.checkpoint, map_location="cpu").to(device)
-    top_k = min(args.top_k, len(net.classes))
-    results = []
+    failed = False
     for path in args.images:
         try:
-            probs = classify(net, torch.from_numpy(decode_image(path)), device, args.tta)
+            predictions = top_classes(net, path, device, args.top_k, args.tta)
         except DataError as e:
-            results.append({"path": path, "error": str(e)})
-            print(json.dumps(results[-1]) if args.json else f"error: {e}", file=sys.stdout if args.json else sys.stderr)
+            failed = True
+            print(json.dumps({"path": path, "error": str(e)}) if args.json else f"error: {e}",
+                  file=sys.stdout if args.json else sys.stderr)
             continue
-        values, indices = probs.topk(top_k)
-        predictions = [{"class": net.classes[i], "probability": round(v, 6)}
-                       for v, i in zip(values.tolist(), indices.tolist())]
-        results.append({"path": path, "predictions": predictions})
         if args.json:
-            print(json.dumps(results[-1]))
+            print(json.dumps({"path": path, "predictions": predictions}))
         else:
             print(f"{path}: " + ", ".join(f"{p['class']} {p['probability']:.1%}" for p in predictions))
-    return results, (1 if any("error" in r for r in results) else 0)
-
-
-def main(argv=None):
-    from PIL import Image
-
-    warnings.simplefilter("error", Image.DecompressionBombWarning)  # a bomb is a bad image, not a warning
-    try:
-        _, code = predict(argv)
-    except TuduiError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    raise SystemExit(code)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

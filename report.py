@@ -4,7 +4,12 @@ the README drawn with PIL (no plotting library needed). Computes nothing it show
 Each picture is a uint8 numpy array (H, W, 3), which `SummaryWriter.add_image(..., dataformats="HWC")`
 takes, or which `PIL.Image.fromarray(...).save(...)` writes as a PNG.
 """
+from __future__ import annotations
+
+from dataclasses import dataclass
+
 import numpy as np
+import torch
 from PIL import Image, ImageDraw, ImageFont
 
 WHITE, BLACK, GREY, RED, GREEN = (255, 255, 255), (0, 0, 0), (150, 150, 150), (210, 40, 40), (30, 150, 60)
@@ -23,17 +28,31 @@ def per_class_accuracy(confusion):
     return (confusion.diag().double() / totals).tolist()
 
 
-def format_report(result, classes):
+@dataclass(frozen=True)
+class Evaluation:
+    """What --evaluate measures: the test split's mean loss and accuracy and its confusion matrix (rows:
+    true class, columns: predicted), in the order of CLASSES, the checkpoint's class names."""
+    test_loss: float
+    test_accuracy: float
+    confusion: torch.Tensor
+    classes: list
+
+    @property
+    def per_class_accuracy(self):
+        return dict(zip(self.classes, per_class_accuracy(self.confusion)))
+
+
+def format_report(evaluation):
     """--evaluate's report: loss and accuracy, per-class accuracy, and the confusion matrix."""
-    accs = per_class_accuracy(result["confusion"])
+    classes = evaluation.classes
     width = max(6, max(len(c) for c in classes))
-    lines = [f"test loss {result['test_loss']:.4f}, accuracy {result['test_accuracy']:.2%} "
-             f"on {result['confusion'].sum().item()} images", "",
+    lines = [f"test loss {evaluation.test_loss:.4f}, accuracy {evaluation.test_accuracy:.2%} "
+             f"on {evaluation.confusion.sum().item()} images", "",
              f"{'class':<{width}}  accuracy",
-             *(f"{c:<{width}}  {a:8.2%}" for c, a in zip(classes, accs)), "",
+             *(f"{c:<{width}}  {a:8.2%}" for c, a in evaluation.per_class_accuracy.items()), "",
              "confusion matrix (rows: true class, columns: predicted)",
              " " * width + "".join(f"{c[:6]:>7}" for c in classes)]
-    for c, row in zip(classes, result["confusion"].tolist()):
+    for c, row in zip(classes, evaluation.confusion.tolist()):
         lines.append(f"{c:<{width}}" + "".join(f"{v:>7}" for v in row))
     return "\n".join(lines)
 

@@ -2,11 +2,14 @@
 metrics.jsonl, config.json, the TensorBoard writer, and the bookkeeping that lets a run resume where it
 stopped. Decides nothing about training.
 """
+from __future__ import annotations
+
 import io
 import itertools
 import json
 import os
 import warnings
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -23,6 +26,35 @@ try:
 except ModuleNotFoundError:  # Windows, which locks byte ranges of a file instead (RunLock)
     fcntl = None
     import msvcrt
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training run returns. HISTORY is metrics.jsonl as columns, one value per epoch:
+    plt.plot(result.history["epoch"], result.history["test_accuracy"]). Under torchrun only rank 0 has
+    folders and a history; the other ranks write nothing."""
+    run_dir: Path | None
+    ckpt_dir: Path | None
+    epoch: int | None  # the last epoch trained, or the resumed checkpoint's when there was none left to train
+    step: int
+    test_loss: float | None
+    test_accuracy: float | None
+    best_accuracy: float
+    history: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def best_path(self):
+        return self.ckpt_dir / "best.pth" if self.ckpt_dir else None
+
+    @property
+    def last_path(self):
+        return self.ckpt_dir / "last.pth" if self.ckpt_dir else None
+
+
+def read_history(metrics_path):
+    """metrics.jsonl as columns: {key: [value of epoch 0, value of epoch 1, ...]}."""
+    records = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    return {key: [record.get(key) for record in records] for key in dict.fromkeys(k for r in records for k in r)}
 
 
 class RunLock:

@@ -5,7 +5,8 @@
     python train.py --resume logs_train/RUN/last.pth
     tensorboard --logdir logs_train
 
-From Python: `from train import main; metrics = main(["--epochs", "1"])`.
+From Python or a notebook: `import train; result = train.run(epochs=3, recipe="tuned")`, the flags as
+keywords, or `train.main(["--epochs", "3"])`. Either returns a result and raises the errors of errors.py.
 
 Its sections are the tutorial's steps: 1. data; 2. model, loss and optimizer; 3. the training step and
 the epoch loop; 4. the test after each epoch; 5. the run, which logs and saves every epoch. The machinery
@@ -20,17 +21,17 @@ from torch import nn
 
 from checkpoints import CHECKPOINT_FORMAT, TUTORIAL_PREPROCESS, load_tudui, optimizer_state, restore, rng_state
 from cli import StopOnCtrlC, progress_bar, run_cli, say
-from config import parse_args, plain_config
+from config import command_line_call, keyword_argv, keyword_call, parse_args, plain_config, python_call
 from cuda_graph import GraphedStep
 from data import (augment_batch, augment_plan, channel_stats, epoch_generator, load_dataset, load_test_split,
                   normalizer, to_input)
 from devices import keep_freed_memory, pick_device
 from distributed import World, exit_process, join_torchrun, launched_world_size
-from errors import Interrupted, SettingsError, TuduiError
+from errors import Interrupted, SettingsError
 from model import Tudui
 from muon import Muon
-from report import format_report, per_class_accuracy
-from runs import RunRecorder, grid_predictions, log_run_start, resumable_checkpoint
+from report import Evaluation, format_report, per_class_accuracy
+from runs import RunRecorder, TrainResult, grid_predictions, log_run_start, read_history, resumable_checkpoint
 
 EVAL_BATCH_SIZE = 500  # evaluation needs no gradients, so bigger batches just mean fewer steps
 
@@ -194,7 +195,7 @@ def test(model, images, labels, num_classes, preprocess, device, amp=False, tta=
 
 # ---------------------------------------------------------------------------------------------------- 5. the run
 
-def train(args, resumed, device, world=World()):
+def train(args, resumed, device, call, world=World()):
     data = prepare_data(args, device)
     classes = data["classes"]
     model = build_model(len(classes), device, args.seed)
@@ -265,16 +266,15 @@ def train(args, resumed, device, world=World()):
                                 f"{record['epoch_seconds']:.1f} s, {record['images_per_s']:.0f} images/s")
     except Interrupted:
         last = resumable_checkpoint(recorder.ckpt_dir) if recorder else None
-        how = f"resume with: python train.py --resume {last}" if last else "nothing saved yet"
+        how = f"resume with: {call.resume(last)}" if last else "nothing saved yet"
         raise Interrupted(f"interrupted in epoch {epoch}; its partial progress is discarded. {how}") from None
     finally:
         if recorder:
             recorder.close()
-    return {"epoch": record.get("epoch"), "step": step, "test_loss": record.get("test_loss"),
-            "test_accuracy": record.get("test_accuracy"), "best_accuracy": best_accuracy,
-            "train_loss": record.get("train_loss_mean"),
-            "run_dir": str(recorder.run_dir) if recorder else None,
-            "ckpt_dir": str(recorder.ckpt_dir) if recorder else None}
+    return TrainResult(run_dir=recorder and recorder.run_dir, ckpt_dir=recorder and recorder.ckpt_dir,
+                       epoch=record.get("epoch"), step=step, test_loss=record.get("test_loss"),
+                       test_accuracy=record.get("test_accuracy"), best_accuracy=best_accuracy,
+                       history=read_history(recorder.run_dir / "metrics.jsonl") if recorder else {})
 
 
 def stop_if_not_finite(losses, test_loss, step, epoch, args):
@@ -300,17 +300,21 @@ def evaluate_only(args, device):
         print(f"note: the test classes ({', '.join(classes)}) are not the class names of {args.evaluate} "
               f"({', '.join(net.classes)}); test class i in this order is scored as its class i", file=sys.stderr)
     result = test(net, images.to(device), labels.to(device), len(classes), net.preprocess, device, args.amp, args.tta)
-    print(format_report(result, net.classes))
-    return {k: v for k, v in result.items() if k != "confusion"} | {
-        "per_class_accuracy": dict(zip(net.classes, per_class_accuracy(result["confusion"])))}
+    evaluation = Evaluation(result["test_loss"], result["test_accuracy"], result["confusion"], net.classes)
+    print(format_report(evaluation))
+    return evaluation
 
 
-def main(argv=None):
-    """Train (or with --evaluate, evaluate) and return the final metrics as a dict.
-    Bad input exits with code 2 and one line on stderr."""
+def main(argv=None, call=None):
+    """Train as the flags in ARGV say (with --evaluate: evaluate) and return a runs.TrainResult (a
+    report.Evaluation). With no ARGV it uses the defaults: only `python train.py` reads sys.argv. Raises
+    SettingsError, DataError or CheckpointError (errors.TuduiError) with a one-line message, and
+    Interrupted on Ctrl-C or a notebook's interrupt; CALL says how the run was started."""
+    argv = list(argv or [])
+    call = call or python_call(argv)
+    args, resumed = parse_args(argv)
     world, finished = World(), False
     try:
-        args, resumed = parse_args(argv)
         if launched_world_size() > 1 and not args.evaluate:
             world, device = join_torchrun(args)
         else:
@@ -318,20 +322,20 @@ def main(argv=None):
             device = pick_device(args.device)
         if args.evaluate:
             return evaluate_only(args, device)
-        metrics = train(args, resumed, device, world)
+        result = train(args, resumed, device, call, world)
         finished = True
-    except TuduiError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except Interrupted as e:
-        print(e, file=sys.stderr)
-        raise SystemExit(130) from None
     finally:
         world.leave(finished)
     if args.quiet and world.rank == 0:
-        print(f"test accuracy {metrics['test_accuracy']:.2%}, checkpoints in {metrics['ckpt_dir']}")
-    return metrics
+        print(f"test accuracy {result.test_accuracy:.2%}, checkpoints in {result.ckpt_dir}")
+    return result
+
+
+def run(**settings):
+    """train.py's flags as keywords, named as in Python: run(epochs=3, recipe="tuned", data_dir="data") is
+    `python train.py --epochs 3 --recipe tuned --data-dir data`, through the same checks; main's result."""
+    return main(keyword_argv(settings), keyword_call(settings))
 
 
 if __name__ == "__main__":
-    exit_process(run_cli(main))
+    exit_process(run_cli(lambda: main(sys.argv[1:], command_line_call(sys.argv[1:]))))

@@ -25,25 +25,26 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train  # noqa: E402
+from errors import TuduiError  # noqa: E402
 
 
 def run_once(flags, seed, epochs, data_dir, dataset, logdir):
     name = f"s{seed}-e{epochs}-{time.monotonic_ns()}"
     common = ["--dataset", dataset, "--data-dir", data_dir, "--no-download", "--logdir", logdir, "--quiet"]
     started = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         try:
-            metrics = train.main([*common, *flags, "--seed", str(seed), "--epochs", str(epochs), "--run-name", name])
-        except SystemExit:  # a diverged run (non-finite loss) is a result too
-            return {"failed": err.getvalue().strip(), "test_accuracy": 0.0, "best_accuracy": 0.0,
+            result = train.main([*common, *flags, "--seed", str(seed), "--epochs", str(epochs), "--run-name", name])
+        except TuduiError as e:  # a diverged run (non-finite loss) is a result too
+            return {"failed": str(e), "test_accuracy": 0.0, "best_accuracy": 0.0,
                     "tta_accuracy": 0.0, "train_s": 0.0, "loop_s": 0.0, "wall_s": time.perf_counter() - started}
         wall = time.perf_counter() - started
-        tta = train.main(["--evaluate", str(Path(metrics["ckpt_dir"]) / "last.pth"), "--tta", "--dataset", dataset,
-                          "--data-dir", data_dir, "--no-download"])
-    records = [json.loads(line) for line in (Path(metrics["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
-    return {"test_accuracy": metrics["test_accuracy"], "best_accuracy": metrics["best_accuracy"],
-            "tta_accuracy": tta["test_accuracy"], "train_s": sum(r["train_seconds"] for r in records),
-            "loop_s": sum(r["epoch_seconds"] for r in records), "wall_s": wall}
+        tta = train.main(["--evaluate", str(result.last_path), "--tta", "--dataset", dataset, "--data-dir", data_dir,
+                          "--no-download"])
+    history = result.history
+    return {"test_accuracy": result.test_accuracy, "best_accuracy": result.best_accuracy,
+            "tta_accuracy": tta.test_accuracy, "train_s": sum(history["train_seconds"]),
+            "loop_s": sum(history["epoch_seconds"]), "wall_s": wall}
 
 
 def summarize(results):

@@ -82,13 +82,14 @@ def run_script(*args, cwd=ROOT, timeout=240, env=None):
                           timeout=timeout, env=environment)
 
 
-def bad_input(capsys, argv):
-    """train.main(ARGV) must exit 2 with one line on stderr, 'error: ...'; returns that line."""
+def bad_input(capsys, argv, entry=None):
+    """ARGV given to train.py's main (or ENTRY's) as the command line runs it must exit 2 with one line on
+    stderr, 'error: ...'; returns that line."""
+    import cli
     import train
-    with pytest.raises(SystemExit) as exit_info:
-        train.main(argv)
+    code = cli.run_cli(lambda: (entry or train.main)(argv))
     err = capsys.readouterr().err.strip()
-    assert exit_info.value.code == 2
+    assert code == 2
     assert len(err.splitlines()) == 1 and err.startswith("error: "), err
     return err
 

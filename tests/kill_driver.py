@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
+import cli  # noqa: E402
 import runs  # noqa: E402
 import train  # noqa: E402
 
@@ -32,12 +33,7 @@ import train  # noqa: E402
 def start(argv):
     pid = os.fork()
     if pid == 0:
-        try:
-            train.main(argv)
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-        os._exit(code)
+        os._exit(cli.run_cli(lambda: train.main(argv)))
     return pid
 
 

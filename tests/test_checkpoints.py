@@ -187,10 +187,7 @@ def test_damaged_checkpoint_is_one_clear_line(tmp_path, damage, train_args, caps
     path.write_bytes(damage(checkpoint_bytes()))
     with pytest.raises(CheckpointError, match="not a readable PyTorch file"):
         load_tudui(path)
-    with pytest.raises(SystemExit) as exit_info:
-        train.main(train_args + ["--resume", str(path)])
-    err = capsys.readouterr().err.strip()
-    assert exit_info.value.code == 2 and len(err.splitlines()) == 1
+    err = bad_input(capsys, train_args + ["--resume", str(path)])
     assert err.startswith(f"error: checkpoint {path} is not a readable PyTorch file")
 
 

@@ -52,7 +52,7 @@ def test_graphed_run_resumes_to_the_uninterrupted_weights(cifar_dir, tmp_path, o
 def test_graphed_checkpoint_resumes_on_the_cpu(cifar_dir, tmp_path):
     run(cifar_dir, tmp_path, "r", "--epochs", "1")
     metrics = train.main(["--resume", str(tmp_path / "r" / "last.pth"), "--epochs", "2", "--quiet", "--device", "cpu"])
-    assert metrics["epoch"] == 1 and metrics["test_accuracy"] > 0.2
+    assert metrics.epoch == 1 and metrics.test_accuracy > 0.2
 
 
 def test_amp_with_a_graph_learns(cifar_dir, tmp_path):

@@ -1,20 +1,24 @@
-"""predict.py: images of every kind classified with any checkpoint; bad images one line each."""
+"""predict.py: images of every kind classified with any checkpoint, from the command line and from Python;
+bad images one line each."""
 import json
+import re
 
 import pytest
 import torch
 
+import cli
 import predict
 from checkpoints import load_tudui
 from conftest import ROOT, SHARED, needs_shared, random_batch, reference_weights, run_script
+from errors import CheckpointError, DataError
+from model import CIFAR10_CLASSES
 
 
 def run_predict(capsys, *argv):
-    """predict.py's main in this process: (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as exit_info:
-        predict.main([str(a) for a in argv])
+    """predict.py's main in this process, as its command line runs it: (exit code, stdout, stderr)."""
+    code = cli.run_cli(lambda: predict.main([str(a) for a in argv]))
     out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
+    return code, out, err
 
 
 def test_missing_arguments_are_one_line_not_the_usage_block(capsys):
@@ -125,3 +129,41 @@ def test_tutorial_checkpoint_classifies_the_tutorials_pictures():
                         folder / "airplane.png", folder / "dog.png")
     labels = [json.loads(line)["predictions"][0]["class"] for line in result.stdout.splitlines()]
     assert labels == ["airplane", "dog"]
+
+
+def test_predict_from_python_takes_a_path_a_pil_image_or_a_uint8_or_float_tensor_alike(checkpoint, tmp_path):
+    from PIL import Image
+    image = random_batch(1)[0]
+    picture = Image.fromarray(image.permute(1, 2, 0).numpy())
+    picture.save(tmp_path / "picture.png")
+    by_path = predict.predict(tmp_path / "picture.png", checkpoint, top_k=3)
+    assert [guess["class"] for guess in by_path][0] in CIFAR10_CLASSES and len(by_path) == 3
+    assert predict.predict(picture, checkpoint, top_k=3) == by_path
+    assert predict.predict(image, checkpoint, top_k=3) == by_path
+    assert predict.predict(image.float() / 255, checkpoint, top_k=3) == by_path
+
+
+def test_predict_from_python_takes_a_loaded_network_and_a_list_of_images(checkpoint):
+    images = list(random_batch(3))
+    one_by_one = [predict.predict(image, checkpoint) for image in images]
+    assert predict.predict(images, load_tudui(checkpoint)) == one_by_one
+
+
+def test_predict_from_python_resizes_a_tensor_of_another_size(checkpoint):
+    assert len(predict.predict(torch.rand(3, 64, 48), checkpoint, top_k=2)) == 2
+
+
+@pytest.mark.parametrize("image, says", [
+    (torch.rand(1, 3, 32, 32), "an image must be a file path, a PIL image or a (3, H, W) tensor (got a tensor of "
+                               "shape (1, 3, 32, 32)); for a batch, pass a list of images"),
+    (torch.rand(3, 32, 32) * 255, "an image tensor must be uint8, or float from 0 to 1 as ToTensor gives"),
+    ("/nonexistent.png", "image /nonexistent.png does not exist; check the path"),
+])
+def test_a_bad_image_from_python_raises_data_error_with_the_command_lines_message(checkpoint, image, says):
+    with pytest.raises(DataError, match=re.escape(says)):
+        predict.predict(image, checkpoint)
+
+
+def test_a_bad_checkpoint_from_python_raises_checkpoint_error(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        predict.predict(random_batch(1)[0], tmp_path / "missing.pth")

@@ -178,7 +178,7 @@ def test_runs_started_in_the_same_second_get_folders_of_their_own(train_args, tm
     monkeypatch.setattr(runs, "datetime", FrozenClock)
     unnamed = train_args[:train_args.index("--run-name")] + train_args[train_args.index("--run-name") + 2:]
     results = [train.main(unnamed + ["--epochs", "1"]) for _ in range(2)]
-    assert [Path(run["run_dir"]).name for run in results] == ["20261129-010203", "20261129-010203-2"]
+    assert [run.run_dir.name for run in results] == ["20261129-010203", "20261129-010203-2"]
 
 
 def test_ckpt_dir_takes_the_checkpoints_and_a_resumed_run_keeps_writing_there(train_args, tmp_path):
@@ -212,9 +212,8 @@ def test_second_run_on_the_same_folder_is_refused(train_args, tmp_path, capsys):
     run_dir.mkdir(parents=True)
     with open(run_dir / ".lock", "a") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running train.py holds it
-        with pytest.raises(SystemExit):
-            train.main(train_args + ["--epochs", "1"])
-    assert "another run is writing to" in capsys.readouterr().err
+        err = bad_input(capsys, train_args + ["--epochs", "1"])
+    assert "another run is writing to" in err
     assert not list(run_dir.glob("*.pth"))
 
 
@@ -260,11 +259,9 @@ def test_full_disk_is_one_clear_line_and_earlier_checkpoints_survive(train_args,
     def disk_full(fd):
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(os, "fsync", disk_full)  # the moment a full disk reports the lost write
-    with pytest.raises(SystemExit) as exit_info:
-        train.main(["--resume", str(run_dir / "last.pth"), "--epochs", "2", "--device", "cpu", "--quiet"])
+    err = bad_input(capsys, ["--resume", str(run_dir / "last.pth"), "--epochs", "2", "--device", "cpu", "--quiet"])
     monkeypatch.undo()
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and "No space left on device" in err and len(err.strip().splitlines()) == 1
+    assert "No space left on device" in err
     assert {p.name: p.read_bytes() for p in run_dir.glob("*.pth")} == before
     assert not list(run_dir.glob(".*.tmp"))
 

@@ -1,7 +1,8 @@
 """train.py end to end: the tutorial's routine, its checkpoints, the same updates as a textbook loop, resuming,
-a diverged run, and --evaluate."""
+a diverged run, --evaluate, and its Python API (main, run, the result and the errors)."""
 import json
 import math
+import re
 import shutil
 import time
 
@@ -14,7 +15,8 @@ import data
 import predict
 import train
 from checkpoints import load_tudui
-from conftest import ROOT, SHARED, bad_input, class_images, cosine_lrs, needs_shared, run_script
+from conftest import CLASSES, ROOT, SHARED, bad_input, class_images, cosine_lrs, needs_shared, run_script
+from errors import CheckpointError, DataError, SettingsError, TuduiError
 from model import Tudui
 
 TUNED_LR = config.RECIPES["tuned"]["lr"]
@@ -54,7 +56,7 @@ def test_best_checkpoint_holds_the_highest_test_accuracy(train_args, tmp_path):
 
 def test_main_returns_the_final_metrics(train_args):
     metrics = train.main(train_args + ["--epochs", "1"])
-    assert metrics["epoch"] == 0 and 0 <= metrics["test_accuracy"] <= 1 and metrics["test_loss"] > 0
+    assert metrics.epoch == 0 and 0 <= metrics.test_accuracy <= 1 and metrics.test_loss > 0
 
 
 def test_each_epoch_records_when_it_started(train_args, tmp_path):
@@ -254,7 +256,7 @@ def test_resuming_a_run_that_reached_its_epochs_trains_nothing_and_says_how_to_t
     metrics = train.main(["--resume", str(last), "--quiet", "--device", "cpu"])
     err = capsys.readouterr().err
     assert "has already trained 1 epoch, and --epochs 1 is the total" in err and "give a larger --epochs" in err
-    assert metrics["epoch"] == 0 and last.read_bytes() == before
+    assert metrics.epoch == 0 and last.read_bytes() == before
 
 
 def test_a_resumed_run_replaces_best_pth_only_with_a_better_epoch_than_before_the_resume(train_args, tmp_path):
@@ -265,7 +267,7 @@ def test_a_resumed_run_replaces_best_pth_only_with_a_better_epoch_than_before_th
     torch.save(checkpoint, run_dir / "last.pth")
     best_before = (run_dir / "best.pth").read_bytes()
     metrics = train.main(["--resume", str(run_dir / "last.pth"), "--epochs", "2", "--quiet", "--device", "cpu"])
-    assert metrics["best_accuracy"] == 1.0
+    assert metrics.best_accuracy == 1.0
     assert (run_dir / "best.pth").read_bytes() == best_before
 
 
@@ -281,10 +283,8 @@ def test_non_finite_loss_stops_and_keeps_the_good_checkpoints(train_args, tmp_pa
     train.main(train_args + ["--epochs", "1"])
     run_dir = tmp_path / "logs" / "run"
     before = {p.name: p.read_bytes() for p in run_dir.glob("*.pth")}
-    with pytest.raises(SystemExit) as exit_info:
-        train.main(["--resume", str(run_dir / "last.pth"), "--epochs", "2", "--lr", "1e30", "--device", "cpu"])
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and "learning rate" in err
+    err = bad_input(capsys, ["--resume", str(run_dir / "last.pth"), "--epochs", "2", "--lr", "1e30", "--device", "cpu"])
+    assert "learning rate" in err
     # epoch 1 starts at step 5, whose loss is still finite; its update blows the weights up for step 6
     assert "the training loss became non-finite at step 6 (epoch 1)" in err
     assert {p.name: p.read_bytes() for p in run_dir.glob("*.pth")} == before
@@ -295,11 +295,10 @@ def test_weights_broken_by_the_last_step_of_an_epoch_stop_the_run_before_that_ep
     train.main(train_args + ["--epochs", "1"])
     run_dir = tmp_path / "logs" / "run"
     before = {p.name: p.read_bytes() for p in run_dir.glob("*.pth")}
-    with pytest.raises(SystemExit) as exit_info:  # one step per epoch: its loss is finite, its update is not
-        train.main(["--resume", str(run_dir / "last.pth"), "--epochs", "2", "--batch-size", "100000", "--lr", "1e30",
-                    "--device", "cpu"])
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and "the weights became non-finite at step 5, the last (epoch 1)" in err
+    # one step per epoch: its loss is finite, its update is not
+    err = bad_input(capsys, ["--resume", str(run_dir / "last.pth"), "--epochs", "2", "--batch-size", "100000", "--lr",
+                             "1e30", "--device", "cpu"])
+    assert "the weights became non-finite at step 5, the last (epoch 1)" in err
     assert {p.name: p.read_bytes() for p in run_dir.glob("*.pth")} == before
 
 
@@ -315,8 +314,8 @@ def test_evaluate_with_tta_scores_the_mean_of_the_image_and_mirror_probabilities
         probabilities = (net(x).softmax(1) + net(x.flip(3)).softmax(1)) / 2
     expected_loss = torch.nn.functional.nll_loss(probabilities.log(), labels).item()
     expected_accuracy = (probabilities.argmax(1) == labels).double().mean().item()
-    assert metrics["test_loss"] == pytest.approx(expected_loss, rel=1e-5)
-    assert metrics["test_accuracy"] == pytest.approx(expected_accuracy)
+    assert metrics.test_loss == pytest.approx(expected_loss, rel=1e-5)
+    assert metrics.test_accuracy == pytest.approx(expected_accuracy)
 
 
 def test_evaluate_prints_per_class_accuracy_and_confusion_matrix(folder_dir, tmp_path, capsys):
@@ -324,7 +323,7 @@ def test_evaluate_prints_per_class_accuracy_and_confusion_matrix(folder_dir, tmp
     metrics = train.main(["--evaluate", str(tmp_path / "three.pth"), "--dataset", "folder",
                           "--data-dir", str(folder_dir), "--device", "cpu"])
     out = capsys.readouterr().out
-    assert "confusion matrix" in out and set(metrics["per_class_accuracy"]) == {"0", "1", "2"}
+    assert "confusion matrix" in out and set(metrics.per_class_accuracy) == {"0", "1", "2"}
     rows = [line for line in out.splitlines() if line.split() and line.split()[0] in {"0", "1", "2"}]
     assert sum(int(v) for row in rows[-3:] for v in row.split()[1:]) == 18  # every test image counted once
 
@@ -344,7 +343,7 @@ def test_evaluating_a_folder_with_some_of_the_classes_labels_them_in_the_checkpo
     for name in ("dog", "ship"):  # the first class, cat, is missing: sorted folder order would shift the labels
         shutil.copytree(folder_dir / "test" / name, tmp_path / "part" / "test" / name)
     part = train.main(evaluate + ["--data-dir", str(tmp_path / "part")])
-    assert [part["per_class_accuracy"][c] for c in ("dog", "ship")] == [full["per_class_accuracy"][c]
+    assert [part.per_class_accuracy[c] for c in ("dog", "ship")] == [full.per_class_accuracy[c]
                                                                         for c in ("dog", "ship")]
 
 
@@ -367,4 +366,63 @@ def test_evaluating_on_classes_named_otherwise_says_how_they_are_matched(folder_
 def test_tutorial_checkpoint_scores_about_61_percent_on_the_real_test_images(real_cifar):
     metrics = train.main(["--evaluate", str(SHARED / "tutorial" / "tudui_29_gpu.pth"), "--dataset", "folder",
                           "--data-dir", str(real_cifar), "--device", "cpu"])
-    assert 0.60 <= metrics["test_accuracy"] <= 0.625
+    assert 0.60 <= metrics.test_accuracy <= 0.625
+
+
+def test_main_called_from_python_with_a_kernels_command_line_trains_on_the_defaults(cifar_dir, tmp_path, monkeypatch):
+    """A Jupyter kernel's own sys.argv must not reach argparse (pytorch/examples issue 369)."""
+    shutil.copytree(cifar_dir / "cifar-10-batches-py", tmp_path / "data" / "cifar-10-batches-py")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["ipykernel_launcher.py", "-f", "/root/.local/share/jupyter/runtime/kernel-1.json"])
+    result = train.main()
+    assert result.history["epoch"] == list(range(10))
+    config = json.loads((result.run_dir / "config.json").read_text())
+    assert (config["epochs"], config["batch_size"], config["lr"], config["data_dir"]) == (10, 64, 0.01, "./data")
+
+
+def test_the_keyword_form_is_the_command_line_under_the_flags_own_names(cifar_dir, tmp_path):
+    by_flags = train.main(["--data-dir", str(cifar_dir), "--no-download", "--logdir", str(tmp_path), "--run-name",
+                           "flags", "--epochs", "2", "--recipe", "tuned", "--batch-size", "64", "--no-augment"])
+    by_keywords = train.run(data_dir=cifar_dir, no_download=True, logdir=tmp_path, run_name="keywords", epochs=2,
+                            recipe="tuned", batch_size=64, augment=False)
+    flags, keywords = (torch.load(r.last_path, weights_only=True) for r in (by_flags, by_keywords))
+    assert {k: v for k, v in flags["config"].items() if k != "run_name"} == {
+        k: v for k, v in keywords["config"].items() if k != "run_name"}
+    assert all(torch.equal(flags["model"][key], keywords["model"][key]) for key in flags["model"])
+
+
+def test_the_keyword_form_goes_through_the_flags_checks():
+    with pytest.raises(SettingsError, match=r"^--epochs must be at least 1 \(got 0\)$"):
+        train.run(epochs=0)
+
+
+def test_an_unknown_keyword_is_an_error_that_names_the_valid_ones():
+    with pytest.raises(SettingsError, match="'epoch' is not a setting of train.run; the settings are: recipe, epochs"):
+        train.run(epoch=3)
+
+
+@pytest.mark.parametrize("argv, kind, says", [
+    (["--epochs", "abc"], SettingsError, "argument --epochs: invalid int value: 'abc'"),
+    (["--lr", "-1"], SettingsError, "--lr must be a positive number"),
+    (["--data-dir", "/nonexistent", "--no-download"], DataError, "CIFAR-10 is not in /nonexistent"),
+    (["--resume", "/nonexistent.pth"], CheckpointError, "checkpoint /nonexistent.pth does not exist"),
+])
+def test_bad_input_from_python_raises_its_kinds_error_with_the_command_lines_message(argv, kind, says):
+    with pytest.raises(kind, match=re.escape(says)) as raised:
+        train.main(argv)
+    assert isinstance(raised.value, TuduiError) and len(str(raised.value).splitlines()) == 1
+
+
+def test_the_result_holds_the_per_epoch_history_and_the_checkpoints_paths(train_args, tmp_path):
+    result = train.main(train_args + ["--epochs", "3"])
+    records = [json.loads(line) for line in (tmp_path / "logs" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert result.history["epoch"] == [0, 1, 2]
+    assert result.history["test_accuracy"] == [r["test_accuracy"] for r in records]
+    assert result.last_path == tmp_path / "logs" / "run" / "last.pth" and result.best_path.exists()
+    assert torch.load(result.last_path, weights_only=True)["epoch"] == 2
+
+
+def test_evaluate_from_python_returns_the_confusion_matrix_and_the_class_names(cifar_dir, untrained_weights):
+    evaluation = train.run(evaluate=untrained_weights, data_dir=cifar_dir, no_download=True, device="cpu")
+    assert evaluation.classes == list(CLASSES) and evaluation.confusion.shape == (10, 10)
+    assert evaluation.confusion.sum() == 100 and evaluation.test_accuracy == evaluation.confusion.trace() / 100
