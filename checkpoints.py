@@ -1,6 +1,6 @@
 """Checkpoints: loading any Tudui checkpoint safely (train.py's, a state_dict, or the tutorial's
-whole-model pickles, without running code from them), and the fields of a training checkpoint that
-resuming relies on, with their checks. Writing files is runs.py's job.
+whole-model pickles, without running code from them), the fields of a training checkpoint that resuming
+relies on, with their checks, and the record of what made a checkpoint. Writing files is runs.py's job.
 
     from checkpoints import load_tudui
     net = load_tudui("logs_train/RUN/best.pth")   # eval mode, with .classes and .preprocess
@@ -8,13 +8,16 @@ resuming relies on, with their checks. Writing files is runs.py's job.
 import pickle
 import re
 import struct
+import subprocess
 import warnings
 import zipfile
+from pathlib import Path
 
 import torch
 
 from errors import CheckpointError
 from model import CIFAR10_CLASSES, Tudui
+from version import __version__
 
 CHECKPOINT_FORMAT = "tudui-train-checkpoint/1"
 
@@ -196,15 +199,19 @@ def build_from_state_dict(state_dict, path="checkpoint"):
 
 def load_tudui(path, map_location="cpu"):
     """Load a Tudui in eval mode from any Tudui checkpoint: one written by train.py, a bare state_dict,
-    or a tutorial `torch.save(tudui, ...)` file. The model carries `.classes` (names, one per output)
-    and `.preprocess` (the pixel normalization it was trained with). Raises CheckpointError."""
-    state_dict, classes, preprocess = unpack_checkpoint(read_checkpoint(path, map_location), path)
+    or a tutorial `torch.save(tudui, ...)` file. The model carries `.classes` (names, one per output),
+    `.preprocess` (the pixel normalization it was trained with), and from train.py's checkpoints
+    `.config` (the run's settings) and `.provenance` (what made it), else None. Raises CheckpointError."""
+    checkpoint = read_checkpoint(path, map_location)
+    state_dict, classes, preprocess = unpack_checkpoint(checkpoint, path)
     net = build_from_state_dict(state_dict, path)
     num_classes = net.model[-1].out_features
     if classes is None or len(classes) != num_classes:
         classes = list(CIFAR10_CLASSES) if num_classes == 10 else [str(i) for i in range(num_classes)]
     net.classes = classes
     net.preprocess = preprocess
+    net.config, net.provenance = (checkpoint.get(key) if isinstance(checkpoint, dict) and isinstance(
+        checkpoint.get(key), dict) else None for key in ("config", "provenance"))
     return net.to(map_location).eval()
 
 
@@ -276,6 +283,33 @@ def restore(checkpoint, path, model, optimizer, device):
     except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:
         raise damaged_checkpoint(path, f"its optimizer or RNG state does not load: {e}") from None
     return checked_preprocess(checkpoint.get("preprocess"), path)
+
+
+def provenance(device, command):
+    """What makes a checkpoint: the project's version and git commit (None outside a checkout), torch's
+    and torchvision's versions, the device, and the command line or call that started the process."""
+    import torchvision
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    return {"version": __version__, "git_commit": git_commit(), "torch": str(torch.__version__),
+            "torchvision": str(torchvision.__version__), "device": f"{device} ({name})" if name else str(device),
+            "command": command}
+
+
+def git_commit():
+    """The checkout's commit, with "+changes" when its tracked files differ from it; None when the code
+    does not run from a git checkout, or git cannot say."""
+    root = Path(__file__).resolve().parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        changes = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                 capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+changes" if changes else "") if commit else None
 
 
 def rng_state(device):

@@ -1,8 +1,9 @@
 """The run's configuration: the two recipes, the flags and their checks, the keyword form of the flags
-that train.run takes, and what a resumed run takes from its checkpoint. Turns flags into settings; runs
-nothing.
+that train.run takes, what a resumed run takes from its checkpoint, and the learning rate of each step.
+Turns flags into settings; runs nothing.
 """
 import argparse
+import math
 import shlex
 from pathlib import Path
 from typing import NamedTuple
@@ -59,6 +60,9 @@ def build_parser():
     p.add_argument("--normalize", action=argparse.BooleanOptionalAction,
                    help="per-channel mean/std normalization; recipe: off (tutorial), on (tuned)")
     p.add_argument("--label-smoothing", type=float, help="recipe: 0 (tutorial), 0.1 (tuned)")
+    p.add_argument("--val-split", type=int, default=0, metavar="N",
+                   help="hold out N training images, drawn by --seed, and pick best.pth by their accuracy "
+                        "(validation); the test set is still scored every epoch")
     p.add_argument("--dataset", choices=["cifar10", "folder"], default="cifar10",
                    help="cifar10: torchvision's CIFAR-10 in --data-dir; folder: DIR/train/<class>/*, DIR/test/<class>/*")
     p.add_argument("--data-dir", default="./data", help="where the dataset is (or is downloaded to)")
@@ -75,9 +79,14 @@ def build_parser():
                    help="bfloat16 autocast: fast on GPUs and on CPUs with native bf16 (AVX-512 BF16), slow on others")
     p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=True,
                    help="on one CUDA GPU, replay each training step as a recorded CUDA graph")
+    p.add_argument("--deterministic", action="store_true",
+                   help="on a GPU, deterministic algorithms and no TF32: runs of one seed give equal weights, at a "
+                        "cost in speed; CPU runs are bit-exact without it")
     p.add_argument("--seed", type=int, default=0, help="seeds the initial weights, data order and augmentation")
     p.add_argument("--log-every", type=int, default=100, help="log the train loss every N steps")
     p.add_argument("--quiet", action="store_true", help="print only errors and the final line")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the data, the device, the folders and a few training steps in seconds, writing nothing")
     return p
 
 
@@ -89,7 +98,8 @@ def parse_args(argv):
     resumed = None
     if args.resume:
         resumed = load_training_checkpoint(args.resume)
-        saved = {"optimizer": "sgd", "muon_decay": 0.0, **resumed["config"]}  # what runs saved before those flags did
+        # what runs saved before those flags existed did
+        saved = {"optimizer": "sgd", "muon_decay": 0.0, "val_split": 0, **resumed["config"]}
         parser.set_defaults(**saved_flags(parser, saved, args.resume))
         args = parser.parse_args(argv)
         refuse_changed_foundations(args, saved)
@@ -125,8 +135,10 @@ def keyword_argv(settings):
 
 
 class Call(NamedTuple):
-    """How a run was started, in the words its caller used, and how that caller resumes it."""
+    """How a run was started, in its caller's words: TEXT, which checkpoints record; REAL_RUN, the same
+    call without --dry-run; and how that caller resumes the run."""
     text: str
+    real_run: str
     resume_template: str
 
     def resume(self, path):
@@ -134,21 +146,27 @@ class Call(NamedTuple):
 
 
 def command_line_call(argv):
-    return Call(shlex.join(["python", "train.py", *argv]), "python train.py --resume {path}")
+    real = [arg for arg in argv if arg != "--dry-run"]
+    return Call(shlex.join(["python", "train.py", *argv]), shlex.join(["python", "train.py", *real]),
+                "python train.py --resume {path}")
 
 
 def python_call(argv):
-    return Call(f"train.main({list(argv)!r})", "train.main(['--resume', {path!r}])")
+    real = [arg for arg in argv if arg != "--dry-run"]
+    return Call(f"train.main({list(argv)!r})", f"train.main({real!r})", "train.main(['--resume', {path!r}])")
 
 
 def keyword_call(settings):
-    return Call("train.run(" + ", ".join(f"{k}={v!r}" for k, v in settings.items()) + ")", "train.run(resume={path!r})")
+    def text(items):
+        return "train.run(" + ", ".join(f"{k}={v!r}" for k, v in items) + ")"
+    return Call(text(settings.items()), text((k, v) for k, v in settings.items() if k != "dry_run"),
+                "train.run(resume={path!r})")
 
 
 def saved_flags(parser, config, path):
     """A resumed run's saved configuration as flag defaults, each value checked against its flag's type
     and choices, so that a damaged one is refused here rather than failing somewhere in training."""
-    machine_specific = {"device", "cuda_graph", "quiet", "resume", "evaluate", "tta"}
+    machine_specific = {"device", "cuda_graph", "quiet", "resume", "evaluate", "tta", "dry_run"}
     actions = {action.dest: action for action in parser._actions}
     flags = {}
     for key, value in config.items():
@@ -162,17 +180,21 @@ def saved_flags(parser, config, path):
 
 def refuse_changed_foundations(args, saved):
     """A resumed run keeps its recipe (which would otherwise be named in config.json while the saved
-    settings still applied), its optimizer (whose saved state is laid out for it) and its input
-    normalization (the checkpoint's, which its weights learned)."""
+    settings still applied), its optimizer (whose saved state is laid out for it), its input
+    normalization (the checkpoint's, which its weights learned) and its validation split (which chose
+    best.pth so far)."""
     if "recipe" in saved and args.recipe != saved["recipe"]:
-        raise SettingsError(f"{args.resume} was trained with --recipe {saved['recipe']}, and a resumed run keeps its "
-                         "recipe; flags such as --lr or --epochs still change single settings")
+        raise SettingsError(f"{args.resume} was trained with --recipe {saved['recipe']}, and a resumed run keeps "
+                            "its recipe; flags such as --lr or --epochs still change single settings")
     if args.optimizer != saved["optimizer"]:
-        raise SettingsError(f"{args.resume} was trained with --optimizer {saved['optimizer']}, and a resumed run keeps "
-                         "its optimizer, whose saved state only fits it")
+        raise SettingsError(f"{args.resume} was trained with --optimizer {saved['optimizer']}, and a resumed run "
+                            "keeps its optimizer, whose saved state only fits it")
     if "normalize" in saved and args.normalize != saved["normalize"]:
-        raise SettingsError(f"{args.resume} was trained {'with' if saved['normalize'] else 'without'} --normalize, and "
-                         "a resumed run keeps the input normalization its weights learned")
+        raise SettingsError(f"{args.resume} was trained {'with' if saved['normalize'] else 'without'} --normalize, "
+                            "and a resumed run keeps the input normalization its weights learned")
+    if args.val_split != saved["val_split"]:
+        raise SettingsError(f"{args.resume} was trained with --val-split {saved['val_split']}, and a resumed run "
+                            "keeps the validation split that chose its best.pth")
 
 
 def fits_flag(action, value):
@@ -207,6 +229,8 @@ def check_args(args):
         (not 0 <= args.label_smoothing < 1, f"--label-smoothing must be in [0, 1) (got {args.label_smoothing})"),
         (not 0 <= args.seed < 2**32, f"--seed must be 0 to {2**32 - 1} (got {args.seed})"),
         (args.log_every < 1, f"--log-every must be at least 1 (got {args.log_every})"),
+        (args.val_split < 0, f"--val-split must be 0 or more images (got {args.val_split})"),
+        (args.dry_run and args.evaluate, "--dry-run checks a training run; leave it out with --evaluate"),
         (args.run_name is not None and not names_a_subfolder(args.run_name),
          f"--run-name must name a folder inside --logdir, such as exp1 (got {args.run_name!r})"),
         (args.tta and not args.evaluate, "--tta applies to --evaluate only"),
@@ -221,6 +245,22 @@ def check_args(args):
 def names_a_subfolder(name):
     path = Path(name)  # no anchor: on Windows, C:run and \\run are not absolute, yet LOGDIR / them leaves LOGDIR
     return name.strip() not in ("", ".") and not path.anchor and ".." not in path.parts
+
+
+def lr_at(step, total_steps, args):
+    """The learning rate for a 0-based step: a pure function of the step, so resuming needs no scheduler state."""
+    warmup = int(args.warmup * total_steps)
+    if step < warmup:
+        return args.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    if args.schedule == "cosine":
+        return args.lr * 0.5 * (1 + math.cos(math.pi * progress))
+    if args.schedule == "onecycle":  # torch.optim.lr_scheduler.OneCycleLR's defaults, cosine both ways
+        start, end = args.lr / 25, args.lr / 25 / 1e4
+        if progress < 0.3:
+            return start + (args.lr - start) * (1 - math.cos(math.pi * progress / 0.3)) / 2
+        return end + (args.lr - end) * (1 + math.cos(math.pi * (progress - 0.3) / 0.7)) / 2
+    return args.lr
 
 
 def plain_config(args):

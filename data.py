@@ -20,7 +20,7 @@ try:
 except ImportError:  # numpy < 2
     from numpy.core.multiarray import _reconstruct
 
-from errors import DataError
+from errors import DataError, SettingsError
 from model import CIFAR10_CLASSES
 
 CIFAR_FOLDER = "cifar-10-batches-py"
@@ -57,16 +57,18 @@ def _read_cifar_batch(path):
                         f"delete the {CIFAR_FOLDER} folder and download it again") from None
 
 
-def load_cifar10(data_dir, split, download):
-    """The torchvision CIFAR-10 files in DATA_DIR/cifar-10-batches-py, downloaded by torchvision if missing."""
+def load_cifar10(data_dir, split, download, dry_run=False):
+    """The torchvision CIFAR-10 files in DATA_DIR/cifar-10-batches-py, downloaded by torchvision if missing
+    (never in a DRY_RUN, which writes nothing)."""
     folder = Path(data_dir) / CIFAR_FOLDER
     files = [folder / name for name in CIFAR_FILES[split]]
     missing = [f.name for f in files if not f.is_file()]
     if missing:
-        if not download:
+        if dry_run or not download:
             where = f"{folder} lacks {', '.join(missing)}" if folder.is_dir() else f"CIFAR-10 is not in {folder}"
-            raise DataError(f"{where} and --no-download was given; "
-                            "drop --no-download to fetch it, or point --data-dir at a folder that has it")
+            why = ("--dry-run downloads nothing; run without it to fetch CIFAR-10 (about 170 MB)" if dry_run
+                   else "--no-download was given; drop --no-download to fetch it")
+            raise DataError(f"{where} and {why}, or point --data-dir at a folder that has it")
         _download_cifar10(data_dir, split)
     parts = [_read_cifar_batch(f) for f in files]
     images = torch.from_numpy(np.concatenate([p[0] for p in parts]))
@@ -191,7 +193,7 @@ def _fingerprint(files):
     return digest.hexdigest()
 
 
-def load_folder(root, split, classes=None):
+def load_folder(root, split, classes=None, write_cache=True):
     """DIR/SPLIT/<class>/* images, converted to RGB 32x32. Decoded once, then cached next to the data
     (DIR/.tudui-cache/) when that folder is writable, so later runs start in a fraction of a second."""
     found, files = _list_folder_split(root, split)
@@ -213,7 +215,8 @@ def load_folder(root, split, classes=None):
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # PIL decodes without the GIL
         images = torch.from_numpy(np.stack(list(pool.map(decode_image, [p for p, _ in files]))))
     labels = torch.tensor([label for _, label in files], dtype=torch.int64)
-    _write_cache(cache, {"key": key, "images": images, "labels": labels})
+    if write_cache:
+        _write_cache(cache, {"key": key, "images": images, "labels": labels})
     return images, labels, classes
 
 
@@ -227,14 +230,15 @@ def _write_cache(path, payload):
         tmp.unlink(missing_ok=True)
 
 
-def load_dataset(kind, data_dir, download=True):
-    """(train_images, train_labels, test_images, test_labels, classes)."""
+def load_dataset(kind, data_dir, download=True, dry_run=False):
+    """(train_images, train_labels, test_images, test_labels, classes). A DRY_RUN writes nothing: no
+    download, no cache."""
     if kind == "cifar10":
-        train_x, train_y, classes = load_cifar10(data_dir, "train", download)
-        test_x, test_y, _ = load_cifar10(data_dir, "test", download)
+        train_x, train_y, classes = load_cifar10(data_dir, "train", download, dry_run)
+        test_x, test_y, _ = load_cifar10(data_dir, "test", download, dry_run)
     else:
-        train_x, train_y, classes = load_folder(data_dir, "train")
-        test_x, test_y, _ = load_folder(data_dir, "test", classes)
+        train_x, train_y, classes = load_folder(data_dir, "train", write_cache=not dry_run)
+        test_x, test_y, _ = load_folder(data_dir, "test", classes, write_cache=not dry_run)
     return train_x, train_y, test_x, test_y, classes
 
 
@@ -286,6 +290,18 @@ def epoch_generator(seed, epoch):
     """Each epoch's randomness (order, augmentation) depends only on (seed, epoch): resumed runs and every
     distributed rank draw exactly what an uninterrupted single process would."""
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def hold_out(images, labels, size, seed):
+    """(training images, labels, validation images, labels): SIZE of the training images held out, drawn as
+    epoch -1's order (epoch_generator), so by the seed alone: every epoch, a resumed run, --evaluate and
+    every torchrun rank hold out the same images. Both parts keep the images' order."""
+    if size >= len(labels):
+        raise SettingsError(f"--val-split {size} would hold out every training image; the training split has "
+                            f"{len(labels)}, so hold out fewer")
+    order = torch.randperm(len(labels), generator=epoch_generator(seed, -1))
+    kept, held = order[size:].sort().values, order[:size].sort().values
+    return images[kept], labels[kept], images[held], labels[held]
 
 
 def augment_plan(n, generator, max_shift):

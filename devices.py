@@ -1,6 +1,8 @@
-"""Which device a run uses, and how the process is set up for it: the --device choice, cuDNN's settings,
-and on the CPU glibc's reuse of freed memory. Holds no training code."""
+"""Which device a run uses, and how the process is set up for it: the --device choice, cuDNN's and
+TF32's settings (--deterministic), and on the CPU glibc's reuse of freed memory. Holds no training code."""
+import contextlib
 import ctypes
+import os
 import platform
 
 import torch
@@ -29,3 +31,37 @@ def keep_freed_memory():
     m_trim_threshold, m_mmap_max = -1, -4  # from glibc's malloc.h
     mallopt(m_mmap_max, 0)  # no block is mapped (glibc still maps memory when the heap cannot grow)
     mallopt(m_trim_threshold, 256 << 20)  # and up to 256 MB of freed heap is kept for reuse
+
+
+@contextlib.contextmanager
+def device_settings(device, deterministic=False):
+    """cuDNN picks the fastest algorithm for each convolution (cudnn.benchmark), or with DETERMINISTIC
+    only deterministic algorithms, with TF32 off and torch's deterministic mode on, so that two runs of
+    one seed give equal weights. Restored on exit, for a notebook that goes on. Nothing changes on a CPU,
+    whose runs are bit-exact anyway."""
+    if device.type != "cuda":
+        yield
+        return
+    backends = torch.backends
+    saved = (backends.cudnn.benchmark, backends.cudnn.deterministic, backends.cudnn.allow_tf32,
+             backends.cuda.matmul.allow_tf32, torch.are_deterministic_algorithms_enabled())
+    backends.cudnn.benchmark = not deterministic
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's deterministic workspace
+        backends.cudnn.deterministic = True
+        backends.cudnn.allow_tf32 = backends.cuda.matmul.allow_tf32 = False
+        torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        (backends.cudnn.benchmark, backends.cudnn.deterministic, backends.cudnn.allow_tf32,
+         backends.cuda.matmul.allow_tf32) = saved[:4]
+        torch.use_deterministic_algorithms(saved[4])
+
+
+def deterministic_note(device):
+    """What --deterministic changes on DEVICE, and what it costs, in one line."""
+    if device.type != "cuda":
+        return "--deterministic: nothing to change on the CPU, whose runs are bit-exact already"
+    return ("--deterministic: deterministic cuDNN and torch algorithms, no TF32, no cudnn.benchmark: runs of one "
+            "seed give equal weights, and GPU steps are slower for it (docs/speed.md)")

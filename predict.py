@@ -19,6 +19,7 @@ from cli import OneLineErrorParser, run_cli
 from data import image_pixels, normalizer, to_input
 from devices import pick_device
 from errors import DataError, SettingsError
+from report import describe_checkpoint
 
 
 def build_parser():
@@ -67,8 +68,9 @@ def predict(images, checkpoint, top_k=1, tta=False, device="auto"):
 
 
 def main(argv=None):
-    """predict.py's command line; returns its exit code. An image that cannot be read is one error line
-    and the others are still classified; a bad checkpoint or flag raises."""
+    """predict.py's command line; returns its exit code. The first line says what made the checkpoint. An
+    image that cannot be read is one error line and the others are still classified; a bad checkpoint or
+    flag raises."""
     from PIL import Image
 
     warnings.simplefilter("error", Image.DecompressionBombWarning)  # a bomb is a bad image, not a warning
@@ -77,6 +79,8 @@ def main(argv=None):
         raise SettingsError(f"--top-k must be at least 1 (got {args.top_k})")
     device = pick_device(args.device)
     net = load_tudui(args.checkpoint, map_location="cpu").to(device)
+    # what made the checkpoint; on stderr with --json, where stdout holds one JSON object per image
+    print(describe_checkpoint(args.checkpoint, net.provenance), file=sys.stderr if args.json else sys.stdout)
     failed = False
     for path in args.images:
         try:

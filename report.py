@@ -22,6 +22,17 @@ def _font(size):
         return ImageFont.load_default()
 
 
+def describe_checkpoint(path, provenance):
+    """One line: what made the checkpoint at PATH, from its PROVENANCE record (None in older files)."""
+    if not isinstance(provenance, dict):
+        return f"checkpoint {path}: no record of what made it (an older train.py, or not train.py, wrote it)"
+    commit = provenance.get("git_commit")
+    return (f"checkpoint {path}: version {provenance.get('version')}"
+            f"{f' (git {commit[:12]}{commit[40:]})' if commit else ''}, torch {provenance.get('torch')}, "
+            f"torchvision {provenance.get('torchvision')}, trained on {provenance.get('device')} by "
+            f"`{provenance.get('command')}`")
+
+
 def per_class_accuracy(confusion):
     """Each class's accuracy from a confusion matrix (rows: true class, columns: predicted)."""
     totals = confusion.sum(1).clamp(min=1)
@@ -31,11 +42,17 @@ def per_class_accuracy(confusion):
 @dataclass(frozen=True)
 class Evaluation:
     """What --evaluate measures: the test split's mean loss and accuracy and its confusion matrix (rows:
-    true class, columns: predicted), in the order of CLASSES, the checkpoint's class names."""
+    true class, columns: predicted), in the order of CLASSES, the checkpoint's class names; MADE_BY, the
+    line that says what made the checkpoint; and for a run with --val-split, the same on the VAL_IMAGES
+    training images it held out."""
     test_loss: float
     test_accuracy: float
     confusion: torch.Tensor
     classes: list
+    made_by: str = ""
+    val_loss: float | None = None
+    val_accuracy: float | None = None
+    val_images: int = 0
 
     @property
     def per_class_accuracy(self):
@@ -46,12 +63,17 @@ def format_report(evaluation):
     """--evaluate's report: loss and accuracy, per-class accuracy, and the confusion matrix."""
     classes = evaluation.classes
     width = max(6, max(len(c) for c in classes))
-    lines = [f"test loss {evaluation.test_loss:.4f}, accuracy {evaluation.test_accuracy:.2%} "
-             f"on {evaluation.confusion.sum().item()} images", "",
-             f"{'class':<{width}}  accuracy",
-             *(f"{c:<{width}}  {a:8.2%}" for c, a in evaluation.per_class_accuracy.items()), "",
-             "confusion matrix (rows: true class, columns: predicted)",
-             " " * width + "".join(f"{c[:6]:>7}" for c in classes)]
+    lines = [evaluation.made_by] if evaluation.made_by else []
+    lines.append(f"test loss {evaluation.test_loss:.4f}, accuracy {evaluation.test_accuracy:.2%} "
+                 f"on {evaluation.confusion.sum().item()} images")
+    if evaluation.val_images:
+        lines.append(f"validation loss {evaluation.val_loss:.4f}, accuracy {evaluation.val_accuracy:.2%} on the "
+                     f"{evaluation.val_images} training images its run held out (--val-split)")
+    lines += ["",
+              f"{'class':<{width}}  accuracy",
+              *(f"{c:<{width}}  {a:8.2%}" for c, a in evaluation.per_class_accuracy.items()), "",
+              "confusion matrix (rows: true class, columns: predicted)",
+              " " * width + "".join(f"{c[:6]:>7}" for c in classes)]
     for c, row in zip(classes, evaluation.confusion.tolist()):
         lines.append(f"{c:<{width}}" + "".join(f"{v:>7}" for v in row))
     return "\n".join(lines)

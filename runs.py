@@ -8,6 +8,7 @@ import io
 import itertools
 import json
 import os
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -74,7 +75,7 @@ class RunLock:
         except held_elsewhere:
             self.file.close()
             raise SettingsError(f"another run is writing to {folder}; wait for it to finish "
-                             f"or pick another {flag}") from None
+                                f"or pick another {flag}") from None
 
     def release(self):
         if not fcntl:  # closing would release it too, but Windows may take a while to
@@ -123,7 +124,7 @@ def append_metrics(metrics_file, record):
 
 def cannot_write(path, error):
     return SettingsError(f"cannot write {path} ({error.strerror or error}); free some space or choose another "
-                      "--logdir/--ckpt-dir; the files already there are intact")
+                         "--logdir/--ckpt-dir; the files already there are intact")
 
 
 def save_checkpoints(state, ckpt_dir, epoch, is_best):
@@ -164,8 +165,31 @@ def refuse_to_overwrite(ckpt_dir):
     """A new run never writes over the checkpoints of an earlier one."""
     found = resumable_checkpoint(ckpt_dir)
     if found is not None:
-        raise SettingsError(f"{ckpt_dir} already holds the checkpoints of an earlier run; continue it with --resume "
-                         f"{found}, or give this run another --run-name (or --ckpt-dir)")
+        raise SettingsError(f"{ckpt_dir} already holds the checkpoints of an earlier run; continue it with "
+                            f"--resume {found}, or give this run another --run-name (or --ckpt-dir)")
+
+
+def check_run_folders(args, resumed):
+    """What RunRecorder would refuse, found without writing anything (--dry-run): for the run's folder and
+    the checkpoint folder, an existing one must take a new file, hold no earlier run's checkpoints and not
+    be locked by a running run; a missing one must be creatable. Returns the two folders; the run's is
+    LOGDIR/<timestamp> when no --run-name is given."""
+    run_dir = Path(args.logdir) / (args.run_name or datetime.now().strftime("%Y%m%d-%H%M%S"))
+    ckpt_dir = Path(args.ckpt_dir) if args.ckpt_dir else run_dir
+    for folder, flag in ((run_dir, "--logdir"), (ckpt_dir, "--ckpt-dir")):
+        existing = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
+        try:
+            with tempfile.TemporaryFile(dir=existing):  # gone as soon as it is closed
+                pass
+        except OSError as e:
+            raise SettingsError(f"cannot write in {existing} ({e.strerror or e}), where {folder} would be; "
+                                f"choose another {flag}") from None
+        if folder.is_dir():
+            if not resumed or Path(args.resume).resolve().parent != folder.resolve():
+                refuse_to_overwrite(folder)
+            if (folder / ".lock").exists():
+                RunLock(folder, "--run-name" if folder == run_dir else flag).release()
+    return run_dir, ckpt_dir
 
 
 def claim_run_name(logdir):
@@ -240,7 +264,7 @@ class RunRecorder:
 def log_run_start(writer, model, args, data):
     """Once per run (not again on resume): the network graph, and the configuration in the HPARAMS tab,
     written into the run's own folder (add_hparams would make a stray extra run) and tied to its
-    test_accuracy and test_loss curves."""
+    test (and validation) accuracy and loss curves."""
     from torch.utils.tensorboard.summary import hparams
 
     example = to_input(data["test_x"][:1], data["norm"])
@@ -249,7 +273,8 @@ def log_run_start(writer, model, args, data):
         writer.add_graph(model, example)
     config = {k: ("none" if v is None else v) for k, v in plain_config(args).items()
               if isinstance(v, (int, float, str, bool)) or v is None}
-    for summary in hparams(config, {"test_accuracy": 0.0, "test_loss": 0.0}):
+    metrics = ["test_accuracy", "test_loss"] + (["val_accuracy", "val_loss"] if args.val_split else [])
+    for summary in hparams(config, dict.fromkeys(metrics, 0.0)):
         writer._get_file_writer().add_summary(summary)
 
 
@@ -283,7 +308,8 @@ def log_epoch(writer, metrics_file, record, losses, lrs, start_step, args, class
 
 def log_epoch_scalars(writer, record, classes):
     epoch = record["epoch"]
-    for key in ("test_loss", "test_accuracy", "train_loss_mean", "train_accuracy", "images_per_s", "epoch_seconds"):
+    for key in ("test_loss", "test_accuracy", "val_loss", "val_accuracy", "train_loss_mean", "train_accuracy",
+                "images_per_s", "epoch_seconds"):
         if key in record:  # checkpoints from older versions lack some
             writer.add_scalar(key, record[key], epoch)
     for name, acc in zip(classes, record.get("per_class_accuracy", [])):

@@ -19,19 +19,21 @@ import time
 import torch
 from torch import nn
 
-from checkpoints import CHECKPOINT_FORMAT, TUTORIAL_PREPROCESS, load_tudui, optimizer_state, restore, rng_state
+from checkpoints import (CHECKPOINT_FORMAT, TUTORIAL_PREPROCESS, load_tudui, optimizer_state, provenance, restore,
+                         rng_state)
 from cli import StopOnCtrlC, progress_bar, run_cli, say
-from config import command_line_call, keyword_argv, keyword_call, parse_args, plain_config, python_call
+from config import command_line_call, keyword_argv, keyword_call, lr_at, parse_args, plain_config, python_call
 from cuda_graph import GraphedStep
 from data import (augment_batch, augment_plan, channel_stats, epoch_generator, load_dataset, load_test_split,
-                  normalizer, to_input)
-from devices import keep_freed_memory, pick_device
+                  hold_out, normalizer, to_input)
+from devices import deterministic_note, device_settings, keep_freed_memory, pick_device
 from distributed import World, exit_process, join_torchrun, launched_world_size
 from errors import Interrupted, SettingsError
 from model import Tudui
 from muon import Muon
-from report import Evaluation, format_report, per_class_accuracy
-from runs import RunRecorder, TrainResult, grid_predictions, log_run_start, read_history, resumable_checkpoint
+from report import Evaluation, describe_checkpoint, format_report, per_class_accuracy
+from runs import (RunRecorder, TrainResult, check_run_folders, grid_predictions, log_run_start, read_history,
+                  resumable_checkpoint)
 
 EVAL_BATCH_SIZE = 500  # evaluation needs no gradients, so bigger batches just mean fewer steps
 
@@ -39,14 +41,19 @@ EVAL_BATCH_SIZE = 500  # evaluation needs no gradients, so bigger batches just m
 # ------------------------------------------------------------------------------------------------------- 1. data
 
 def prepare_data(args, device):
-    """The datasets as tensors on DEVICE (one copy: every batch is then a slice of them), the input
-    normalization, and the buffers each epoch's augmentation plan is written into."""
-    train_x, train_y, test_x, test_y, classes = load_dataset(args.dataset, args.data_dir, not args.no_download)
-    preprocess = dict(TUTORIAL_PREPROCESS)
-    if args.normalize:
-        preprocess["mean"], preprocess["std"] = channel_stats(train_x)
-    data = {"train_x": train_x.to(device), "train_y": train_y.to(device), "test_x": test_x.to(device),
-            "test_y": test_y.to(device), "classes": classes, "preprocess": preprocess}
+    """The datasets as tensors on DEVICE (one copy: every batch is then a slice of them), with --val-split
+    images held out of the training set, the input normalization, and the buffers each epoch's
+    augmentation plan is written into."""
+    train_x, train_y, test_x, test_y, classes = load_dataset(args.dataset, args.data_dir, not args.no_download,
+                                                             args.dry_run)
+    data = {"test_x": test_x.to(device), "test_y": test_y.to(device), "classes": classes}
+    if args.val_split:
+        train_x, train_y, val_x, val_y = hold_out(train_x, train_y, args.val_split, args.seed)
+        data["val_x"], data["val_y"] = val_x.to(device), val_y.to(device)
+    data["preprocess"] = dict(TUTORIAL_PREPROCESS)
+    if args.normalize:  # of the images trained on: the validation images are as unseen as the test set
+        data["preprocess"]["mean"], data["preprocess"]["std"] = channel_stats(train_x)
+    data["train_x"], data["train_y"] = train_x.to(device), train_y.to(device)
     if args.augment:
         data["flips"] = torch.zeros(len(train_y), dtype=torch.bool, device=device)
         data["shifts"] = torch.zeros(len(train_y), 2, dtype=torch.int64, device=device)
@@ -73,22 +80,6 @@ def build_optimizer(model, args, graphed=False):
                     nesterov=args.nesterov, weight_decay=args.weight_decay, muon_decay=args.muon_decay)
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=args.momentum, nesterov=args.nesterov,
                            weight_decay=args.weight_decay, fused=graphed or None)
-
-
-def lr_at(step, total_steps, args):
-    """The learning rate for a 0-based step: a pure function of the step, so resuming needs no scheduler state."""
-    warmup = int(args.warmup * total_steps)
-    if step < warmup:
-        return args.lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total_steps - warmup)
-    if args.schedule == "cosine":
-        return args.lr * 0.5 * (1 + math.cos(math.pi * progress))
-    if args.schedule == "onecycle":  # torch.optim.lr_scheduler.OneCycleLR's defaults, cosine both ways
-        start, end = args.lr / 25, args.lr / 25 / 1e4
-        if progress < 0.3:
-            return start + (args.lr - start) * (1 - math.cos(math.pi * progress / 0.3)) / 2
-        return end + (args.lr - end) * (1 + math.cos(math.pi * (progress - 0.3) / 0.7)) / 2
-    return args.lr
 
 
 def set_lr(optimizer, lr):
@@ -127,11 +118,11 @@ def make_step(model, optimizer, loss_fn, data, args, graphed):
 
 
 def train_one_epoch(model, step, optimizer, data, epoch, first_step, total_steps, args, progress, stop,
-                    world=World()):
-    """One pass over the training set in a seeded order; FIRST_STEP is where the epoch starts in the lr
-    schedule of TOTAL_STEPS steps. Losses and correct counts stay on the device and are read once at the
-    end: no host-device sync inside the epoch. Raises Interrupted when Ctrl-C was pressed; the partial
-    epoch is then discarded.
+                    world=World(), max_steps=None):
+    """One pass over the training set in a seeded order (its first MAX_STEPS steps, with that limit);
+    FIRST_STEP is where the epoch starts in the lr schedule of TOTAL_STEPS steps. Losses and correct
+    counts stay on the device and are read once at the end: no host-device sync inside the epoch. Raises
+    Interrupted when Ctrl-C was pressed; the partial epoch is then discarded.
 
     Under torchrun each rank takes its share of each global batch, and its summed loss is scaled by
     world size / global batch size, so DDP's gradient average is the single-process mean over the global
@@ -144,7 +135,7 @@ def train_one_epoch(model, step, optimizer, data, epoch, first_step, total_steps
         flips, shifts = augment_plan(n, gen, args.translate)
         data["flips"].copy_(flips)
         data["shifts"].copy_(shifts)
-    steps = math.ceil(n / args.batch_size)
+    steps = min(math.ceil(n / args.batch_size), max_steps or n)
     batch_sizes = [min(args.batch_size, n - i * args.batch_size) for i in range(steps)]
     loss_sums = torch.zeros(steps, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -167,8 +158,9 @@ def train_one_epoch(model, step, optimizer, data, epoch, first_step, total_steps
 
 @torch.no_grad()
 def test(model, images, labels, num_classes, preprocess, device, amp=False, tta=False, world=World()):
-    """Mean per-sample loss, accuracy and confusion matrix (rows: true class, columns: predicted), under
-    model.eval() and torch.no_grad() as in the tutorial. Under torchrun each rank scores its share."""
+    """Mean per-sample loss, accuracy and confusion matrix (rows: true class, columns: predicted) of the
+    IMAGES, under model.eval() and torch.no_grad() as in the tutorial. Under torchrun each rank scores its
+    share."""
     n = len(labels)
     images, labels = images[world.share_of(n)], labels[world.share_of(n)]
     norm = normalizer(preprocess, device)
@@ -189,8 +181,7 @@ def test(model, images, labels, num_classes, preprocess, device, amp=False, tta=
     world.sum(total_loss, confusion)
     confusion = confusion.view(num_classes, num_classes).cpu()
     n = max(1, n)
-    return {"test_loss": total_loss.item() / n, "test_accuracy": confusion.trace().item() / n,
-            "confusion": confusion}
+    return {"loss": total_loss.item() / n, "accuracy": confusion.trace().item() / n, "confusion": confusion}
 
 
 # ---------------------------------------------------------------------------------------------------- 5. the run
@@ -210,16 +201,17 @@ def train(args, resumed, device, call, world=World()):
         data["preprocess"] = restore(resumed, args.resume, model, optimizer, device)
         start_epoch, step, best_accuracy = resumed["epoch"] + 1, resumed["step"], resumed["best_accuracy"]
     data["norm"] = normalizer(data["preprocess"], device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
     train_step_fn = make_step(world.wrap(model, device), optimizer, loss_fn, data, args, graphed)
+    steps_per_epoch = math.ceil(len(data["train_y"]) / args.batch_size)
+    total_steps = steps_per_epoch * args.epochs
+    if args.dry_run:
+        return dry_run(model, train_step_fn, optimizer, data, args, resumed, device, call, start_epoch, total_steps)
+    made_by = provenance(device, call.text)
 
     if start_epoch >= args.epochs and world.rank == 0:
         print(f"nothing to train: {args.resume} has already trained {start_epoch} epoch{'s' * (start_epoch != 1)}, "
               f"and --epochs {args.epochs} is the total to reach; give a larger --epochs to train on", file=sys.stderr)
     recorder = RunRecorder(args, resumed, start_epoch, step) if world.rank == 0 else None
-    steps_per_epoch = math.ceil(len(data["train_y"]) / args.batch_size)
-    total_steps = steps_per_epoch * args.epochs
     record = resumed["metrics"] if resumed else {}
     try:
         if recorder and not resumed:
@@ -240,17 +232,22 @@ def train(args, resumed, device, call, world=World()):
                 train_seconds = time.perf_counter() - started
                 result = test(model, data["test_x"], data["test_y"], len(classes), data["preprocess"], device,
                               args.amp, world=world)
-                stop_if_not_finite(losses, result["test_loss"], step, epoch, args)
+                stop_if_not_finite(losses, result["loss"], step, epoch, args)
                 record = {
                     "epoch": epoch, "step": step + len(losses), "started_at": started_at,
                     "train_loss_mean": losses.double().mean().item(), "train_accuracy": train_accuracy,
-                    "test_loss": result["test_loss"], "test_accuracy": result["test_accuracy"],
+                    "test_loss": result["loss"], "test_accuracy": result["accuracy"],
                     "per_class_accuracy": per_class_accuracy(result["confusion"]),
                     "lr": lrs[-1], "epoch_seconds": time.perf_counter() - started,
                     "train_seconds": train_seconds, "images_per_s": len(data["train_y"]) / train_seconds,
                 }
-                is_best = record["test_accuracy"] > best_accuracy
-                best_accuracy = max(best_accuracy, record["test_accuracy"])
+                if args.val_split:  # best.pth is then chosen on these, not on the test set it is scored on
+                    val = test(model, data["val_x"], data["val_y"], len(classes), data["preprocess"], device,
+                               args.amp, world=world)
+                    record |= {"val_loss": val["loss"], "val_accuracy": val["accuracy"]}
+                chosen_by = record["val_accuracy" if args.val_split else "test_accuracy"]
+                is_best = chosen_by > best_accuracy
+                best_accuracy = max(best_accuracy, chosen_by)
                 if recorder:  # save: a plain dict, which torch.load(path, weights_only=True) reads
                     recorder.epoch_done({
                         "format": CHECKPOINT_FORMAT, "model": model.state_dict(),
@@ -258,10 +255,11 @@ def train(args, resumed, device, call, world=World()):
                         "config": plain_config(args), "classes": classes,
                         "preprocess": data["preprocess"], "test_accuracy": record["test_accuracy"],
                         "test_loss": record["test_loss"], "best_accuracy": best_accuracy, "metrics": record,
-                        "rng": rng_state(device),
+                        "rng": rng_state(device), "provenance": made_by,
                     }, is_best, losses, lrs, step, args, classes, result["confusion"], grid_predictions(model, data))
                 step = record["step"]
-                say(args.quiet, f"epoch {epoch}: train loss {record['train_loss_mean']:.4f}, "
+                val_part = f"val accuracy {record['val_accuracy']:.2%}, " if args.val_split else ""
+                say(args.quiet, f"epoch {epoch}: train loss {record['train_loss_mean']:.4f}, {val_part}"
                                 f"test loss {record['test_loss']:.4f}, test accuracy {record['test_accuracy']:.2%}, "
                                 f"{record['epoch_seconds']:.1f} s, {record['images_per_s']:.0f} images/s")
     except Interrupted:
@@ -290,6 +288,34 @@ def stop_if_not_finite(losses, test_loss, step, epoch, args):
                         f"(--lr {args.lr}): lower it. Checkpoints of earlier epochs are untouched")
 
 
+def dry_run(model, step, optimizer, data, args, resumed, device, call, epoch, total_steps):
+    """--dry-run: what the real run would fail on, in seconds, with nothing written: the data (found,
+    readable, the class counts), the device, the run's folders, and a few training steps and one test
+    batch through the real code path, a CUDA graph's capture and replay included where it applies."""
+    classes, graphed = data["classes"], isinstance(step, GraphedStep)
+    counts = torch.bincount(data["train_y"].cpu(), minlength=len(classes)).tolist()
+    per_class = ", ".join(f"{name} {count}" for name, count in zip(classes, counts))
+    held_out = f", {len(data['val_y'])} held out for validation" if args.val_split else ""
+    say(args.quiet, f"data: {len(data['train_y'])} training images{held_out}, {len(data['test_y'])} test images in "
+                    f"{args.data_dir}; training images per class: {per_class}")
+    say(args.quiet, f"device: {device}{' (each full batch replayed as a CUDA graph)' if graphed else ''}")
+    folders = sorted({str(folder) for folder in check_run_folders(args, resumed)})
+    say(args.quiet, f"folders: {' and '.join(folders)} can be created and written")
+    steps = GraphedStep.EAGER_WARMUP_STEPS + 2 if graphed else 2  # with a graph: warm-up, capture, one replay
+    with progress_bar(steps, "dry run", False) as progress, StopOnCtrlC() as stop:
+        first_step = epoch * math.ceil(len(data["train_y"]) / args.batch_size)
+        losses, _, _ = train_one_epoch(model, step, optimizer, data, epoch, first_step, total_steps, args, progress,
+                                       stop, max_steps=steps)
+    batch = slice(0, EVAL_BATCH_SIZE)
+    result = test(model, data["test_x"][batch], data["test_y"][batch], len(classes), data["preprocess"], device,
+                  args.amp)
+    stop_if_not_finite(losses, result["loss"], first_step, epoch, args)
+    say(args.quiet, f"training: {len(losses)} step{'s' * (len(losses) != 1)} of up to {args.batch_size} images, "
+                    f"loss {', '.join(f'{loss:.4f}' for loss in losses.tolist())}")
+    say(args.quiet, f"test: one batch of {len(data['test_y'][batch])} images, loss {result['loss']:.4f}")
+    print(f"everything is in place; start the run with: {call.real_run}")
+
+
 def evaluate_only(args, device):
     net = load_tudui(args.evaluate, map_location="cpu").to(device, memory_format=torch.channels_last)
     images, labels, classes = load_test_split(args.dataset, args.data_dir, not args.no_download, net.classes)
@@ -300,7 +326,15 @@ def evaluate_only(args, device):
         print(f"note: the test classes ({', '.join(classes)}) are not the class names of {args.evaluate} "
               f"({', '.join(net.classes)}); test class i in this order is scored as its class i", file=sys.stderr)
     result = test(net, images.to(device), labels.to(device), len(classes), net.preprocess, device, args.amp, args.tta)
-    evaluation = Evaluation(result["test_loss"], result["test_accuracy"], result["confusion"], net.classes)
+    held_out = {}
+    config = net.config or {}
+    if config.get("val_split") and config.get("dataset") == args.dataset:  # drawn again from the run's seed
+        *_, val_x, val_y = hold_out(*load_dataset(args.dataset, args.data_dir, not args.no_download)[:2],
+                                    config["val_split"], config["seed"])
+        val = test(net, val_x.to(device), val_y.to(device), len(classes), net.preprocess, device, args.amp, args.tta)
+        held_out = {"val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_images": len(val_y)}
+    evaluation = Evaluation(result["loss"], result["accuracy"], result["confusion"], net.classes,
+                            describe_checkpoint(args.evaluate, net.provenance), **held_out)
     print(format_report(evaluation))
     return evaluation
 
@@ -316,17 +350,22 @@ def main(argv=None, call=None):
     world, finished = World(), False
     try:
         if launched_world_size() > 1 and not args.evaluate:
+            if args.dry_run:
+                raise SettingsError("--dry-run checks one process; run it without torchrun, as python train.py")
             world, device = join_torchrun(args)
         else:
             keep_freed_memory()  # not under torchrun, where gloo's exit then aborted more often (docs/distributed.md)
             device = pick_device(args.device)
         if args.evaluate:
             return evaluate_only(args, device)
-        result = train(args, resumed, device, call, world)
+        if args.deterministic:
+            say(args.quiet, deterministic_note(device))
+        with device_settings(device, args.deterministic):
+            result = train(args, resumed, device, call, world)
         finished = True
     finally:
         world.leave(finished)
-    if args.quiet and world.rank == 0:
+    if args.quiet and world.rank == 0 and not args.dry_run:
         print(f"test accuracy {result.test_accuracy:.2%}, checkpoints in {result.ckpt_dir}")
     return result
 

@@ -1,4 +1,6 @@
-"""Train recipe variants over several seeds and report test accuracy, mean and spread, per variant.
+"""Train recipe variants over several seeds and report test accuracy, mean and spread, per variant: of
+last.pth (the run's final weights) and of best.pth (its best epoch, chosen on the validation images with
+--val-split, else on the test set itself), and best.pth's validation accuracy.
 
 Each run is a real `train.py` run (in this process, to skip the start-up), then `--evaluate --tta` on its
 last checkpoint. Every result is appended to --out as one JSON line as soon as it exists.
@@ -36,13 +38,16 @@ def run_once(flags, seed, epochs, data_dir, dataset, logdir):
         try:
             result = train.main([*common, *flags, "--seed", str(seed), "--epochs", str(epochs), "--run-name", name])
         except TuduiError as e:  # a diverged run (non-finite loss) is a result too
-            return {"failed": str(e), "test_accuracy": 0.0, "best_accuracy": 0.0,
+            return {"failed": str(e), "test_accuracy": 0.0, "best_test_accuracy": 0.0, "best_val_accuracy": None,
                     "tta_accuracy": 0.0, "train_s": 0.0, "loop_s": 0.0, "wall_s": time.perf_counter() - started}
         wall = time.perf_counter() - started
         tta = train.main(["--evaluate", str(result.last_path), "--tta", "--dataset", dataset, "--data-dir", data_dir,
                           "--no-download"])
     history = result.history
-    return {"test_accuracy": result.test_accuracy, "best_accuracy": result.best_accuracy,
+    chosen_by = history.get("val_accuracy") or history["test_accuracy"]
+    best = chosen_by.index(max(chosen_by))  # the first best epoch, as train.py picks best.pth
+    return {"test_accuracy": result.test_accuracy, "best_test_accuracy": history["test_accuracy"][best],
+            "best_val_accuracy": history["val_accuracy"][best] if "val_accuracy" in history else None,
             "tta_accuracy": tta.test_accuracy, "train_s": sum(history["train_seconds"]),
             "loop_s": sum(history["epoch_seconds"]), "wall_s": wall}
 
@@ -54,23 +59,28 @@ def summarize(results):
     rows = []
     for (variant, epochs), runs in by_variant.items():
         accs = [r["test_accuracy"] for r in runs]
+        best, val = [r["best_test_accuracy"] for r in runs], [r["best_val_accuracy"] for r in runs]
         rows.append({"variant": variant, "flags": runs[0]["flags"], "epochs": epochs, "seeds": len(runs),
                      "failed": sum("failed" in r for r in runs),
                      "mean": statistics.mean(accs), "min": min(accs), "max": max(accs),
+                     "best_mean": statistics.mean(best), "best_min": min(best), "best_max": max(best),
+                     "val_mean": statistics.mean(val) if None not in val else None,
                      "tta_mean": statistics.mean(r["tta_accuracy"] for r in runs),
                      "train_s": statistics.median(r["train_s"] for r in runs)})
     return sorted(rows, key=lambda row: -row["mean"])
 
 
 def print_table(rows):
-    print("| variant | epochs | seeds | mean | min-max | with --tta (mean) | train s (median) | flags |\n"
-          "|---|---|---|---|---|---|---|---|")
+    print("| variant | epochs | seeds | last.pth test acc, mean | min-max | best.pth test acc, mean (min-max) | "
+          "best.pth val acc, mean | last.pth with --tta | train s (median) | flags |\n"
+          "|---|---|---|---|---|---|---|---|---|---|")
     print("(failed runs, which stopped on a non-finite loss, count as 0%)")
     for row in rows:
         seeds = f"{row['seeds']} ({row['failed']} failed)" if row["failed"] else row["seeds"]
+        val = f"{row['val_mean']:.2%}" if row["val_mean"] is not None else "(no --val-split)"
         print(f"| {row['variant']} | {row['epochs']} | {seeds} | {row['mean']:.2%} | "
-              f"{row['min']:.2%}-{row['max']:.2%} | {row['tta_mean']:.2%} | {row['train_s']:.1f} | "
-              f"`{' '.join(row['flags'])}` |", flush=True)
+              f"{row['min']:.2%}-{row['max']:.2%} | {row['best_mean']:.2%} ({row['best_min']:.2%}-{row['best_max']:.2%}) "
+              f"| {val} | {row['tta_mean']:.2%} | {row['train_s']:.1f} | `{' '.join(row['flags'])}` |", flush=True)
 
 
 def main():
@@ -102,9 +112,10 @@ def main():
             if "failed" in result:
                 print(f"{result['variant']} seed {result['seed']} epochs {result['epochs']}: {result['failed']}")
                 continue
-            print(f"{result['variant']} seed {result['seed']} epochs {result['epochs']}: "
-                  f"{result['test_accuracy']:.2%} (tta {result['tta_accuracy']:.2%}, train {result['train_s']:.1f} s)",
-                  flush=True)
+            val = f", val {result['best_val_accuracy']:.2%}" if result["best_val_accuracy"] is not None else ""
+            print(f"{result['variant']} seed {result['seed']} epochs {result['epochs']}: last.pth "
+                  f"{result['test_accuracy']:.2%} (tta {result['tta_accuracy']:.2%}), best.pth "
+                  f"{result['best_test_accuracy']:.2%}{val}, train {result['train_s']:.1f} s", flush=True)
 
     spawn = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
     with tempfile.TemporaryDirectory() as logdir, \

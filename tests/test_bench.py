@@ -1,4 +1,5 @@
 """The benchmark scripts still run: those that import the project's code, and the GPU check's set-up."""
+import json
 import os
 import runpy
 import shutil
@@ -72,3 +73,16 @@ def test_torchrun_exits_counts_the_runs_whose_processes_exit_with_a_failure(tmp_
     out = capsys.readouterr().out
     assert "run 1 exited 1:" in out and "failing.py FAILED" in out
     assert out.rstrip().endswith("2 of 2 runs failed (runs [1, 2])")
+
+
+def test_recipe_search_reports_last_pth_best_pth_and_the_validation_accuracy_per_variant(cifar_dir, tmp_path,
+                                                                                          monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["recipe_search.py", "--dataset", "cifar10", "--data-dir", str(cifar_dir),
+                                     "--seeds", "0", "--epochs", "2", "--out", str(tmp_path / "out.jsonl"),
+                                     "--variant", "val=--val-split 50 --device cpu", "--variant", "plain=--device cpu"])
+    runpy.run_path(str(ROOT / "bench" / "recipe_search.py"), run_name="__main__")
+    rows = {line.split("|")[1].strip(): line.split("|") for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| val ") or line.startswith("| plain ")}
+    assert rows["plain"][7].strip() == "(no --val-split)" and rows["val"][7].strip().endswith("%")
+    results = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert len(results) == 2 and all(0 <= r["best_test_accuracy"] <= 1 for r in results)

@@ -1,8 +1,10 @@
 """checkpoints.py: every kind of Tudui checkpoint loads, safely; damaged, foreign or hostile ones are refused in
 one line and run nothing; a training checkpoint carries what resuming needs."""
 import io
+import json
 import math
 import random
+import re
 import shutil
 import textwrap
 import zipfile
@@ -12,7 +14,9 @@ import torch
 from hypothesis import example, given
 
 import checkpoints
+import cli
 import config
+import predict
 import train
 from checkpoints import load_tudui
 from conftest import FUZZ, ROOT, SHARED, bad_input, needs_shared, random_or_mutated, reference_weights, run_script
@@ -316,8 +320,8 @@ def test_a_checkpoint_written_before_the_split_into_modules_loads_and_resumes(ci
     resumed = torch.load(run_dir / "last.pth", weights_only=True)
     assert resumed["epoch"] == 1 and resumed["step"] == 2 * saved["step"]
     this_call = ("data_dir", "logdir", "run_name", "resume", "device")
-    assert {k: v for k, v in resumed["config"].items() if k not in this_call} == {
-        k: v for k, v in saved["config"].items() if k not in this_call}
+    kept = {k: v for k, v in saved["config"].items() if k not in this_call}
+    assert {k: resumed["config"][k] for k in kept} == kept  # settings added since take their defaults
 
 
 def test_an_old_muon_checkpoint_resumes_to_the_weights_the_old_code_reached(cifar_dir, tmp_path):
@@ -332,3 +336,49 @@ def test_an_old_muon_checkpoint_resumes_to_the_weights_the_old_code_reached(cifa
     old_epoch_1 = torch.load(OLD_CHECKPOINTS / "tuned_epoch_1_weights_v516887d.pth", weights_only=True)
     for key, tensor in old_epoch_1.items():
         torch.testing.assert_close(resumed[key], tensor, rtol=1e-4, atol=1e-5)
+
+
+def test_each_checkpoint_records_the_versions_the_commit_the_device_and_the_call_that_made_it(train_args, tmp_path):
+    import torchvision
+
+    import version
+    result = train.run(data_dir=train_args[1], no_download=True, logdir=tmp_path, run_name="r", device="cpu",
+                       quiet=True, epochs=1)
+    made_by = torch.load(result.last_path, weights_only=True)["provenance"]
+    assert made_by["version"] == version.__version__ and made_by["device"] == "cpu"
+    assert (made_by["torch"], made_by["torchvision"]) == (str(torch.__version__), str(torchvision.__version__))
+    assert made_by["command"] == (f"train.run(data_dir={train_args[1]!r}, no_download=True, logdir={tmp_path!r}, "
+                                  "run_name='r', device='cpu', quiet=True, epochs=1)")
+    if (ROOT / ".git").exists():
+        assert re.fullmatch(r"[0-9a-f]{40}(\+changes)?", made_by["git_commit"])
+
+
+def test_outside_a_git_checkout_or_without_git_the_commit_is_none_and_nothing_fails(tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoints, "__file__", str(tmp_path / "checkpoints.py"))  # as if copied out of the checkout
+    assert checkpoints.git_commit() is None
+    monkeypatch.undo()
+
+    def no_git(*args, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory: 'git'")
+    monkeypatch.setattr(checkpoints.subprocess, "run", no_git)
+    assert checkpoints.git_commit() is None
+
+
+def test_evaluate_and_predict_first_say_what_made_the_checkpoint(train_args, cifar_dir, tmp_path, images, capsys):
+    result = train.main(train_args + ["--epochs", "1"])
+    capsys.readouterr()
+    train.main(["--evaluate", str(result.last_path), "--data-dir", str(cifar_dir), "--device", "cpu"])
+    evaluated = capsys.readouterr().out.splitlines()[0]
+    assert cli.run_cli(lambda: predict.main(["--checkpoint", str(result.last_path), str(images / "RGB.png")])) == 0
+    predicted = capsys.readouterr().out
+    for first_line in (evaluated, predicted.splitlines()[0]):
+        assert first_line.startswith(f"checkpoint {result.last_path}: version ")
+        assert f"torch {torch.__version__}" in first_line and "trained on cpu by `train.main([" in first_line
+
+
+def test_a_checkpoint_from_before_the_record_says_it_has_none_and_still_loads(images, capsys):
+    old = OLD_CHECKPOINTS / "tuned_epoch_0_v516887d.pth"
+    assert cli.run_cli(lambda: predict.main(["--checkpoint", str(old), str(images / "RGB.png"), "--json"])) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["predictions"]  # with --json, stdout holds the images' objects alone
+    assert err.strip() == f"checkpoint {old}: no record of what made it (an older train.py, or not train.py, wrote it)"

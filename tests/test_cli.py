@@ -54,6 +54,7 @@ def test_ctrl_c_outside_the_training_loop_is_one_line_and_exit_130(checkpoint, i
                              *["RGB.png"] * 20000], cwd=images, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert proc.stdout.readline().startswith(f"checkpoint {checkpoint}: ")
     assert proc.stdout.readline().startswith("RGB.png: ")  # classifying: 19999 images to go, a few seconds
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)

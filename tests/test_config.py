@@ -69,6 +69,23 @@ def test_a_resumed_run_takes_a_single_setting_from_a_flag(tutorial_run_checkpoin
     assert (args.recipe, args.lr, args.batch_size) == ("tutorial", 0.02, 64)
 
 
+def test_a_resumed_run_keeps_its_validation_split(tutorial_run_checkpoint, capsys):
+    err = bad_input(capsys, ["--resume", tutorial_run_checkpoint, "--val-split", "50"])
+    assert "was trained with --val-split 0, and a resumed run keeps the validation split that chose its best.pth" in err
+
+
+def test_a_run_saved_before_the_validation_split_resumes_without_one(tutorial_run_checkpoint, tmp_path):
+    checkpoint = torch.load(tutorial_run_checkpoint, weights_only=True)
+    del checkpoint["config"]["val_split"]
+    torch.save(checkpoint, tmp_path / "older.pth")
+    assert config.parse_args(["--resume", str(tmp_path / "older.pth")])[0].val_split == 0
+
+
+def test_the_new_flags_default_to_the_tutorials_behaviour():
+    args, _ = config.parse_args([])
+    assert (args.val_split, args.dry_run, args.deterministic) == (0, False, False)
+
+
 def test_a_resumed_run_keeps_its_optimizer(tutorial_run_checkpoint, capsys):
     err = bad_input(capsys, ["--resume", tutorial_run_checkpoint, "--optimizer", "muon"])
     assert "was trained with --optimizer sgd, and a resumed run keeps its optimizer" in err
@@ -117,6 +134,9 @@ def test_a_run_saved_before_the_muon_decay_flag_resumes_without_decay(tutorial_r
     (["--evaluate", ""], "--evaluate needs a checkpoint path (got an empty one)"),
     (["--run-name", ""], "--run-name must name a folder inside --logdir"),
     (["--run-name", "../elsewhere"], "--run-name must name a folder inside --logdir"),
+    (["--val-split", "-1"], "--val-split must be 0 or more images (got -1)"),
+    (["--val-split", "200"], "--val-split 200 would hold out every training image; the training split has 200"),
+    (["--dry-run", "--evaluate", "x.pth"], "--dry-run checks a training run; leave it out with --evaluate"),
 ])
 def test_bad_values_are_one_clear_line(capsys, train_args, flags, words):
     assert words in bad_input(capsys, train_args + flags)

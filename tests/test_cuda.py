@@ -58,3 +58,12 @@ def test_graphed_checkpoint_resumes_on_the_cpu(cifar_dir, tmp_path):
 def test_amp_with_a_graph_learns(cifar_dir, tmp_path):
     checkpoint = run(cifar_dir, tmp_path, "amp", "--epochs", "3", "--amp")
     assert checkpoint["metrics"]["test_accuracy"] > 0.2  # 10 classes: chance is 0.1
+
+
+def test_two_deterministic_runs_of_one_seed_give_equal_weights(cifar_dir, tmp_path, monkeypatch):
+    for flag in ("allow_tf32", "deterministic"):  # the defaults, which --deterministic must change itself
+        monkeypatch.setattr(torch.backends.cudnn, flag, flag == "allow_tf32")
+    first = run(cifar_dir, tmp_path, "first", "--epochs", "3", "--deterministic")
+    second = run(cifar_dir, tmp_path, "second", "--epochs", "3", "--deterministic")
+    for key, tensor in first["model"].items():
+        assert torch.equal(second["model"][key], tensor), key

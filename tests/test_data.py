@@ -12,6 +12,7 @@ import data
 import train
 from conftest import FUZZ, bad_input, class_images, random_batch, random_or_mutated, write_image_folder
 from data import DataError, decode_image
+from errors import SettingsError
 
 
 def test_folder_dataset_takes_classes_from_folder_names(folder_dir, tmp_path):
@@ -215,3 +216,24 @@ def test_shift_moves_the_image_and_mirrors_it_into_the_gap():
     assert torch.equal(out[0, :, 2:, :-1], images[0, :, :-2, 1:])
     assert torch.equal(out[0, :, :2, :-1], images[0, :, [2, 1], 1:])  # rows -2, -1 mirror rows 2, 1
     assert torch.equal(out[0, :, 2:, -1], images[0, :, :-2, -2])  # column 32 mirrors column 30
+
+
+def test_the_held_out_images_depend_on_the_seed_alone_and_are_not_trained_on():
+    images, labels = torch.arange(100).view(100, 1), torch.arange(100)
+    train_x, train_y, val_x, val_y = data.hold_out(images, labels, 30, seed=7)
+    assert len(val_y) == 30 and len(train_y) == 70 and not set(val_y.tolist()) & set(train_y.tolist())
+    assert torch.equal(val_x.view(-1), val_y) and train_y.tolist() == sorted(train_y.tolist())
+    assert torch.equal(data.hold_out(images, labels, 30, seed=7)[3], val_y)
+    assert not torch.equal(data.hold_out(images, labels, 30, seed=8)[3], val_y)
+
+
+def test_holding_out_every_training_image_is_refused():
+    with pytest.raises(SettingsError, match="--val-split 100 would hold out every training image"):
+        data.hold_out(torch.zeros(100, 1), torch.zeros(100), 100, seed=0)
+
+
+def test_a_dry_run_writes_no_cache_of_a_folder_dataset(tmp_path, capsys):
+    folder = write_image_folder(tmp_path / "images")
+    train.main(["--dataset", "folder", "--data-dir", str(folder), "--logdir", str(tmp_path / "logs"), "--dry-run"])
+    assert "everything is in place" in capsys.readouterr().out
+    assert not (folder / ".tudui-cache").exists() and not (tmp_path / "logs").exists()

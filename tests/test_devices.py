@@ -1,9 +1,11 @@
-"""devices.py: a CPU step reuses the memory the step before freed."""
+"""devices.py: a CPU step reuses the memory the step before freed; --deterministic's settings."""
 
 import platform
 
 import pytest
+import torch
 
+import devices
 import train
 from conftest import run_script
 
@@ -44,3 +46,33 @@ def test_a_training_run_sets_up_the_memory_reuse(train_args, monkeypatch):
     monkeypatch.setattr(train, "keep_freed_memory", lambda: calls.append("called"))
     train.main(train_args + ["--epochs", "1"])
     assert calls == ["called"]
+
+
+def test_deterministic_changes_nothing_on_the_cpu_whose_runs_are_bit_exact_already(train_args, tmp_path, capsys):
+    plain = train.main(train_args + ["--epochs", "2", "--run-name", "plain", "--recipe", "tuned", "--batch-size", "64"])
+    capsys.readouterr()
+    loud = [arg for arg in train_args if arg != "--quiet"]
+    strict = train.main(loud + ["--epochs", "2", "--run-name", "strict", "--recipe", "tuned", "--batch-size", "64",
+                                "--deterministic"])
+    assert "--deterministic: nothing to change on the CPU" in capsys.readouterr().out
+    a, b = (torch.load(r.last_path, weights_only=True)["model"] for r in (plain, strict))
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_on_a_gpu_deterministic_turns_on_deterministic_algorithms_and_off_tf32_and_benchmark_until_the_run_ends():
+    """Only torch's flags are set, so this runs without a GPU; tests/test_cuda.py trains with them."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = (cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32)
+    with devices.device_settings(torch.device("cuda"), deterministic=True):
+        assert (cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32) == (False, True, False, False)
+        assert torch.are_deterministic_algorithms_enabled()
+    assert (cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32) == before
+    assert not torch.are_deterministic_algorithms_enabled()
+    with devices.device_settings(torch.device("cuda")):
+        assert cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()  # cuDNN picks the fastest
+    assert cudnn.benchmark == before[0]
+
+
+def test_the_deterministic_line_says_what_it_costs_on_a_gpu():
+    assert "GPU steps are slower for it" in devices.deterministic_note(torch.device("cuda"))

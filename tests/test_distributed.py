@@ -10,9 +10,10 @@ FLAGS = ["--no-download", "--device", "cpu", "--quiet", "--epochs", "1", "--batc
          "--momentum", "0.9", "--augment", "--normalize", "--run-name", "run"]
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "muon"])
-def test_two_gloo_processes_match_one_process_and_leave_one_set_of_files(cifar_dir, tmp_path, optimizer):
-    flags = [*FLAGS, "--optimizer", optimizer]
+@pytest.mark.parametrize("extra", [["--optimizer", "sgd", "--val-split", "40"], ["--optimizer", "muon"]])
+def test_two_gloo_processes_match_one_process_and_leave_one_set_of_files(cifar_dir, tmp_path, extra):
+    """The first case also checks that every rank holds out the same validation images."""
+    flags = [*FLAGS, *extra]
     result = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", ROOT / "train.py",
                         "--data-dir", cifar_dir, "--logdir", tmp_path / "ddp", *flags, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -25,7 +26,8 @@ def test_two_gloo_processes_match_one_process_and_leave_one_set_of_files(cifar_d
     assert [f for f in files if f.endswith(".pth")] == ["best.pth", "last.pth", "tudui_epoch_0.pth"]
     ddp = torch.load(tmp_path / "ddp" / "run" / "last.pth", weights_only=True)
     single = torch.load(tmp_path / "single" / "run" / "last.pth", weights_only=True)
-    assert ddp["config"]["optimizer"] == optimizer
+    assert ddp["config"]["optimizer"] == extra[1]
+    assert ddp["metrics"].get("val_accuracy") == single["metrics"].get("val_accuracy")
     for key, tensor in single["model"].items():
         torch.testing.assert_close(ddp["model"][key], tensor, atol=1e-4, rtol=0)
     assert ddp["test_accuracy"] == single["test_accuracy"]

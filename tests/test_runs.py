@@ -10,7 +10,6 @@ import sys
 import time
 import urllib.request
 from datetime import datetime
-from pathlib import Path
 
 import pytest
 import torch
@@ -329,3 +328,10 @@ def test_epoch_saved_but_not_logged_before_a_kill_is_logged_on_resume(train_args
     events.Reload()
     assert epochs == [0, 1, 2]
     assert [e.step for e in events.Scalars("test_accuracy")] == [0, 1, 2]
+
+
+def test_a_run_with_a_validation_split_logs_its_validation_curves(train_args, tmp_path):
+    train.main(train_args + ["--epochs", "2", "--val-split", "50"])
+    accumulator = events(tmp_path / "logs" / "run")
+    for tag in ("val_accuracy", "val_loss", "test_accuracy", "test_loss"):
+        assert [e.step for e in accumulator.Scalars(tag)] == [0, 1]

@@ -25,7 +25,7 @@ TUNED_LR = config.RECIPES["tuned"]["lr"]
 TUNED_LR = config.RECIPES["tuned"]["lr"]
 
 
-def test_command_line_run_writes_checkpoints_and_curves(cifar_dir, tmp_path):
+def test_command_line_run_writes_checkpoints_and_curves_and_records_its_command(cifar_dir, tmp_path):
     result = run_script(ROOT / "train.py", "--data-dir", cifar_dir, "--no-download", "--epochs", "2",
                         "--logdir", tmp_path / "logs", "--run-name", "cli", "--log-every", "2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -33,6 +33,9 @@ def test_command_line_run_writes_checkpoints_and_curves(cifar_dir, tmp_path):
     assert {"tudui_epoch_0.pth", "tudui_epoch_1.pth", "last.pth", "best.pth"} <= {p.name for p in run_dir.iterdir()}
     assert "epoch 1: train loss" in result.stdout and "images/s" in result.stdout and "device cpu" in result.stdout
     assert "step 2, loss" in result.stdout
+    made_by = torch.load(run_dir / "last.pth", weights_only=True)["provenance"]
+    assert made_by["command"] == (f"python train.py --data-dir {cifar_dir} --no-download --epochs 2 --logdir "
+                                  f"{tmp_path / 'logs'} --run-name cli --log-every 2")
 
 
 def test_checkpoint_is_a_weights_only_dict_with_everything_to_resume(train_args, tmp_path):
@@ -79,7 +82,7 @@ def test_test_loss_is_the_mean_per_sample_loss_whatever_the_batch_size(monkeypat
     for batch in (7, 500):
         monkeypatch.setattr(train, "EVAL_BATCH_SIZE", batch)
         result = train.test(net, images, labels, 10, {"mean": None}, torch.device("cpu"))
-        assert result["test_loss"] == pytest.approx(expected, rel=1e-5)
+        assert result["loss"] == pytest.approx(expected, rel=1e-5)
 
 
 def test_amp_on_the_cpu_trains_in_bfloat16_close_to_fp32_with_fp32_weights(train_args, tmp_path):
@@ -426,3 +429,105 @@ def test_evaluate_from_python_returns_the_confusion_matrix_and_the_class_names(c
     evaluation = train.run(evaluate=untrained_weights, data_dir=cifar_dir, no_download=True, device="cpu")
     assert evaluation.classes == list(CLASSES) and evaluation.confusion.shape == (10, 10)
     assert evaluation.confusion.sum() == 100 and evaluation.test_accuracy == evaluation.confusion.trace() / 100
+
+
+def test_with_a_validation_split_each_epoch_reports_validation_and_still_scores_the_test_set(train_args):
+    result = train.main(train_args + ["--epochs", "2", "--val-split", "50"])
+    history = result.history
+    assert len(history["val_accuracy"]) == len(history["test_accuracy"]) == 2
+    assert all(loss > 0 for loss in history["val_loss"]) and all(loss > 0 for loss in history["test_loss"])
+    assert torch.load(result.last_path, weights_only=True)["step"] == 2 * 3  # 150 images trained on: 3 steps of 64
+
+
+def test_with_a_validation_split_best_pth_is_the_best_validation_epoch_not_the_best_test_epoch(train_args, tmp_path):
+    result = train.main(train_args + ["--epochs", "4", "--lr", "0.05", "--val-split", "50"])
+    history = result.history
+    best = torch.load(result.best_path, weights_only=True)
+    assert best["epoch"] == history["val_accuracy"].index(max(history["val_accuracy"]))
+    assert best["best_accuracy"] == max(history["val_accuracy"]) == result.best_accuracy
+
+
+def test_a_run_with_a_validation_split_resumes_bit_identical_to_an_uninterrupted_one(train_args, tmp_path):
+    flags = ["--val-split", "50", "--momentum", "0.9", "--augment", "--normalize"]
+    straight = train.main(train_args + flags + ["--epochs", "3", "--run-name", "straight"])
+    split = train.main(train_args + flags + ["--epochs", "2", "--run-name", "split"])
+    resumed = train.main(["--resume", str(split.last_path), "--epochs", "3", "--quiet", "--device", "cpu"])
+    assert resumed.history["val_accuracy"] == straight.history["val_accuracy"]
+    a, b = (torch.load(r.last_path, weights_only=True)["model"] for r in (straight, resumed))
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_evaluate_scores_the_images_its_run_held_out_as_the_run_did(train_args, cifar_dir, tmp_path, capsys):
+    result = train.main(train_args + ["--epochs", "1", "--val-split", "50", "--seed", "3"])
+    capsys.readouterr()
+    evaluation = train.main(["--evaluate", str(result.last_path), "--data-dir", str(cifar_dir), "--device", "cpu"])
+    assert evaluation.val_images == 50 and evaluation.val_accuracy == result.history["val_accuracy"][-1]
+    assert evaluation.val_loss == pytest.approx(result.history["val_loss"][-1], rel=1e-6)
+    assert "on the 50 training images its run held out (--val-split)" in capsys.readouterr().out
+
+
+DRY_RUN_LINES = ("data: ", "device: cpu", "folders: ", "training: 2 steps", "test: one batch of 100 images",
+                 "everything is in place; start the run with: ")
+
+
+def test_a_dry_run_checks_each_part_in_a_line_names_the_real_command_and_writes_nothing(cifar_dir, tmp_path, capsys):
+    argv = ["--data-dir", str(cifar_dir), "--no-download", "--device", "cpu", "--logdir", str(tmp_path / "logs"),
+            "--recipe", "tuned", "--batch-size", "64", "--dry-run"]
+    assert train.main(argv, config.command_line_call(argv)) is None  # as `python train.py ARGV` calls it
+    lines = capsys.readouterr().out.splitlines()
+    assert [line[:len(start)] for line, start in zip(lines, DRY_RUN_LINES)] == list(DRY_RUN_LINES)
+    assert "training images per class: airplane 20, automobile 20" in lines[0]
+    assert lines[-1].endswith(f"python train.py --data-dir {cifar_dir} --no-download --device cpu --logdir "
+                              f"{tmp_path / 'logs'} --recipe tuned --batch-size 64")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [] and list((cifar_dir / "cifar-10-batches-py").iterdir())
+
+
+def test_a_dry_run_from_python_returns_nothing_and_names_the_keyword_call(cifar_dir, tmp_path, capsys):
+    assert train.run(data_dir=cifar_dir, logdir=tmp_path / "logs", epochs=2, dry_run=True) is None
+    assert capsys.readouterr().out.splitlines()[-1].endswith(
+        f"train.run(data_dir={cifar_dir!r}, logdir={tmp_path / 'logs'!r}, epochs=2)")
+    assert not (tmp_path / "logs").exists()
+
+
+def a_folder_holding_a_run(tmp_path):
+    train.main(["--data-dir", str(tmp_path.parent / "cifar"), "--logdir", str(tmp_path / "logs"), "--run-name", "run",
+                "--device", "cpu", "--quiet", "--epochs", "1"])
+
+
+def hold_the_run_lock(tmp_path):
+    import fcntl
+    (tmp_path / "logs" / "run").mkdir(parents=True)
+    held = open(tmp_path / "logs" / "run" / ".lock", "a")
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running train.py holds it
+    return held
+
+
+@pytest.mark.parametrize("flags, prepare, says", [
+    (["--data-dir", "{tmp}/nowhere"], None, "CIFAR-10 is not in {tmp}/nowhere/cifar-10-batches-py and --dry-run "
+                                           "downloads nothing"),
+    ([], lambda tmp: (tmp.parent / "cifar" / "cifar-10-batches-py" / "data_batch_2").write_bytes(b"\x80\x04junk"),
+     "data_batch_2 is not a readable CIFAR-10 batch"),
+    (["--device", "cuda"], "no cuda", "--device cuda is not available on this machine"),
+    (["--logdir", "{tmp}/a_file/logs"], lambda tmp: (tmp / "a_file").write_text(""), "cannot write in {tmp}/a_file"),
+    (["--ckpt-dir", "{tmp}/a_file/weights"], lambda tmp: (tmp / "a_file").write_text(""),
+     "choose another --ckpt-dir"),
+    ([], a_folder_holding_a_run, "{tmp}/logs/run already holds the checkpoints of an earlier run"),
+    ([], hold_the_run_lock, "another run is writing to {tmp}/logs/run"),
+    (["--lr", "1e30"], None, "the training loss became non-finite at step 2"),
+])
+def test_a_dry_run_fails_on_each_part_with_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch, flags, prepare,
+                                                                        says):
+    from conftest import write_cifar_batches
+    work = tmp_path / "work"
+    work.mkdir()
+    write_cifar_batches(tmp_path / "cifar")
+    if prepare == "no cuda":
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    elif prepare:
+        held = prepare(work)  # noqa: F841  (a lock must stay open to be held)
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    argv = ["--data-dir", str(tmp_path / "cifar"), "--logdir", str(work / "logs"), "--run-name", "run", "--device",
+            "cpu", "--dry-run"] + [flag.replace("{tmp}", str(work)) for flag in flags]
+    err = bad_input(capsys, argv)
+    assert says.replace("{tmp}", str(work)) in err
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
