@@ -183,18 +183,15 @@ def refuse_changed_foundations(args, saved):
     settings still applied), its optimizer (whose saved state is laid out for it), its input
     normalization (the checkpoint's, which its weights learned) and its validation split (which chose
     best.pth so far)."""
-    if "recipe" in saved and args.recipe != saved["recipe"]:
-        raise SettingsError(f"{args.resume} was trained with --recipe {saved['recipe']}, and a resumed run keeps "
-                            "its recipe; flags such as --lr or --epochs still change single settings")
-    if args.optimizer != saved["optimizer"]:
-        raise SettingsError(f"{args.resume} was trained with --optimizer {saved['optimizer']}, and a resumed run "
-                            "keeps its optimizer, whose saved state only fits it")
-    if "normalize" in saved and args.normalize != saved["normalize"]:
-        raise SettingsError(f"{args.resume} was trained {'with' if saved['normalize'] else 'without'} --normalize, "
-                            "and a resumed run keeps the input normalization its weights learned")
-    if args.val_split != saved["val_split"]:
-        raise SettingsError(f"{args.resume} was trained with --val-split {saved['val_split']}, and a resumed run "
-                            "keeps the validation split that chose its best.pth")
+    for key, how, what in (
+            ("recipe", f"with --recipe {saved.get('recipe')}",
+             "its recipe; flags such as --lr or --epochs still change single settings"),
+            ("optimizer", f"with --optimizer {saved['optimizer']}", "its optimizer, whose saved state only fits it"),
+            ("normalize", f"{'with' if saved.get('normalize') else 'without'} --normalize",
+             "the input normalization its weights learned"),
+            ("val_split", f"with --val-split {saved['val_split']}", "the validation split that chose its best.pth")):
+        if key in saved and getattr(args, key) != saved[key]:
+            raise SettingsError(f"{args.resume} was trained {how}, and a resumed run keeps {what}")
 
 
 def fits_flag(action, value):

@@ -187,6 +187,8 @@ def test(model, images, labels, num_classes, preprocess, device, amp=False, tta=
 # ---------------------------------------------------------------------------------------------------- 5. the run
 
 def train(args, resumed, device, call, world=World()):
+    """The run: data, model, loss and optimizer (from RESUMED's checkpoint when resuming), then each epoch
+    trained, tested, saved and logged. Returns a TrainResult; with --dry-run, checks instead (dry_run)."""
     data = prepare_data(args, device)
     classes = data["classes"]
     model = build_model(len(classes), device, args.seed)
@@ -340,8 +342,8 @@ def evaluate_only(args, device):
 
 
 def main(argv=None, call=None):
-    """Train as the flags in ARGV say (with --evaluate: evaluate) and return a runs.TrainResult (a
-    report.Evaluation). With no ARGV it uses the defaults: only `python train.py` reads sys.argv. Raises
+    """Train as the flags in ARGV say and return a runs.TrainResult (with --evaluate, a report.Evaluation;
+    with --dry-run, None). With no ARGV it uses the defaults: only `python train.py` reads sys.argv. Raises
     SettingsError, DataError or CheckpointError (errors.TuduiError) with a one-line message, and
     Interrupted on Ctrl-C or a notebook's interrupt; CALL says how the run was started."""
     argv = list(argv or [])

@@ -2,9 +2,9 @@
 # Every GPU figure in the README in one go, on a machine with one CUDA GPU:
 #   bash bench/gpu_check.sh path/to/cifar10-jpg.tar.xz OUTDIR
 # The stages run most needed first, so that a run cut short still brings back what matters most:
-# 1. the CUDA tests; 2. the loop and process wall time of `--recipe tuned` alone (also with --amp, and
-# with its settings before batch 512), and its accuracy over 3 seeds at 10 epochs (the open goals of the
-# tuned recipe); 3. bench/compare.py (tutorial loop vs train.py, 10 epochs, default recipe); 4. the
+# 1. the CUDA tests (graph against eager, resume, --amp, --deterministic); 2. the loop and process wall
+# time of `--recipe tuned` alone (also with --amp, with --deterministic, and with its settings before batch
+# 512), and its accuracy over 3 seeds at 10 epochs (the open goals of the tuned recipe); 3. bench/compare.py (tutorial loop vs train.py, 10 epochs, default recipe); 4. the
 # process wall time of plain `python train.py`; 5. where the time goes: bench/step_time.py at batch 512,
 # bench/step_profile.py, import times and a cProfile of a whole run; 6. `--recipe tuned` and its SGD
 # row, 3 seeds each at 50 epochs. With FULL_SEARCH=1, 7: the whole recipe search of docs/experiments.md
@@ -61,9 +61,10 @@ tail -25 "$out/cuda_tests.txt" 2>/dev/null | tee -a "$log"
 
 t="--recipe tuned ${extra:-}"   # Muon (decay 0.2) + SGD (lr 0.08 cosine, wd 2e-3, Nesterov 0.9), batch 512, translate 2, normalize, smoothing 0.1
 b128="--batch-size 128 --lr 0.04"  # the tuned recipe's before batch 512, and still those of its SGD rows (README)
-stamp tuned recipe alone, with --amp, its batch-128 settings alone, then 3 seeds at 10 epochs
+stamp tuned recipe alone, with --amp, with --deterministic, its batch-128 settings alone, then 3 seeds at 10 epochs
 wall_time tuned $t
 wall_time tuned-amp $t --amp  # on the H200, under the graph, time followed images more than steps (README)
+wall_time tuned-deterministic $t --deterministic  # what --deterministic costs (docs/speed.md)
 wall_time tuned-b128 $t $b128 --muon-decay 0.1
 secs=$(limit 240) && timeout $secs $py bench/recipe_search.py --data-dir $data --epochs 10 --seeds 0 1 2 --jobs 3 \
   --out "$out/tuned10.jsonl" --variant "tuned=$t" 2>&1 | tee -a "$log"

@@ -58,9 +58,9 @@ def test_gpu_check_prepares_the_data_then_skips_every_stage_its_budget_has_no_ti
     log = (tmp_path / "out" / "log.txt").read_text()
     assert done.returncode == 0, done.stderr
     assert "wrote 20 training and 10 test images" in log
-    # the CUDA tests, tuned alone, with --amp, its batch-128 settings alone, tuned over 3 seeds, compare,
-    # 2 plain runs, the step time, 2 step profiles, import times, cProfile, 50 epochs
-    assert log.count("=== skipped") == 14
+    # the CUDA tests, tuned alone, with --amp, with --deterministic, its batch-128 settings alone, tuned over
+    # 3 seeds, compare, 2 plain runs, the step time, 2 step profiles, import times, cProfile, 50 epochs
+    assert log.count("=== skipped") == 15
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["log.txt"]
     assert log.rstrip().endswith("done")
 
