@@ -161,8 +161,11 @@ def resumable_checkpoint(ckpt_dir):
     return next((path for path in candidates if path.exists()), None)
 
 
-def refuse_to_overwrite(ckpt_dir):
-    """A new run never writes over the checkpoints of an earlier one."""
+def refuse_to_overwrite(ckpt_dir, resume=None):
+    """A new run never writes over the checkpoints of an earlier one; a run resumed from a checkpoint in
+    CKPT_DIR (RESUME) goes on writing there."""
+    if resume and Path(resume).resolve().parent == Path(ckpt_dir).resolve():
+        return
     found = resumable_checkpoint(ckpt_dir)
     if found is not None:
         raise SettingsError(f"{ckpt_dir} already holds the checkpoints of an earlier run; continue it with "
@@ -176,19 +179,19 @@ def check_run_folders(args, resumed):
     LOGDIR/<timestamp> when no --run-name is given."""
     run_dir = Path(args.logdir) / (args.run_name or datetime.now().strftime("%Y%m%d-%H%M%S"))
     ckpt_dir = Path(args.ckpt_dir) if args.ckpt_dir else run_dir
-    for folder, flag in ((run_dir, "--logdir"), (ckpt_dir, "--ckpt-dir")):
+    folders = {run_dir: "--run-name", ckpt_dir: "--ckpt-dir"} if args.ckpt_dir else {run_dir: "--run-name"}
+    for folder, flag in folders.items():
         existing = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
         try:
             with tempfile.TemporaryFile(dir=existing):  # gone as soon as it is closed
                 pass
         except OSError as e:
             raise SettingsError(f"cannot write in {existing} ({e.strerror or e}), where {folder} would be; "
-                                f"choose another {flag}") from None
-        if folder.is_dir():
-            if not resumed or Path(args.resume).resolve().parent != folder.resolve():
-                refuse_to_overwrite(folder)
-            if (folder / ".lock").exists():
-                RunLock(folder, "--run-name" if folder == run_dir else flag).release()
+                                f"choose another {'--logdir' if folder == run_dir else flag}") from None
+        if (folder / ".lock").exists():
+            RunLock(folder, flag).release()
+    if ckpt_dir.is_dir():
+        refuse_to_overwrite(ckpt_dir, resumed and args.resume)
     return run_dir, ckpt_dir
 
 
@@ -230,8 +233,7 @@ class RunRecorder:
                 raise
         self.writer = self.metrics_file = None
         try:
-            if not resumed or Path(args.resume).resolve().parent != self.ckpt_dir.resolve():
-                refuse_to_overwrite(self.ckpt_dir)
+            refuse_to_overwrite(self.ckpt_dir, resumed and args.resume)
             from torch.utils.tensorboard import SummaryWriter  # imported late: slow, and only training needs it
 
             self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=step + 1 if resumed else None)
