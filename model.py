@@ -1,15 +1,12 @@
-"""The tutorial's Tudui CIFAR-10 network and CIFAR-10's class names; nothing else.
+"""The tutorial's Tudui CIFAR-10 network; nothing else.
 
     from model import Tudui
-    from checkpoints import load_tudui      # any Tudui checkpoint, loaded safely
+    from tudui import load_tudui      # any Tudui checkpoint, loaded safely
 
 Importing this module runs nothing. `python model.py` pushes a batch of ones through the network.
 """
 import torch
 from torch import nn
-
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
-                   "dog", "frog", "horse", "ship", "truck")
 
 
 class Tudui(nn.Module):

@@ -14,12 +14,13 @@ import warnings
 
 import torch
 
-from checkpoints import load_tudui
-from cli import OneLineErrorParser, run_cli
-from data import image_pixels, normalizer, to_input
-from devices import pick_device
-from errors import DataError, SettingsError
-from report import describe_checkpoint
+from tudui.batches import normalizer, to_input
+from tudui.checkpoints import load_tudui
+from tudui.console import OneLineErrorParser, run_cli
+from tudui.datasets import image_pixels
+from tudui.devices import pick_device
+from tudui.errors import DataError, SettingsError
+from tudui.report import describe_checkpoint
 
 
 def build_parser():
@@ -47,7 +48,7 @@ def classify(net, image, device, tta=False):
 
 
 def top_classes(net, image, device, top_k, tta=False):
-    """[{"class", "probability"}, ...] of IMAGE (anything data.image_pixels takes), most likely first."""
+    """[{"class", "probability"}, ...] of IMAGE (anything datasets.image_pixels takes), most likely first."""
     values, indices = classify(net, image_pixels(image), device, tta).topk(min(top_k, len(net.classes)))
     return [{"class": net.classes[i], "probability": round(v, 6)} for v, i in zip(values.tolist(), indices.tolist())]
 

@@ -1,4 +1,4 @@
-"""The run folder and everything written to it: its name, its lock, atomic files, checkpoints,
+"""The run folder and everything written to it: its name, its lock, checkpoints,
 metrics.jsonl, config.json, the TensorBoard writer, and the bookkeeping that lets a run resume where it
 stopped. Decides nothing about training.
 """
@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import itertools
 import json
-import os
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -16,17 +15,11 @@ from pathlib import Path
 
 import torch
 
-from cli import say
-from config import plain_config
-from data import to_input
-from errors import SettingsError
-from report import confusion_image, prediction_grid
-
-try:
-    import fcntl
-except ModuleNotFoundError:  # Windows, which locks byte ranges of a file instead (RunLock)
-    fcntl = None
-    import msvcrt
+from tudui.batches import to_input
+from tudui.errors import SettingsError
+from tudui.files import atomic_write, cannot_write
+from tudui.report import confusion_image, prediction_grid
+from tudui.settings import plain
 
 
 @dataclass(frozen=True)
@@ -59,58 +52,21 @@ def read_history(metrics_path):
 
 
 class RunLock:
-    """An OS lock on a folder a run writes to: a second run on the same folder is refused, and the lock
-    dies with its process, so a killed run never blocks its own resume. flock on POSIX; on Windows, a
-    lock on the first byte of the same file."""
+    """An OS lock on a folder a run writes to (filelock's, flock on POSIX): a second run on the same
+    folder is refused, and the lock dies with its process, so a killed run never blocks its own resume."""
 
     def __init__(self, folder, flag):
-        self.file = open(Path(folder) / ".lock", "a+")
-        held_elsewhere = BlockingIOError if fcntl else OSError  # msvcrt says so with a plain OSError
+        from filelock import FileLock, Timeout
+
+        self.lock = FileLock(Path(folder) / ".lock", thread_local=False)
         try:
-            if fcntl:
-                fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            else:
-                self.file.seek(0)
-                msvcrt.locking(self.file.fileno(), msvcrt.LK_NBLCK, 1)
-        except held_elsewhere:
-            self.file.close()
+            self.lock.acquire(timeout=0)
+        except Timeout:
             raise SettingsError(f"another run is writing to {folder}; wait for it to finish "
                                 f"or pick another {flag}") from None
 
     def release(self):
-        if not fcntl:  # closing would release it too, but Windows may take a while to
-            self.file.seek(0)
-            msvcrt.locking(self.file.fileno(), msvcrt.LK_UNLCK, 1)
-        self.file.close()
-
-
-def atomic_write(data, path):
-    """Write bytes so that PATH is always either the old file or the complete new one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        if hasattr(os, "O_DIRECTORY"):  # POSIX: sync the folder too, so that the rename survives a power cut
-            dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)  # (Windows cannot open a folder)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_run_file(data, path):
-    """atomic_write, with a failure (full disk, read-only folder) reported as one line."""
-    try:
-        atomic_write(data, path)
-    except OSError as e:
-        raise cannot_write(path, e) from None
+        self.lock.release()
 
 
 def append_metrics(metrics_file, record):
@@ -122,16 +78,11 @@ def append_metrics(metrics_file, record):
         raise cannot_write(metrics_file.name, e) from None
 
 
-def cannot_write(path, error):
-    return SettingsError(f"cannot write {path} ({error.strerror or error}); free some space or choose another "
-                         "--logdir/--ckpt-dir; the files already there are intact")
-
-
 def save_checkpoints(state, ckpt_dir, epoch, is_best):
     buffer = io.BytesIO()
     torch.save(state, buffer)
     for name in [f"tudui_epoch_{epoch}.pth", "last.pth"] + (["best.pth"] if is_best else []):
-        write_run_file(buffer.getvalue(), Path(ckpt_dir) / name)
+        atomic_write(buffer.getvalue(), Path(ckpt_dir) / name)
 
 
 def truncate_metrics(path, last_epoch):
@@ -147,7 +98,7 @@ def truncate_metrics(path, last_epoch):
             continue
     kept = [record for record in records
             if isinstance(record, dict) and isinstance(record.get("epoch"), int) and record["epoch"] <= last_epoch]
-    write_run_file("".join(json.dumps(record) + "\n" for record in kept).encode(), path)
+    atomic_write("".join(json.dumps(record) + "\n" for record in kept).encode(), path)
     return {record["epoch"] for record in kept}
 
 
@@ -172,14 +123,14 @@ def refuse_to_overwrite(ckpt_dir, resume=None):
                             f"--resume {found}, or give this run another --run-name (or --ckpt-dir)")
 
 
-def check_run_folders(args, resumed):
+def check_run_folders(settings, resumed):
     """What RunRecorder would refuse, found without writing anything (--dry-run): for the run's folder and
     the checkpoint folder, an existing one must take a new file, hold no earlier run's checkpoints and not
     be locked by a running run; a missing one must be creatable. Returns the two folders; the run's is
     LOGDIR/<timestamp> when no --run-name is given."""
-    run_dir = Path(args.logdir) / (args.run_name or datetime.now().strftime("%Y%m%d-%H%M%S"))
-    ckpt_dir = Path(args.ckpt_dir) if args.ckpt_dir else run_dir
-    folders = {run_dir: "--run-name", ckpt_dir: "--ckpt-dir"} if args.ckpt_dir else {run_dir: "--run-name"}
+    run_dir = Path(settings.logdir) / (settings.run_name or datetime.now().strftime("%Y%m%d-%H%M%S"))
+    ckpt_dir = Path(settings.ckpt_dir) if settings.ckpt_dir else run_dir
+    folders = {run_dir: "--run-name", ckpt_dir: "--ckpt-dir"} if settings.ckpt_dir else {run_dir: "--run-name"}
     for folder, flag in folders.items():
         existing = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
         try:
@@ -191,7 +142,7 @@ def check_run_folders(args, resumed):
         if (folder / ".lock").exists():
             RunLock(folder, flag).release()
     if ckpt_dir.is_dir():
-        refuse_to_overwrite(ckpt_dir, resumed and args.resume)
+        refuse_to_overwrite(ckpt_dir, resumed and settings.resume)
     return run_dir, ckpt_dir
 
 
@@ -213,12 +164,12 @@ class RunRecorder:
     """Everything a run writes: its folder, lock, TensorBoard writer, metrics.jsonl and checkpoints.
     Under torchrun only rank 0 has one; the other ranks write nothing."""
 
-    def __init__(self, args, resumed, start_epoch, step):
+    def __init__(self, settings, resumed, start_epoch, step):
         try:
-            if args.run_name is None:
-                args.run_name = claim_run_name(Path(args.logdir))
-            self.run_dir = Path(args.logdir) / args.run_name
-            self.ckpt_dir = Path(args.ckpt_dir) if args.ckpt_dir else self.run_dir
+            if settings.run_name is None:
+                settings.run_name = claim_run_name(Path(settings.logdir))
+            self.run_dir = Path(settings.logdir) / settings.run_name
+            self.ckpt_dir = Path(settings.ckpt_dir) if settings.ckpt_dir else self.run_dir
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -233,7 +184,7 @@ class RunRecorder:
                 raise
         self.writer = self.metrics_file = None
         try:
-            refuse_to_overwrite(self.ckpt_dir, resumed and args.resume)
+            refuse_to_overwrite(self.ckpt_dir, resumed and settings.resume)
             from torch.utils.tensorboard import SummaryWriter  # imported late: slow, and only training needs it
 
             self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=step + 1 if resumed else None)
@@ -245,15 +196,40 @@ class RunRecorder:
                 log_epoch_scalars(self.writer, resumed["metrics"], resumed["classes"])
                 self.writer.flush()
                 append_metrics(self.metrics_file, resumed["metrics"])
-            write_run_file(json.dumps(plain_config(args), indent=2).encode(), self.run_dir / "config.json")
+            atomic_write(json.dumps(plain(settings), indent=2).encode(), self.run_dir / "config.json")
         except BaseException:  # a full disk here must not leave the lock or files open (notebooks go on)
             self.close()
             raise
 
-    def epoch_done(self, checkpoint, is_best, losses, lrs, start_step, args, classes, confusion, grid):
-        save_checkpoints(checkpoint, self.ckpt_dir, checkpoint["epoch"], is_best)
-        log_epoch(self.writer, self.metrics_file, checkpoint["metrics"], losses, lrs, start_step, args, classes,
-                  confusion, grid)
+    def run_started(self, model, settings, example):
+        """Once per run (not again on resume): the network graph, traced on EXAMPLE, and the settings in
+        the HPARAMS tab, written into the run's own folder (add_hparams would make a stray extra run) and
+        tied to its test (and validation) accuracy and loss curves."""
+        from torch.utils.tensorboard.summary import hparams
+
+        with warnings.catch_warnings():  # add_graph traces with torch.jit, which warns that it is deprecated
+            warnings.simplefilter("ignore", FutureWarning)
+            self.writer.add_graph(model, example)
+        config = {k: ("none" if v is None else v) for k, v in plain(settings).items()
+                  if isinstance(v, (int, float, str, bool)) or v is None}
+        metrics = ["test_accuracy", "test_loss"] + (["val_accuracy", "val_loss"] if settings.val_split else [])
+        for summary in hparams(config, dict.fromkeys(metrics, 0.0)):
+            self.writer._get_file_writer().add_summary(summary)
+
+    def train_loss(self, step, loss, lr):
+        self.writer.add_scalar("train_loss", loss, step)
+        self.writer.add_scalar("lr", lr, step)
+
+    def epoch_done(self, checkpoint, is_best, confusion, grid):
+        """Save the epoch's checkpoints, then log it: TensorBoard scalars and pictures, one metrics.jsonl line."""
+        record, classes = checkpoint["metrics"], checkpoint["classes"]
+        save_checkpoints(checkpoint, self.ckpt_dir, record["epoch"], is_best)
+        log_epoch_scalars(self.writer, record, classes)
+        self.writer.add_image("confusion_matrix", confusion_image(confusion, classes), record["epoch"],
+                              dataformats="HWC")
+        self.writer.add_image("test_predictions", prediction_grid(*grid, classes), record["epoch"], dataformats="HWC")
+        self.writer.flush()
+        append_metrics(self.metrics_file, record)
 
     def close(self):
         for opened in (self.writer, self.metrics_file):
@@ -263,49 +239,17 @@ class RunRecorder:
             lock.release()
 
 
-def log_run_start(writer, model, args, data):
-    """Once per run (not again on resume): the network graph, and the configuration in the HPARAMS tab,
-    written into the run's own folder (add_hparams would make a stray extra run) and tied to its
-    test (and validation) accuracy and loss curves."""
-    from torch.utils.tensorboard.summary import hparams
-
-    example = to_input(data["test_x"][:1], data["norm"])
-    with warnings.catch_warnings():  # add_graph traces with torch.jit, which warns that it is deprecated
-        warnings.simplefilter("ignore", FutureWarning)
-        writer.add_graph(model, example)
-    config = {k: ("none" if v is None else v) for k, v in plain_config(args).items()
-              if isinstance(v, (int, float, str, bool)) or v is None}
-    metrics = ["test_accuracy", "test_loss"] + (["val_accuracy", "val_loss"] if args.val_split else [])
-    for summary in hparams(config, dict.fromkeys(metrics, 0.0)):
-        writer._get_file_writer().add_summary(summary)
-
-
 GRID_IMAGES = 32  # test images shown with their predictions each epoch
 
 
 @torch.no_grad()
-def grid_predictions(model, data):
+def grid_predictions(model, images, labels, norm):
     """(images, labels, predictions) on the CPU for the first GRID_IMAGES test images."""
-    images, labels = data["test_x"][:GRID_IMAGES], data["test_y"][:GRID_IMAGES]
+    images, labels = images[:GRID_IMAGES], labels[:GRID_IMAGES]
     model.eval()
-    predictions = model(to_input(images, data["norm"])).argmax(1)
+    predictions = model(to_input(images, norm)).argmax(1)
     model.train()
     return images.cpu(), labels.cpu(), predictions.cpu()
-
-
-def log_epoch(writer, metrics_file, record, losses, lrs, start_step, args, classes, confusion, grid):
-    """TensorBoard scalars and pictures, and one metrics.jsonl line, for a finished epoch."""
-    for i in range(len(losses)):
-        step = start_step + i + 1  # the tutorial counts steps from 1 and logs when the count hits a multiple
-        if step % args.log_every == 0:
-            writer.add_scalar("train_loss", losses[i].item(), step)
-            writer.add_scalar("lr", lrs[i], step)
-            say(args.quiet, f"step {step}, loss {losses[i].item():.4f}")
-    log_epoch_scalars(writer, record, classes)
-    writer.add_image("confusion_matrix", confusion_image(confusion, classes), record["epoch"], dataformats="HWC")
-    writer.add_image("test_predictions", prediction_grid(*grid, classes), record["epoch"], dataformats="HWC")
-    writer.flush()
-    append_metrics(metrics_file, record)
 
 
 def log_epoch_scalars(writer, record, classes):

@@ -1,5 +1,5 @@
 """The project's exceptions: one class per kind of bad input, all under TuduiError, each carrying a
-one-line message that says what is wrong and how to fix it. Only cli.run_cli turns them into exit codes.
+one-line message that says what is wrong and how to fix it. Only console.run_cli turns them into exit codes.
 Holds no logic."""
 
 

@@ -1,9 +1,7 @@
 """Checkpoints: loading any Tudui checkpoint safely (train.py's, a state_dict, or the tutorial's
 whole-model pickles, without running code from them), the fields of a training checkpoint that resuming
-relies on, with their checks, and the record of what made a checkpoint. Writing files is runs.py's job.
-
-    from checkpoints import load_tudui
-    net = load_tudui("logs_train/RUN/best.pth")   # eval mode, with .classes and .preprocess
+relies on, with their checks, the building of a training checkpoint's dict, and the record of what made
+a checkpoint. Writing files is runs.py's job.
 """
 import pickle
 import re
@@ -15,15 +13,14 @@ from pathlib import Path
 
 import torch
 
-from errors import CheckpointError
-from model import CIFAR10_CLASSES, Tudui
-from version import __version__
+from model import Tudui
+from tudui import __version__
+from tudui.batches import TUTORIAL_PREPROCESS
+from tudui.datasets import CIFAR10_CLASSES
+from tudui.errors import CheckpointError, SettingsError
+from tudui.settings import plain
 
 CHECKPOINT_FORMAT = "tudui-train-checkpoint/1"
-
-# How raw pixels become network input: x / 255, then (x - mean) / std when mean and std are set.
-# The tutorial's ToTensor is exactly x / 255, so that is what a checkpoint without this field gets.
-TUTORIAL_PREPROCESS = {"mean": None, "std": None}
 
 
 class _PickledModule:
@@ -215,7 +212,6 @@ def load_tudui(path, map_location="cpu"):
     return net.to(map_location).eval()
 
 
-
 # ---------------------------------------------------------------------------------------------- training checkpoints
 
 def load_training_checkpoint(path):
@@ -255,8 +251,19 @@ def damaged_checkpoint(path, what):
                            "from another of the run's checkpoints (last.pth, best.pth or an epoch file)")
 
 
+def training_checkpoint(model, optimizer, settings, data, record, best_accuracy, device, made_by):
+    """A training checkpoint: a plain dict, which torch.load(path, weights_only=True) reads, with what a
+    resumed run needs and RECORD, the epoch's metrics.jsonl line."""
+    return {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer_state(optimizer),
+            "epoch": record["epoch"], "step": record["step"], "config": plain(settings), "classes": data.classes,
+            "preprocess": data.preprocess, "test_accuracy": record["test_accuracy"],
+            "test_loss": record["test_loss"], "best_accuracy": best_accuracy, "metrics": record,
+            "rng": rng_state(device), "provenance": made_by}
+
+
 def optimizer_state(optimizer):
-    """state_dict() with a plain-number lr, so checkpoints stay portable between graphed and plain runs."""
+    """state_dict() with a plain-number lr (it may be a device tensor) and no fused kernel, so that a
+    checkpoint resumes on any device."""
     state = optimizer.state_dict()
     for group in state["param_groups"]:
         group["lr"] = float(group["lr"])
@@ -273,9 +280,12 @@ def load_optimizer_state(optimizer, state):
         group.update(settings)
 
 
-def restore(checkpoint, path, model, optimizer, device):
+def restore(checkpoint, path, model, optimizer, device, classes):
     """Put a training CHECKPOINT's weights, momentum buffers and RNG state into this run's MODEL and
-    OPTIMIZER; returns its input normalization, which the weights learned."""
+    OPTIMIZER, for a dataset of CLASSES; returns its input normalization, which the weights learned."""
+    if checkpoint["classes"] != classes:
+        raise SettingsError(f"{path} was trained on classes {checkpoint['classes']}, but this dataset has "
+                            f"{classes}; resume with the same --dataset and --data-dir")
     model.load_state_dict(build_from_state_dict(checkpoint["model"], path).state_dict())
     try:
         load_optimizer_state(optimizer, checkpoint["optimizer"])
@@ -299,7 +309,7 @@ def provenance(device, command):
 def git_commit():
     """The checkout's commit, with "+changes" when its tracked files differ from it; None when the code
     does not run from a git checkout, or git cannot say."""
-    root = Path(__file__).resolve().parent
+    root = Path(__file__).resolve().parent.parent
     if not (root / ".git").exists():
         return None
     try:

@@ -1,12 +1,12 @@
-"""torchrun: joining the process group, each rank's share of the work and the sums across ranks, and
-ending the processes. A plain `python train.py` runs as World() and never touches torch.distributed.
-Why each process ends as it does: docs/distributed.md."""
+"""The process a run trains in: under torchrun, joining the process group, each rank's share of the work,
+the sums across ranks and leaving the group; otherwise one process, World(), which never touches
+torch.distributed. Holds no training code."""
 import os
-import sys
 
 import torch
 
-from errors import SettingsError
+from tudui.devices import keep_freed_memory, pick_device
+from tudui.errors import SettingsError
 
 
 class World:
@@ -53,6 +53,17 @@ def launched_world_size():
     return int(value)
 
 
+def start(settings):
+    """(World, device) for this process: its rank's under torchrun (--evaluate always runs alone), else
+    a plain run on --device."""
+    if launched_world_size() > 1 and not settings.evaluate:
+        if settings.dry_run:
+            raise SettingsError("--dry-run checks one process; run it without torchrun, as python train.py")
+        return join_torchrun(settings)
+    keep_freed_memory()  # not under torchrun, where gloo's exit then aborted more often (docs/distributed.md)
+    return World(), pick_device(settings.device)
+
+
 def join_torchrun(args):
     """Under torchrun: join the process group (nccl on CUDA, gloo on CPU) and return (World, device).
     --batch-size stays the global batch; only rank 0 prints and writes files."""
@@ -77,14 +88,3 @@ def join_torchrun(args):
     if rank != 0:
         args.quiet = True
     return World(rank, size), device
-
-
-def exit_process(code):
-    """End the script with exit code CODE. Under torchrun, with os._exit once every file is closed: gloo's
-    worker threads outlive destroy_process_group, and tearing them down as Python exited sometimes
-    aborted a finished rank (SIGABRT), which torchrun reports as a failed run."""
-    if os.environ.get("WORLD_SIZE", "1") != "1":
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)

@@ -7,7 +7,7 @@ import platform
 
 import torch
 
-from errors import SettingsError
+from tudui.errors import SettingsError
 
 
 def pick_device(name):

@@ -1,13 +1,13 @@
 """How train.py and predict.py talk to the person running them: argparse with one-line errors, printing
-and the progress bar, Ctrl-C, and run_cli, the one place where the project's exceptions become exit
-codes. Holds no training code."""
+and the progress bar, Ctrl-C, run_cli, the one place where the project's exceptions become exit codes,
+and the end of the process. Holds no training code."""
 import argparse
 import os
 import signal
 import sys
 import threading
 
-from errors import Interrupted, SettingsError, TuduiError
+from tudui.errors import Interrupted, SettingsError, TuduiError
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -19,8 +19,12 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 
 def say(quiet, *parts):
+    """Print PARTS unless QUIET, above a progress bar that is being drawn (tqdm.write), never through it."""
     if not quiet:
-        print(*parts, flush=True)
+        from tqdm.auto import tqdm
+
+        tqdm.write(" ".join(map(str, parts)))
+        sys.stdout.flush()
 
 
 def in_notebook():
@@ -30,13 +34,14 @@ def in_notebook():
     return shell is not None and "IPKernelApp" in shell.config
 
 
-def progress_bar(total, description, enabled):
-    """A progress bar on a terminal and in a notebook, where tqdm.auto draws a widget if ipywidgets is
-    installed and text otherwise. Elsewhere (a log file, a pipe) it draws nothing."""
+def progress_bar(description, enabled):
+    """A function that wraps an iterable in a progress bar, on a terminal and in a notebook, where
+    tqdm.auto draws a widget if ipywidgets is installed and text otherwise. Elsewhere (a log file, a pipe)
+    it draws nothing."""
     from tqdm.auto import tqdm
 
     shown = enabled and (sys.stderr.isatty() or in_notebook())
-    return tqdm(total=total, desc=description, leave=False, unit="step", disable=not shown)
+    return lambda iterable: tqdm(iterable, desc=description, leave=False, unit="step", disable=not shown)
 
 
 class StopOnCtrlC:
@@ -89,3 +94,14 @@ def run_cli(entry):
         return 1
     except SystemExit as e:  # --help, which argparse ends with an exit of its own
         return e.code if isinstance(e.code, int) else 0
+
+
+def exit_process(code):
+    """End the script with exit code CODE. Under torchrun, with os._exit once every file is closed: gloo's
+    worker threads outlive destroy_process_group, and tearing them down as Python exited sometimes
+    aborted a finished rank (SIGABRT), which torchrun reports as a failed run (docs/distributed.md)."""
+    if os.environ.get("WORLD_SIZE", "1") != "1":
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

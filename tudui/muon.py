@@ -1,9 +1,8 @@
 """Muon (Keller Jordan's optimizer) for hidden layers' weights, with SGD for the other parameters, as one
 torch.optim.Optimizer, written as torch.optim.Muon is. Knows nothing of Tudui or of training.
 
-    hidden = [layer.weight for layer in layers[:-1]]          # every conv and Linear but the last
-    rest = [p for p in model.parameters() if all(p is not w for w in hidden)]
-    optimizer = Muon([{"params": hidden, "use_muon": True}, {"params": rest, "use_muon": False}], lr=0.08)
+    optimizer = Muon(hidden_weights_apart(model), lr=0.08)    # Muon for every conv's and Linear's weight
+                                                               # but the last; SGD for the rest
 
 How its constants were chosen: docs/recipes.md.
 """
@@ -21,8 +20,8 @@ class Muon(torch.optim.Optimizer):
     gradient's, so its weights grow all run unless muon_decay shrinks them first (decoupled, each step
     scaling them by 1 - Muon's lr x muon_decay), which lets their norm settle where the two balance.
 
-    lr may be a 0-dim device tensor (for a CUDA graph, which replays the numbers it was captured with):
-    the SGD part then runs as torch's fused kernel, which reads it there.
+    lr may be a 0-dim device tensor, as torch's optimizers allow: the SGD part then runs as torch's fused
+    kernel, which reads it there.
     """
 
     def __init__(self, params, lr=0.02, momentum=0.9, nesterov=True, weight_decay=0.0, muon_decay=0.0,
@@ -45,7 +44,7 @@ class Muon(torch.optim.Optimizer):
         for index, group in enumerate(self.param_groups):
             with_grads = [p for p in group["params"] if p.grad is not None]
             for p in with_grads:
-                if "momentum_buffer" not in self.state[p]:  # once: no allocation in the steps a CUDA graph records
+                if "momentum_buffer" not in self.state[p]:  # allocated once: a step allocates nothing
                     self.state[p]["momentum_buffer"] = torch.zeros_like(p)
             if group["use_muon"]:
                 self._muon_step(group, index)
@@ -57,10 +56,10 @@ class Muon(torch.optim.Optimizer):
         return loss
 
     def _muon_step(self, group, index):
-        lr = group["lr"] * group["lr_ratio"]  # once per step: with a device-resident lr, each product is a kernel
+        lr = group["lr"] * group["lr_ratio"]  # once per step: with a tensor lr, each product is a kernel
         decay, momentum = group["muon_decay"], group["muon_momentum"]
         shrink = 1 - lr * decay if decay else None  # no extra kernels in the steps of runs without it
-        if index not in self.padded:  # once: no allocation in the steps a CUDA graph records
+        if index not in self.padded:  # allocated once: a step allocates nothing
             self.padded[index] = padded_matrices(group["params"])
         padded, step_scales = self.padded[index]
         stepped = [(p, i) for i, p in enumerate(group["params"]) if p.grad is not None]
@@ -75,6 +74,15 @@ class Muon(torch.optim.Optimizer):
         directions = orthogonalize(padded, group["ns_steps"]).mul_(lr * step_scales)
         for p, i in stepped:
             p.sub_(as_weight(directions[i], p))
+
+
+def hidden_weights_apart(model):
+    """MODEL's parameters as Muon's two groups: the weights of its hidden layers (every Conv2d and Linear
+    but the last, the layers Muon is meant for) and the rest (biases, the last layer, normalization)."""
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    hidden = [layer.weight for layer in layers[:-1]]
+    rest = [p for p in model.parameters() if all(p is not weight for weight in hidden)]
+    return [{"params": hidden, "use_muon": True}, {"params": rest}]
 
 
 def orthogonalize(matrices, steps=5):

@@ -1,0 +1,177 @@
+"""The data as a run uses it: the splits as tensors on the device (with --val-split images held out),
+the input normalization, and the batches train.py loops over, each epoch in a seeded order and
+augmented on the device. Holds no model or training code.
+
+Why not torch's DataLoader: the whole of CIFAR-10 fits on the device as one uint8 tensor, and a batch
+is a slice of a permutation of it (as in airbench), with no worker processes and no copy per sample.
+`images.float() / 255` is numerically what the tutorial's ToTensor gives.
+"""
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from tudui.datasets import load_dataset
+from tudui.errors import SettingsError
+
+# How raw pixels become network input: x / 255, then (x - mean) / std when mean and std are set.
+# The tutorial's ToTensor is exactly x / 255, so that is what a checkpoint without this field gets.
+TUTORIAL_PREPROCESS = {"mean": None, "std": None}
+TEST_BATCH_SIZE = 500  # testing needs no gradients, so bigger batches just mean fewer steps
+
+
+@dataclass
+class Data:
+    """A run's images (uint8) and labels on its device; VAL_X and VAL_Y are None without --val-split.
+    PREPROCESS is the input normalization of a new run (a resumed one keeps its checkpoint's)."""
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    val_x: torch.Tensor | None
+    val_y: torch.Tensor | None
+    classes: list
+    preprocess: dict
+
+
+def load_data(settings, device):
+    train_x, train_y, test_x, test_y, classes = load_dataset(settings.dataset, settings.data_dir,
+                                                             not settings.no_download, settings.dry_run)
+    val_x = val_y = None
+    if settings.val_split:
+        train_x, train_y, val_x, val_y = hold_out(train_x, train_y, settings.val_split, settings.seed)
+    preprocess = dict(TUTORIAL_PREPROCESS)
+    if settings.normalize:  # of the images trained on: the validation images are as unseen as the test set
+        preprocess["mean"], preprocess["std"] = channel_stats(train_x)
+    on_device = [t if t is None else t.to(device) for t in (train_x, train_y, test_x, test_y, val_x, val_y)]
+    return Data(*on_device, classes, preprocess)
+
+
+class TrainBatches:
+    """`for imgs, targets, scale in batches`: the training images of one epoch (set_epoch) as the
+    network's input, in an order and with an augmentation drawn from (seed, epoch) alone, so that a
+    resumed run and every torchrun rank draw what one uninterrupted process would. SCALE makes a batch's
+    summed loss its mean over the global batch: 1 / its size in one process; under torchrun each rank
+    takes its share of each batch, and DDP's gradient average then gives the same mean."""
+
+    def __init__(self, images, labels, batch_size, norm, settings, world):
+        self.images, self.labels, self.batch_size, self.norm, self.world = images, labels, batch_size, norm, world
+        self.seed, self.augment, self.translate = settings.seed, settings.augment, settings.translate
+        self.epoch, self.max_steps = 0, None
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def first_steps(self, steps):
+        """These batches, up to STEPS of each epoch (--dry-run's)."""
+        limited = copy.copy(self)
+        limited.max_steps = steps
+        return limited
+
+    def __len__(self):
+        return len(self.batch_sizes())
+
+    def batch_sizes(self):
+        """The size of each batch of an epoch, all of them full but the last."""
+        n = len(self.labels)
+        return [min(self.batch_size, n - start) for start in range(0, n, self.batch_size)][:self.max_steps]
+
+    def __iter__(self):
+        n, device = len(self.labels), self.labels.device
+        generator = epoch_generator(self.seed, self.epoch)
+        order = torch.randperm(n, generator=generator).to(device, non_blocking=True)
+        if self.augment:
+            flips, shifts = (t.to(device) for t in augment_plan(n, generator, self.translate))
+        for start, size in zip(range(0, n, self.batch_size), self.batch_sizes()):
+            idx = self.world.share_of_batch(order[start:start + size])
+            batch = self.images[idx]
+            if self.augment:
+                batch = augment_batch(batch, flips[idx], shifts[idx])
+            yield to_input(batch, self.norm), self.labels[idx], self.world.size / size
+
+
+class TestBatches:
+    """`for imgs, targets in batches`: IMAGES in order as the network's input, TEST_BATCH_SIZE at a time;
+    under torchrun, this rank's share of them."""
+
+    def __init__(self, images, labels, norm, world):
+        share = world.share_of(len(labels))
+        self.images, self.labels, self.norm, self.total = images[share], labels[share], norm, len(labels)
+
+    def __iter__(self):
+        for start in range(0, len(self.labels), TEST_BATCH_SIZE):
+            batch = slice(start, start + TEST_BATCH_SIZE)
+            yield to_input(self.images[batch], self.norm), self.labels[batch]
+
+
+def epoch_generator(seed, epoch):
+    """Each epoch's randomness (order, augmentation) depends only on (seed, epoch)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def hold_out(images, labels, size, seed):
+    """(training images, labels, validation images, labels): SIZE of the training images held out, drawn as
+    epoch -1's order (epoch_generator), so by the seed alone: every epoch, a resumed run, --evaluate and
+    every torchrun rank hold out the same images. Both parts keep the images' order."""
+    if size >= len(labels):
+        raise SettingsError(f"--val-split {size} would hold out every training image; the training split has "
+                            f"{len(labels)}, so hold out fewer")
+    order = torch.randperm(len(labels), generator=epoch_generator(seed, -1))
+    kept, held = order[size:].sort().values, order[:size].sort().values
+    return images[kept], labels[kept], images[held], labels[held]
+
+
+def channel_stats(images):
+    """Per-channel mean and std of uint8 images, on the 0-1 scale ToTensor gives, from each channel's
+    histogram of its 256 pixel values: exact, and without a float copy of the dataset."""
+    values = torch.arange(256, dtype=torch.float64) / 255
+    means, stds = [], []
+    for channel in images.transpose(0, 1):
+        counts = torch.bincount(channel.reshape(-1), minlength=256).double()
+        pixels = counts.sum()
+        mean = (counts * values).sum() / pixels
+        means.append(mean.item())
+        stds.append(((counts * (values - mean) ** 2).sum() / (pixels - 1)).sqrt().item())
+    return means, stds
+
+
+def normalizer(preprocess, device):
+    """A checkpoint's preprocess dict as (mean, std) tensors on DEVICE, made once so that no step copies
+    from the host; None when the input is plain x / 255."""
+    if preprocess.get("mean") is None:
+        return None
+    return tuple(torch.tensor(preprocess[k], device=device).view(1, -1, 1, 1) for k in ("mean", "std"))
+
+
+def to_input(images, norm=None):
+    """uint8 (B, 3, H, W) images, or float ones already on the 0-1 scale, as the network's float input:
+    x / 255 (ToTensor), then (x - mean) / std if NORM."""
+    x = images.float().div_(255) if images.dtype == torch.uint8 else images.to(torch.float32, copy=True)
+    if norm is not None:
+        x = x.sub_(norm[0]).div_(norm[1])
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def augment_plan(n, generator, max_shift):
+    """Per-image flip flags and (dy, dx) shifts in [-max_shift, max_shift] for one epoch."""
+    flips = torch.rand(n, generator=generator) < 0.5
+    shifts = torch.randint(-max_shift, max_shift + 1, (n, 2), generator=generator)
+    return flips, shifts
+
+
+def augment_batch(images, flips, shifts):
+    """Flip and translate a uint8 batch on its own device as tensor ops: each image is gathered through
+    indices shifted by (dy, dx), and the strip uncovered at the edge mirrors the image (reflect padding,
+    torchvision's padding_mode="reflect"), so no border of constant colour appears."""
+    images = torch.where(flips.view(-1, 1, 1, 1), images.flip(3), images)
+    b, c, h, w = images.shape
+    rows = mirror(torch.arange(h, device=images.device) - shifts[:, 0:1], h).view(b, 1, h, 1)
+    cols = mirror(torch.arange(w, device=images.device) - shifts[:, 1:2], w).view(b, 1, 1, w)
+    batch = torch.arange(b, device=images.device).view(b, 1, 1, 1)
+    chans = torch.arange(c, device=images.device).view(1, c, 1, 1)
+    return images[batch, chans, rows, cols]
+
+
+def mirror(index, size):
+    """Reflect out-of-range indices back into [0, size): -1 -> 1, size -> size - 2 (for shifts below size)."""
+    return (size - 1) - ((size - 1) - index.abs()).abs()

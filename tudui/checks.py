@@ -1,0 +1,96 @@
+"""Runs that check instead of training: --dry-run (what the real run would fail on, in seconds, writing
+nothing) and --evaluate (a checkpoint's score on the test split); and the check that stops a diverged
+run before it saves. train.py hands them its own training and test functions, so they run the real code.
+"""
+import math
+import sys
+
+import torch
+from torch import nn
+
+from tudui.batches import TestBatches, hold_out, normalizer
+from tudui.checkpoints import load_tudui
+from tudui.console import say
+from tudui.cuda_graph import GraphedStep
+from tudui.datasets import load_dataset, load_test_split
+from tudui.distributed import World
+from tudui.errors import SettingsError
+from tudui.report import Evaluation, describe_checkpoint, format_report
+from tudui.runs import check_run_folders
+
+
+def dry_run(s, data, device, resumed, graphed, train_steps, test_batch, real_command):
+    """--dry-run: the data (found, readable, the class counts), the device, the run's folders, then
+    TRAIN_STEPS(n), n steps of the training loop, returning (losses, first step, epoch) (a CUDA graph's warm-up, capture and one replay where it
+    applies), and TEST_BATCH(), the test on one batch, checked as the real run checks them. Prints a line
+    for each, then REAL_COMMAND."""
+    counts = torch.bincount(data.train_y.cpu(), minlength=len(data.classes)).tolist()
+    per_class = ", ".join(f"{name} {count}" for name, count in zip(data.classes, counts))
+    held_out = f", {len(data.val_y)} held out for validation" if s.val_split else ""
+    say(s.quiet, f"data: {len(data.train_y)} training images{held_out}, {len(data.test_y)} test images in "
+                 f"{s.data_dir}; training images per class: {per_class}")
+    say(s.quiet, f"device: {device}{' (each full batch replayed as a CUDA graph)' if graphed else ''}")
+    folders = sorted({str(folder) for folder in check_run_folders(s, resumed)})
+    say(s.quiet, f"folders: {' and '.join(folders)} can be created and written")
+    losses, first_step, epoch = train_steps(GraphedStep.EAGER_WARMUP_STEPS + 2 if graphed else 2)
+    result = test_batch()
+    stop_if_not_finite(losses, result["loss"], first_step, epoch, s)
+    say(s.quiet, f"training: {len(losses)} step{'s' * (len(losses) != 1)} of up to {s.batch_size} images, "
+                 f"loss {', '.join(f'{loss:.4f}' for loss in losses.tolist())}")
+    say(s.quiet, f"test: one batch of {int(result['confusion'].sum())} images, loss {result['loss']:.4f}")
+    print(f"everything is in place; start the run with: {real_command}")
+
+
+def stop_if_not_finite(losses, test_loss, step, epoch, s):
+    """A diverged run stops before anything of its epoch is saved, so best.pth and last.pth stay good.
+    Each step's loss is computed before its update, so weights that only the epoch's last step broke
+    show up in the test loss alone."""
+    finite = torch.isfinite(losses)
+    if finite.all() and math.isfinite(test_loss):
+        return
+    what = (f"the training loss became non-finite at step {step + int((~finite).nonzero()[0]) + 1}"
+            if not finite.all() else f"the weights became non-finite at step {step + len(losses)}, the last")
+    raise SettingsError(f"{what} (epoch {epoch}); the learning rate is likely too high for this network "
+                        f"(--lr {s.lr}): lower it. Checkpoints of earlier epochs are untouched")
+
+
+class FlipAveraged(nn.Module):
+    """--tta: the log of the mean of NET's class probabilities for an image and for its mirror image."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return (self.net(x).float().softmax(1) + self.net(x.flip(3)).float().softmax(1)).div_(2).log_()
+
+
+def evaluate_checkpoint(s, device, test):
+    """--evaluate: the checkpoint's loss, accuracy and confusion matrix on the test split, scored by
+    TEST (train.py's), and on the images its run held out when it had --val-split. Prints the report and
+    returns a report.Evaluation."""
+    net = load_tudui(s.evaluate, map_location="cpu").to(device, memory_format=torch.channels_last)
+    images, labels, classes = load_test_split(s.dataset, s.data_dir, not s.no_download, net.classes)
+    if len(classes) != len(net.classes):
+        raise SettingsError(f"{s.evaluate} predicts {len(net.classes)} classes but the dataset has "
+                            f"{len(classes)}; evaluate it on the dataset it was trained for")
+    if classes != net.classes:  # scored all the same: folders named 0..9 are a common way to store CIFAR-10
+        print(f"note: the test classes ({', '.join(classes)}) are not the class names of {s.evaluate} "
+              f"({', '.join(net.classes)}); test class i in this order is scored as its class i", file=sys.stderr)
+    norm, scored = normalizer(net.preprocess, device), FlipAveraged(net) if s.tta else net
+
+    def score(images, labels):
+        return test(scored, TestBatches(images.to(device), labels.to(device), norm, World()), len(classes), s.amp,
+                    World())
+    result = score(images, labels)
+    held_out = {}
+    config = net.config or {}
+    if config.get("val_split") and config.get("dataset") == s.dataset:  # drawn again from the run's seed
+        *_, val_x, val_y = hold_out(*load_dataset(s.dataset, s.data_dir, not s.no_download)[:2],
+                                    config["val_split"], config["seed"])
+        val = score(val_x, val_y)
+        held_out = {"val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_images": len(val_y)}
+    evaluation = Evaluation(result["loss"], result["accuracy"], result["confusion"], net.classes,
+                            describe_checkpoint(s.evaluate, net.provenance), **held_out)
+    print(format_report(evaluation))
+    return evaluation

@@ -1,0 +1,61 @@
+"""A training step recorded once as a CUDA graph and replayed with a single launch per step, and the one
+place that knows what a graph asks of the step and its optimizer. Knows nothing of what the step
+computes. Why: Tudui is so small that launching an eager step's ~60 kernels, not running them, bounds
+it on a GPU (docs/speed.md)."""
+import torch
+
+
+class GraphedStep:
+    """STEP(imgs, targets, scale), replayed as a CUDA graph for full batches of BATCH_SIZE images.
+
+    A graph replays the kernels of STEP on the tensors it was captured with, so:
+    - each batch is copied into this class's own input tensors;
+    - the OPTIMIZER's lr becomes a 0-dim device tensor, which settings.set_lr writes in place, and its
+      SGD groups run torch's fused kernel, which reads the lr there;
+    - SCALE must be the same for every full batch (it is recorded as a number).
+    Smaller batches, such as an epoch's last, run eagerly. Returns what STEP returns: with a graph, the
+    same tensors each time, so copy them before the next call."""
+
+    EAGER_WARMUP_STEPS = 3  # before capture: cuDNN picks its algorithms and the momentum buffers exist
+
+    def __init__(self, step, optimizer, batch_size, device):
+        self.step = step
+        for group in optimizer.param_groups:
+            group["lr"] = torch.tensor(float(group["lr"]), device=device)
+            if "fused" in group:  # torch.optim.SGD's groups; Muon's own SGD part is fused for a tensor lr
+                group["fused"] = True
+        self.batch_size, self.device = batch_size, device
+        self.static_inputs = None
+        self.graph = self.static_result = None
+        self.warmup_left = self.EAGER_WARMUP_STEPS
+
+    def __call__(self, imgs, targets, scale):
+        if len(targets) != self.batch_size:
+            return self.step(imgs, targets, scale)
+        if self.static_inputs is None:
+            self.static_inputs = (torch.empty_like(imgs), torch.empty_like(targets))
+        self.static_inputs[0].copy_(imgs)
+        self.static_inputs[1].copy_(targets)
+        if self.graph is None:
+            if self.warmup_left > 0:
+                self.warmup_left -= 1
+                return self._eager_on_side_stream(scale)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.static_result = self.step(*self.static_inputs, scale)
+        self.graph.replay()  # capture only records: this replay is the step itself
+        return self.static_result
+
+    def _eager_on_side_stream(self, scale):
+        """Warm-up steps before a capture run on a side stream, as torch.cuda.graph's documentation asks."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            result = self.step(*self.static_inputs, scale)
+        torch.cuda.current_stream().wait_stream(side)
+        return result
+
+
+def uses_cuda_graph(settings, device, world):
+    """Whether a run replays its steps as a CUDA graph: one process on a CUDA GPU, unless --no-cuda-graph."""
+    return settings.cuda_graph and device.type == "cuda" and world.size == 1
