@@ -36,6 +36,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=c
 $py -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(), '| cpus', __import__('os').cpu_count())" 2>&1 | tee -a "$log"
 mkdir -p $data && tar -xJf "$archive" -C $data
 $py bench/folder_to_cifar.py $data $pydata 2>&1 | tee -a "$log"  # also caches $data's decoded tensors
+export $($py bench/folder_to_cifar.py --env $pydata)  # torchvision then accepts the copy's md5s too
 
 # wall_time RUN [FLAGS...]: one quiet `python train.py` run; prints its process wall, train and loop seconds
 wall_time() {

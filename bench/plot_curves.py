@@ -1,16 +1,33 @@
-"""Draw test-accuracy curves from runs' metrics.jsonl files into one PNG (used for the README's picture).
+"""Draw test-accuracy curves from runs' metrics.jsonl files into one PNG (used for the README's picture),
+with matplotlib.
 
     python bench/plot_curves.py --out docs/curves.png tutorial=logs_train/A/metrics.jsonl tuned=logs_train/B/metrics.jsonl
 """
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from report import curves_image  # noqa: E402
+def plot(series, title, out):
+    """{name: [(epoch, accuracy), ...]} as one line each, the accuracy in percent, saved as a PNG at OUT."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import PercentFormatter
+
+    figure, axes = plt.subplots(figsize=(7.2, 4.2), dpi=100)
+    for name, points in series.items():
+        epochs, accuracies = zip(*points)
+        axes.plot(epochs, accuracies, linewidth=2,
+                  label=f"{name}: {accuracies[-1]:.2%} after epoch {epochs[-1]}")
+    axes.yaxis.set_major_formatter(PercentFormatter(1.0))
+    axes.set(xlabel="epoch", ylabel="test accuracy", title=title)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(out)
+    plt.close(figure)
 
 
 def main():
@@ -25,7 +42,7 @@ def main():
         records = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
         series[name] = [(r["epoch"], r["test_accuracy"]) for r in records]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(curves_image(series, args.title)).save(args.out)
+    plot(series, args.title, args.out)
     print(f"wrote {args.out}")
 
 

@@ -18,6 +18,7 @@ import contextlib
 import io
 import json
 import multiprocessing
+import os
 import shlex
 import statistics
 import sys
@@ -27,7 +28,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train  # noqa: E402
-from errors import TuduiError  # noqa: E402
+from tudui.errors import TuduiError  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from tiny_data import cifar_copy_env  # noqa: E402
 
 
 def run_once(flags, seed, epochs, data_dir, dataset, logdir):
@@ -94,6 +98,8 @@ def main():
     p.add_argument("--jobs", type=int, default=1, help="trainings run at once, each in its own process")
     p.add_argument("--out", default="recipe_results.jsonl")
     args = p.parse_args()
+    if args.dataset == "cifar10":  # a copy made by bench/folder_to_cifar.py is accepted by its md5s
+        os.environ.update(cifar_copy_env(args.data_dir))  # in the spawned workers too
     variants = {}
     for spec in args.variant:
         name, _, flags = spec.partition("=")

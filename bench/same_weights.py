@@ -35,7 +35,7 @@ def main():
     parser.add_argument("--repo", default=str(ROOT), help="the checkout whose train.py runs")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "tests"))
-    from tiny_data import registered_cifar_checksums, write_cifar_batches
+    from tiny_data import accept_tiny_cifar, write_cifar_batches
 
     sys.path.insert(0, args.repo)
     import torch
@@ -43,13 +43,13 @@ def main():
 
     with tempfile.TemporaryDirectory() as tmp:
         data = write_cifar_batches(Path(tmp) / "data", train_per_batch=240, test=200)
-        with registered_cifar_checksums(data):
-            for name, flags in RECIPES.items():
-                logs = Path(tmp) / name
-                train.main(["--data-dir", str(data), "--no-download", "--logdir", str(logs), "--run-name", "run",
-                            "--device", "cpu", "--quiet", "--epochs", "3", *flags])
-                state = torch.load(logs / "run" / "last.pth", weights_only=True)
-                print(f"{name:22s} {fingerprint(state)}")
+        accept_tiny_cifar()
+        for name, flags in RECIPES.items():
+            logs = Path(tmp) / name
+            train.main(["--data-dir", str(data), "--no-download", "--logdir", str(logs), "--run-name", "run",
+                        "--device", "cpu", "--quiet", "--epochs", "3", *flags])
+            state = torch.load(logs / "run" / "last.pth", weights_only=True)
+            print(f"{name:22s} {fingerprint(state)}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@ steps under torch.profiler, how many kernels, copies and fills one step runs on 
 milliseconds per step: eager, of which the optimizer step alone, and (on CUDA) replayed as a CUDA graph.
 It also counts the operators one step dispatches, on any device: on a GPU each is about one kernel, which
 a CUDA graph still runs one after another, and a graphed step is the count with the lr in a device
-tensor. It runs train.py's own step (make_step) on random images: exactly the code that trains.
+tensor. It runs train.py's own step (make_train_step) on random images, each batch drawn, augmented and
+converted by the loader that trains (TrainBatches): exactly the code that trains.
 
     python bench/step_profile.py --device cuda --recipe tutorial
     python bench/step_profile.py --device cpu --recipe tuned --steps 5
@@ -19,11 +20,10 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import config  # noqa: E402
-import data  # noqa: E402
-import devices  # noqa: E402
 import train  # noqa: E402
-from cuda_graph import GraphedStep  # noqa: E402
+from tudui import batches, devices, settings  # noqa: E402
+from tudui.cuda_graph import GraphedStep, lr_in_device_tensor  # noqa: E402
+from tudui.distributed import World  # noqa: E402
 
 WARMUP_STEPS = GraphedStep.EAGER_WARMUP_STEPS + 2  # eager warm-up, capture, and one more
 
@@ -34,39 +34,44 @@ def sync(device):
 
 
 class Step:
-    """train.py's step on random images, with the lr set before each call as train_one_epoch sets it.
-    DEVICE_LR (default: GRAPHED) gives the optimizer a CUDA graph records: its lr in a device tensor."""
+    """train.py's step on the next batch of random images, with the lr set before each call as
+    train_one_epoch sets it. DEVICE_LR (default: GRAPHED) gives the optimizer a CUDA graph records: its
+    lr in a device tensor."""
 
-    def __init__(self, args, device, graphed, steps, device_lr=None):
-        n = args.batch_size * (WARMUP_STEPS + steps)
-        tensors = {"train_x": torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, device=device),
-                   "train_y": torch.randint(0, 10, (n,), device=device),
-                   "norm": data.normalizer({"mean": [0.5] * 3, "std": [0.25] * 3} if args.normalize else {}, device)}
-        if args.augment:
-            plan = data.augment_plan(n, torch.Generator().manual_seed(0), args.translate)
-            tensors["flips"], tensors["shifts"] = (t.to(device) for t in plan)
-        model = train.build_model(10, device, args.seed)
-        self.optimizer = train.build_optimizer(model, args, graphed if device_lr is None else device_lr)
-        loss_fn = nn.CrossEntropyLoss(reduction="sum", label_smoothing=args.label_smoothing)
-        self.step = train.make_step(model, self.optimizer, loss_fn, tensors, args, graphed)
-        self.batches = torch.arange(n, device=device).split(args.batch_size)
-        self.args = args
+    def __init__(self, s, device, graphed, steps, device_lr=None):
+        n = s.batch_size * (WARMUP_STEPS + steps)
+        norm = batches.normalizer({"mean": [0.5] * 3, "std": [0.25] * 3} if s.normalize else {}, device)
+        loader = batches.TrainBatches(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, device=device),
+                                      torch.randint(0, 10, (n,), device=device), s.batch_size, norm, s, World())
+        model = train.build_model(10, device, s.seed)
+        self.optimizer = train.build_optimizer(model, s)
+        loss_fn = nn.CrossEntropyLoss(reduction="sum", label_smoothing=s.label_smoothing)
+        self.step = train.make_train_step(model, loss_fn, self.optimizer, s.amp)
+        if graphed:
+            self.step = GraphedStep(self.step, self.optimizer, s.batch_size, device)
+        elif device_lr:
+            lr_in_device_tensor(self.optimizer, device)
+        self.loader, self.batches, self.steps, self.s = loader, iter(loader), steps, s
 
-    def __call__(self, idx):
-        train.set_lr(self.optimizer, self.args.lr)
-        return self.step(idx, 1 / self.args.batch_size)
+    def __call__(self):
+        train.set_lr(self.optimizer, self.s.lr)
+        batch = next(self.batches, None)
+        if batch is None:  # a new epoch
+            self.batches = iter(self.loader)
+            batch = next(self.batches)
+        return self.step(*batch)
 
 
 def ms_per_step(step, device):
-    """Runs every batch once; the mean time of those after the warm-up (and, graphed, the capture)."""
-    for idx in step.batches[:WARMUP_STEPS]:
-        step(idx)
+    """The mean time of the steps after the warm-up (and, graphed, the capture)."""
+    for _ in range(WARMUP_STEPS):
+        step()
     sync(device)
     started = time.perf_counter()
-    for idx in step.batches[WARMUP_STEPS:]:
-        step(idx)
+    for _ in range(step.steps):
+        step()
     sync(device)
-    return (time.perf_counter() - started) / len(step.batches[WARMUP_STEPS:]) * 1000
+    return (time.perf_counter() - started) / step.steps * 1000
 
 
 def optimizer_ms(step, device, repeats=50):
@@ -95,22 +100,22 @@ class OperatorCount(TorchDispatchMode):
 
 def operators_per_step(args, device, device_lr):
     step = Step(args, device, False, 1, device_lr)
-    for idx in step.batches[:WARMUP_STEPS]:
-        step(idx)
+    for _ in range(WARMUP_STEPS):
+        step()
     with OperatorCount() as counter:
-        step(step.batches[WARMUP_STEPS])
+        step()
     return counter.count
 
 
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--recipe", choices=sorted(config.RECIPES), default="tutorial")
+    p.add_argument("--recipe", choices=sorted(settings.RECIPES), default="tutorial")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--rows", type=int, default=25, help="table rows")
     opts = p.parse_args()
     device = torch.device(opts.device)
-    args, _ = config.parse_args(["--recipe", opts.recipe, "--device", opts.device])
+    args = settings.resolve({"recipe": opts.recipe, "device": opts.device})
     devices.keep_freed_memory()  # as train.main does
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -122,8 +127,8 @@ def main():
           f"of which the optimizer step alone {optimizer_ms(step, device):.3f} ms")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
-        for idx in step.batches[WARMUP_STEPS:]:
-            step(idx)
+        for _ in range(step.steps):
+            step()
         sync(device)
     if device.type == "cuda":
         kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]

@@ -7,6 +7,7 @@ another copy of train.py (say one from an older commit) with the same flags, to 
     python bench/torchrun_exits.py --runs 100
 """
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -14,7 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-from conftest import write_cifar_batches  # noqa: E402  (the tests' tiny CIFAR-10 folder)
+from tiny_data import tiny_cifar_env, write_cifar_batches  # noqa: E402  (the tests' tiny CIFAR-10)
 
 
 def main(argv=None):
@@ -31,7 +32,7 @@ def main(argv=None):
                  str(args.script), "--data-dir", str(data_dir), "--logdir", str(Path(tmp) / f"logs{run}"),
                  "--no-download", "--device", "cpu", "--quiet", "--epochs", "1", "--batch-size", "64",
                  "--momentum", "0.9", "--augment", "--normalize"],
-                capture_output=True, text=True)
+                capture_output=True, text=True, env=dict(os.environ, **tiny_cifar_env()))
             if result.returncode:
                 failures.append(run)
                 if len(failures) == 1:  # all of stderr: the rank's own message comes before torchrun's report

@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from data import load_dataset  # noqa: E402
+from tudui.datasets import load_dataset  # noqa: E402
 from model import Tudui  # noqa: E402
 
 

@@ -1,12 +1,10 @@
-"""Tiny datasets built on the spot (CIFAR-10 cannot be downloaded in tests) and helpers to run the scripts."""
+"""Fixtures on tiny datasets built on the spot (tiny_data.py) and helpers to run the scripts."""
 import math
 import os
-import pickle
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
@@ -17,45 +15,19 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT))
 
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+from tiny_data import (CLASSES, accept_tiny_cifar, class_images, tiny_cifar_env,  # noqa: E402,F401
+                       write_cifar_batches, write_image_folder)
 
 
-def class_images(n, num_classes, seed):
-    """uint8 (n, 3, 32, 32) images whose mean colour depends on the label, so a network can learn them."""
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % num_classes
-    base = (labels * 255 // max(1, num_classes - 1)).astype(np.int64)
-    colour = np.stack([base, 255 - base, (base * 7) % 256], axis=1)[:, :, None, None]
-    images = np.clip(colour + rng.integers(-40, 40, (n, 3, 32, 32)), 0, 255).astype(np.uint8)
-    return images, labels
+accept_tiny_cifar()
 
 
-def write_cifar_batches(root, train_per_batch=40, test=100):
-    """A cifar-10-batches-py folder in torchvision's layout (5 train batches, a test batch, batches.meta)."""
-    folder = Path(root) / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    for i, name in enumerate(names):
-        images, labels = class_images(test if name == "test_batch" else train_per_batch, 10, seed=i)
-        with open(folder / name, "wb") as f:
-            pickle.dump({"data": images.reshape(len(images), -1), "labels": labels.tolist()}, f, protocol=2)
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": list(CLASSES)}, f, protocol=2)
-    return Path(root)
+def parse(argv):
+    """The Settings that train.py's command line ARGV makes, as train.main makes them."""
+    from tudui import checkpoints, settings
 
-
-def write_image_folder(root, classes=("cat", "dog", "ship"), train_per_class=12, test_per_class=6):
-    """DIR/train/<class>/ and DIR/test/<class>/ images of mixed sizes and modes."""
-    modes = ["RGB", "L", "RGBA", "P", "CMYK"]
-    for split, count in (("train", train_per_class), ("test", test_per_class)):
-        images, labels = class_images(count * len(classes), len(classes), seed=len(split))
-        for i, (image, label) in enumerate(zip(images, labels)):
-            folder = Path(root) / split / classes[label]
-            folder.mkdir(parents=True, exist_ok=True)
-            picture = Image.fromarray(image.transpose(1, 2, 0)).resize((32 + 8 * (i % 3), 32 + 4 * (i % 2)))
-            mode = modes[i % len(modes)]
-            picture.convert(mode).save(folder / f"{i:04d}.{'jpg' if mode == 'CMYK' else 'png'}")
-    return Path(root)
+    given = settings.command_line_settings(argv)
+    return settings.resolve(given, checkpoints.load_training_checkpoint(given["resume"]) if "resume" in given else None)
 
 
 @pytest.fixture(scope="session")
@@ -68,6 +40,16 @@ def folder_dir(tmp_path_factory):
     return write_image_folder(tmp_path_factory.mktemp("folder"))
 
 
+@pytest.fixture(scope="session")
+def finished_run(cifar_dir, tmp_path_factory):
+    """One finished tiny run of the tutorial's recipe (2 epochs of 4 steps, the loss logged every 2), for
+    the tests that only read what a run wrote: its TrainResult. Never write into its folder."""
+    import train
+    logdir = tmp_path_factory.mktemp("finished")
+    return train.main(["--data-dir", str(cifar_dir), "--no-download", "--logdir", str(logdir), "--run-name", "run",
+                       "--device", "cpu", "--quiet", "--epochs", "2", "--log-every", "2"])
+
+
 @pytest.fixture
 def train_args(cifar_dir, tmp_path):
     """Flags for a quick, fully local run on the tiny CIFAR-10 folder."""
@@ -77,7 +59,7 @@ def train_args(cifar_dir, tmp_path):
 
 def run_script(*args, cwd=ROOT, timeout=240, env=None):
     """Run a project script as a user would; returns the CompletedProcess."""
-    environment = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    environment = dict(os.environ, PYTHONUNBUFFERED="1", **tiny_cifar_env(), **(env or {}))
     return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=environment)
 
@@ -85,9 +67,9 @@ def run_script(*args, cwd=ROOT, timeout=240, env=None):
 def bad_input(capsys, argv, entry=None):
     """ARGV given to train.py's main (or ENTRY's) as the command line runs it must exit 2 with one line on
     stderr, 'error: ...'; returns that line."""
-    import cli
     import train
-    code = cli.run_cli(lambda: (entry or train.main)(argv))
+    from tudui import console
+    code = console.run_cli(lambda: (entry or train.main)(argv))
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert len(err.splitlines()) == 1 and err.startswith("error: "), err

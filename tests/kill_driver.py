@@ -25,15 +25,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
-import cli  # noqa: E402
-import runs  # noqa: E402
+from tudui import console  # noqa: E402
+from tudui import runs  # noqa: E402
 import train  # noqa: E402
 
 
 def start(argv):
     pid = os.fork()
     if pid == 0:
-        os._exit(cli.run_cli(lambda: train.main(argv)))
+        os._exit(console.run_cli(lambda: train.main(argv)))
     return pid
 
 

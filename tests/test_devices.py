@@ -1,35 +1,35 @@
-"""devices.py: a CPU step reuses the memory the step before freed; --deterministic's settings."""
+"""tudui/devices.py: a CPU step reuses the memory the step before freed; --deterministic's settings."""
 
 import platform
 
 import pytest
 import torch
 
-import devices
 import train
 from conftest import run_script
+from tudui import devices, distributed
 
 PAGE_FAULTS_PER_TUNED_STEP = """
-import resource, statistics, torch, config, data, devices, train
+import resource, statistics, torch, train
+from tudui import batches, devices, settings
+from tudui.distributed import World
 devices.keep_freed_memory()
-args, _ = config.parse_args(["--recipe", "tuned", "--device", "cpu"])
-n = args.batch_size * 11
-tensors = {"train_x": torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8), "train_y": torch.randint(0, 10, (n,)),
-           "norm": None}
-tensors["flips"], tensors["shifts"] = data.augment_plan(n, torch.Generator().manual_seed(0), args.translate)
+s = settings.resolve(settings.command_line_settings(["--recipe", "tuned", "--device", "cpu"]))
+n = s.batch_size * 11
+loader = batches.TrainBatches(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 10, (n,)),
+                              s.batch_size, None, s, World())
 model = train.build_model(10, torch.device("cpu"), seed=0)
-step = train.make_step(model, train.build_optimizer(model, args), torch.nn.CrossEntropyLoss(reduction="sum"), tensors,
-                       args, graphed=False)
-batches = torch.arange(n).split(args.batch_size)
-faults = []
-for idx in batches:
+step = train.make_train_step(model, torch.nn.CrossEntropyLoss(reduction="sum"), train.build_optimizer(model, s), False)
+batches_of_epoch, faults = iter(loader), []
+for _ in range(len(loader)):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    step(idx, 1 / args.batch_size)
+    step(*next(batches_of_epoch))  # the batch drawn, augmented and converted, then the step
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 print(statistics.median(faults[3:]))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc's malloc's")
 def test_a_cpu_step_reuses_the_memory_the_step_before_freed():
     """Seen here at batch 512 without keep_freed_memory: 46,568 to 55,887 page faults per step (181 to 218 MB
@@ -43,7 +43,7 @@ def test_a_cpu_step_reuses_the_memory_the_step_before_freed():
 
 def test_a_training_run_sets_up_the_memory_reuse(train_args, monkeypatch):
     calls = []
-    monkeypatch.setattr(train, "keep_freed_memory", lambda: calls.append("called"))
+    monkeypatch.setattr(distributed, "keep_freed_memory", lambda: calls.append("called"))
     train.main(train_args + ["--epochs", "1"])
     assert calls == ["called"]
 
@@ -72,7 +72,3 @@ def test_on_a_gpu_deterministic_turns_on_deterministic_algorithms_and_off_tf32_a
     with devices.device_settings(torch.device("cuda")):
         assert cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()  # cuDNN picks the fastest
     assert cudnn.benchmark == before[0]
-
-
-def test_the_deterministic_line_says_what_it_costs_on_a_gpu():
-    assert "GPU steps are slower for it" in devices.deterministic_note(torch.device("cuda"))

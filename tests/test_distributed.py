@@ -10,6 +10,7 @@ FLAGS = ["--no-download", "--device", "cpu", "--quiet", "--epochs", "1", "--batc
          "--momentum", "0.9", "--augment", "--normalize", "--run-name", "run"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra", [["--optimizer", "sgd", "--val-split", "40"], ["--optimizer", "muon"]])
 def test_two_gloo_processes_match_one_process_and_leave_one_set_of_files(cifar_dir, tmp_path, extra):
     """The first case also checks that every rank holds out the same validation images."""
@@ -34,6 +35,7 @@ def test_two_gloo_processes_match_one_process_and_leave_one_set_of_files(cifar_d
     assert ddp["metrics"]["train_loss_mean"] == pytest.approx(single["metrics"]["train_loss_mean"], abs=1e-4)
 
 
+@pytest.mark.slow
 def test_an_error_after_the_processes_join_exits_2_on_every_rank_with_its_line(tmp_path):
     result = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", ROOT / "train.py",
                         "--data-dir", tmp_path / "missing", "--no-download", "--device", "cpu",

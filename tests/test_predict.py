@@ -6,17 +6,17 @@ import re
 import pytest
 import torch
 
-import cli
+from tudui import console
 import predict
-from checkpoints import load_tudui
+from tudui import load_tudui
 from conftest import ROOT, SHARED, needs_shared, random_batch, reference_weights, run_script
-from errors import CheckpointError, DataError
-from model import CIFAR10_CLASSES
+from tudui.errors import CheckpointError, DataError
+from tudui.datasets import CIFAR10_CLASSES
 
 
 def run_predict(capsys, *argv):
     """predict.py's main in this process, as its command line runs it: (exit code, stdout, stderr)."""
-    code = cli.run_cli(lambda: predict.main([str(a) for a in argv]))
+    code = console.run_cli(lambda: predict.main([str(a) for a in argv]))
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -88,6 +88,7 @@ BAD_IMAGES = {
 }
 
 
+@pytest.mark.slow
 def test_each_bad_image_gets_one_line_and_the_good_ones_are_still_classified(checkpoint, images, tmp_path):
     for name, (make, _) in BAD_IMAGES.items():
         make(tmp_path / name)
@@ -122,6 +123,7 @@ def test_damaged_preprocessing_exits_2_with_one_line(images, tmp_path, preproces
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and "preprocessing" in err
 
 
+@pytest.mark.slow
 @needs_shared("tutorial", "tudui_29_gpu.pth")
 def test_tutorial_checkpoint_classifies_the_tutorials_pictures():
     folder = SHARED / "tutorial"

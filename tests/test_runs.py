@@ -1,4 +1,4 @@
-"""runs.py: what a run writes (TensorBoard read back as TensorBoard reads it, metrics.jsonl, config.json,
+"""tudui/runs.py: what a run writes (TensorBoard read back as TensorBoard reads it, metrics.jsonl, config.json,
 checkpoints), its folder and lock, and why a crash, a kill or a full disk loses nothing."""
 import fcntl
 import io
@@ -16,18 +16,9 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import config
-import runs
 import train
 from conftest import ROOT, assert_every_final_file_loads, bad_input, cosine_lrs, run_script
-
-
-@pytest.fixture(scope="module")
-def finished_run(cifar_dir, tmp_path_factory):
-    logdir = tmp_path_factory.mktemp("tb")
-    train.main(["--data-dir", str(cifar_dir), "--no-download", "--logdir", str(logdir), "--run-name", "run",
-                "--device", "cpu", "--quiet", "--epochs", "2", "--log-every", "2"])
-    return logdir
+from tudui import runs, settings
 
 
 def events(run_dir):
@@ -42,18 +33,12 @@ def scalars(run_dir):
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
-def test_tensorboard_has_the_tutorials_tags_with_the_tutorials_x_axes(train_args, tmp_path):
-    train.main(train_args + ["--epochs", "2", "--log-every", "2"])
-    curves = scalars(tmp_path / "logs" / "run")
+def test_tensorboard_has_the_tutorials_tags_and_x_axes_and_per_class_accuracy_lr_and_speed(finished_run):
+    curves = scalars(finished_run.run_dir)
     assert [step for step, _ in curves["train_loss"]] == [2, 4, 6, 8]  # 4 steps per epoch, logged every 2
-    assert [step for step, _ in curves["test_accuracy"]] == [0, 1]
-    assert [step for step, _ in curves["test_loss"]] == [0, 1]
-
-
-def test_scalars_include_per_class_accuracy_lr_train_accuracy_speed_and_epoch_time(finished_run):
-    tags = set(events(finished_run / "run").Tags()["scalars"])
-    assert {"train_loss", "test_loss", "test_accuracy", "lr", "train_accuracy", "images_per_s",
-            "epoch_seconds", "per_class_accuracy/airplane", "per_class_accuracy/truck"} <= tags
+    assert [step for step, _ in curves["test_accuracy"]] == [step for step, _ in curves["test_loss"]] == [0, 1]
+    assert {"lr", "train_accuracy", "images_per_s", "epoch_seconds", "per_class_accuracy/airplane",
+            "per_class_accuracy/truck"} <= set(curves)
 
 
 def test_lr_curve_is_the_learning_rate_each_logged_step_trained_with(cifar_dir, tmp_path):
@@ -61,24 +46,24 @@ def test_lr_curve_is_the_learning_rate_each_logged_step_trained_with(cifar_dir, 
                 "--device", "cpu", "--quiet", "--epochs", "2", "--log-every", "1", "--recipe", "tuned",
                 "--batch-size", "64"])  # 200 images: 4 steps an epoch, 8 in all
     points = [(e.step, e.value) for e in events(tmp_path / "run").Scalars("lr")]
-    expected = list(zip(range(1, 9), cosine_lrs(config.RECIPES["tuned"]["lr"], 8)))  # logged at steps counted from 1
+    expected = list(zip(range(1, 9), cosine_lrs(settings.RECIPES["tuned"]["lr"], 8)))  # logged at steps counted from 1
     assert [step for step, _ in points] == [step for step, _ in expected]
     assert [value for _, value in points] == pytest.approx([value for _, value in expected], rel=1e-6)
 
 
 def test_confusion_matrix_and_prediction_grid_are_logged_as_pictures_each_epoch(finished_run):
-    accumulator = events(finished_run / "run")
+    accumulator = events(finished_run.run_dir)
     for tag in ("confusion_matrix", "test_predictions"):
         pictures = accumulator.Images(tag)
         assert [p.step for p in pictures] == [0, 1] and pictures[0].width > 300
 
 
 def test_hparams_and_graph_live_in_the_run_folder_itself(finished_run):
-    accumulator = events(finished_run / "run")
+    accumulator = events(finished_run.run_dir)
     assert accumulator.Tags()["graph"]
     assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(accumulator.PluginTagToContent("hparams"))
-    assert [p.name for p in finished_run.iterdir()] == ["run"]
-    assert not [p for p in (finished_run / "run").iterdir() if p.is_dir()]
+    assert [p.name for p in finished_run.run_dir.parent.iterdir()] == ["run"]
+    assert not [p for p in (finished_run.run_dir).iterdir() if p.is_dir()]
 
 
 def test_a_resumed_run_writes_its_graph_and_hparams_only_once(cifar_dir, tmp_path):
@@ -103,17 +88,12 @@ def test_resumed_curves_continue_without_doubling_back(train_args, tmp_path):
     assert [step for step, _ in curves["test_accuracy"]] == [0, 1]
 
 
-def test_config_json_and_metrics_jsonl_are_written_for_notebooks(finished_run):
-    config = json.loads((finished_run / "run" / "config.json").read_text())
-    lines = [json.loads(x) for x in (finished_run / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert config["lr"] == 0.01 and [r["epoch"] for r in lines] == [0, 1]
+def test_config_json_holds_every_setting_and_metrics_jsonl_one_line_per_epoch(finished_run):
+    config = json.loads((finished_run.run_dir / "config.json").read_text())
+    lines = [json.loads(x) for x in (finished_run.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert set(config) == set(settings.FIELDS) and (config["lr"], config["epochs"]) == (0.01, 2)
+    assert [r["epoch"] for r in lines] == [0, 1]
     assert {"test_accuracy", "test_loss", "train_accuracy", "per_class_accuracy", "lr", "images_per_s"} <= set(lines[0])
-
-
-def test_metrics_jsonl_has_one_line_per_epoch(train_args, tmp_path):
-    train.main(train_args + ["--epochs", "2"])
-    lines = (tmp_path / "logs" / "run" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in lines] == [0, 1]
 
 
 def test_resuming_from_an_earlier_epoch_drops_the_later_epochs_metrics_lines(train_args, tmp_path):
@@ -145,9 +125,10 @@ def get_json(url):
         return json.load(response)
 
 
+@pytest.mark.slow
 def test_a_real_tensorboard_server_serves_the_values_in_metrics_jsonl(finished_run):
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(finished_run),
+    server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(finished_run.run_dir.parent),
                                "--host", "127.0.0.1", "--port", str(port), "--load_fast", "false",
                                "--reload_interval", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}/data/plugin/scalars"
@@ -159,7 +140,7 @@ def test_a_real_tensorboard_server_serves_the_values_in_metrics_jsonl(finished_r
             except OSError:
                 time.sleep(0.5)
         assert "test_accuracy" in tags["run"]
-        metrics = [json.loads(x) for x in (finished_run / "run" / "metrics.jsonl").read_text().splitlines()]
+        metrics = [json.loads(x) for x in (finished_run.run_dir / "metrics.jsonl").read_text().splitlines()]
         for tag in ("test_accuracy", "test_loss", "train_accuracy"):
             served = get_json(f"{base}/scalars?run=run&tag={tag}")
             assert [step for _, step, _ in served] == [m["epoch"] for m in metrics]
@@ -206,6 +187,16 @@ def test_the_checkpoint_to_resume_from_is_last_then_the_latest_epoch_then_best(t
         assert runs.resumable_checkpoint(tmp_path) == tmp_path / name  # each outranks those before it (10 > 2)
 
 
+def test_the_lock_is_filelocks_and_is_released_for_the_same_process_to_take_again(tmp_path):
+    from filelock import FileLock, Timeout
+
+    lock = runs.RunLock(tmp_path, "--run-name")
+    with pytest.raises(Timeout):
+        FileLock(tmp_path / ".lock").acquire(timeout=0)  # what another process's filelock sees
+    lock.release()
+    runs.RunLock(tmp_path, "--run-name").release()
+
+
 def test_second_run_on_the_same_folder_is_refused(train_args, tmp_path, capsys):
     run_dir = tmp_path / "logs" / "run"
     run_dir.mkdir(parents=True)
@@ -225,30 +216,6 @@ def test_second_run_on_the_same_checkpoint_folder_is_refused_and_frees_its_run_f
     assert f"another run is writing to {weights}; wait for it to finish or pick another --ckpt-dir" in err
     with open(tmp_path / "logs" / "run" / ".lock", "a") as run_lock:
         fcntl.flock(run_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the refused run let go of its own folder
-
-
-def test_without_fcntl_and_folder_sync_as_on_windows_runs_still_lock_save_resume_and_predict(cifar_dir, tmp_path):
-    """tests/as_on_windows.py takes away the POSIX-only calls (fcntl, opening a folder to sync it)."""
-    def as_on_windows(script, *args):
-        return run_script(ROOT / "tests" / "as_on_windows.py", script, *args, "--device", "cpu")
-
-    run_dir = tmp_path / "logs" / "run"
-    first = as_on_windows("train.py", "--data-dir", cifar_dir, "--no-download", "--logdir", tmp_path / "logs",
-                          "--run-name", "run", "--batch-size", "64", "--epochs", "1", "--quiet")
-    assert first.returncode == 0, first.stderr
-    with open(run_dir / ".lock", "a") as held:
-        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running train.py holds it
-        refused = as_on_windows("train.py", "--resume", run_dir / "last.pth", "--epochs", "2")
-    assert refused.returncode == 2 and "error: another run is writing to" in refused.stderr, refused.stderr
-    resumed = as_on_windows("train.py", "--resume", run_dir / "last.pth", "--epochs", "2", "--quiet")
-    assert resumed.returncode == 0, resumed.stderr
-    assert torch.load(run_dir / "last.pth", weights_only=True)["epoch"] == 1
-    with open(run_dir / ".lock", "a") as after:
-        fcntl.flock(after, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the finished run let go of its folder
-    image = tmp_path / "cat.png"
-    Image.new("RGB", (32, 32), (200, 120, 40)).save(image)
-    predicted = as_on_windows("predict.py", "--checkpoint", run_dir / "last.pth", image)
-    assert predicted.returncode == 0 and "cat.png" in predicted.stdout, predicted.stderr
 
 
 def test_full_disk_is_one_clear_line_and_earlier_checkpoints_survive(train_args, tmp_path, monkeypatch, capsys):
@@ -281,6 +248,7 @@ def test_full_disk_at_the_metrics_line_is_one_clear_line_after_the_epoch_is_save
     assert torch.load(tmp_path / "logs" / "run" / "last.pth", weights_only=True)["epoch"] == 0
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_weights(cifar_dir, tmp_path):
     flags = ["--data-dir", str(cifar_dir), "--no-download", "--device", "cpu", "--run-name", "run", "--quiet",
              "--recipe", "tuned", "--lr", "0.01", "--batch-size", "64", "--epochs", "20"]
@@ -309,17 +277,17 @@ class Killed(BaseException):
 def test_epoch_saved_but_not_logged_before_a_kill_is_logged_on_resume(train_args, tmp_path, monkeypatch):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    real_log_epoch = runs.log_epoch
+    real_log_epoch_scalars = runs.log_epoch_scalars
 
-    def killed_after_saving_epoch_1(writer, metrics_file, record, *rest):
+    def killed_after_saving_epoch_1(writer, record, classes):
         if record["epoch"] == 1:
             raise Killed
-        real_log_epoch(writer, metrics_file, record, *rest)
+        real_log_epoch_scalars(writer, record, classes)
 
-    monkeypatch.setattr(runs, "log_epoch", killed_after_saving_epoch_1)
+    monkeypatch.setattr(runs, "log_epoch_scalars", killed_after_saving_epoch_1)
     with pytest.raises(Killed):
         train.main(train_args + ["--epochs", "3"])
-    monkeypatch.setattr(runs, "log_epoch", real_log_epoch)
+    monkeypatch.setattr(runs, "log_epoch_scalars", real_log_epoch_scalars)
     run_dir = tmp_path / "logs" / "run"
     train.main(["--resume", str(run_dir / "last.pth"), "--quiet", "--device", "cpu"])
 

@@ -9,22 +9,19 @@ import time
 import pytest
 import torch
 
-import cli
-import config
-import data
 import predict
 import train
-from checkpoints import load_tudui
-from conftest import CLASSES, ROOT, SHARED, bad_input, class_images, cosine_lrs, needs_shared, run_script
-from errors import CheckpointError, DataError, SettingsError, TuduiError
+from conftest import CLASSES, write_cifar_batches, ROOT, SHARED, bad_input, class_images, cosine_lrs, needs_shared, parse, run_script
 from model import Tudui
+from tudui import batches, console, load_tudui, settings
+from tudui.batches import TestBatches, TrainBatches
+from tudui.distributed import World
+from tudui.errors import CheckpointError, DataError, SettingsError, TuduiError
 
-TUNED_LR = config.RECIPES["tuned"]["lr"]
+TUNED_LR = settings.RECIPES["tuned"]["lr"]
 
 
-TUNED_LR = config.RECIPES["tuned"]["lr"]
-
-
+@pytest.mark.slow
 def test_command_line_run_writes_checkpoints_and_curves_and_records_its_command(cifar_dir, tmp_path):
     result = run_script(ROOT / "train.py", "--data-dir", cifar_dir, "--no-download", "--epochs", "2",
                         "--logdir", tmp_path / "logs", "--run-name", "cli", "--log-every", "2", cwd=tmp_path)
@@ -38,9 +35,8 @@ def test_command_line_run_writes_checkpoints_and_curves_and_records_its_command(
                                   f"{tmp_path / 'logs'} --run-name cli --log-every 2")
 
 
-def test_checkpoint_is_a_weights_only_dict_with_everything_to_resume(train_args, tmp_path):
-    train.main(train_args + ["--epochs", "1"])
-    ckpt = torch.load(tmp_path / "logs" / "run" / "tudui_epoch_0.pth", weights_only=True)
+def test_checkpoint_is_a_weights_only_dict_with_everything_to_resume(finished_run):
+    ckpt = torch.load(finished_run.ckpt_dir / "tudui_epoch_0.pth", weights_only=True)
     assert {"model", "optimizer", "epoch", "step", "config", "classes", "test_accuracy", "test_loss", "rng"} <= set(ckpt)
     assert ckpt["epoch"] == 0 and ckpt["step"] == math.ceil(200 / 64)
     assert ckpt["config"]["lr"] == 0.01 and ckpt["classes"][0] == "airplane"
@@ -55,11 +51,6 @@ def test_best_checkpoint_holds_the_highest_test_accuracy(train_args, tmp_path):
     last = torch.load(run_dir / "last.pth", weights_only=True)
     assert best["test_accuracy"] == max(accuracies) and best["epoch"] == accuracies.index(max(accuracies))
     assert last["epoch"] == 2
-
-
-def test_main_returns_the_final_metrics(train_args):
-    metrics = train.main(train_args + ["--epochs", "1"])
-    assert metrics.epoch == 0 and 0 <= metrics.test_accuracy <= 1 and metrics.test_loss > 0
 
 
 def test_each_epoch_records_when_it_started(train_args, tmp_path):
@@ -78,10 +69,10 @@ def test_last_partial_batch_is_trained_on(train_args, tmp_path):
 def test_test_loss_is_the_mean_per_sample_loss_whatever_the_batch_size(monkeypatch):
     images, labels = (torch.from_numpy(a) for a in class_images(30, 10, seed=1))
     net = Tudui()
-    expected = torch.nn.functional.cross_entropy(net(data.to_input(images)), labels).item()
+    expected = torch.nn.functional.cross_entropy(net(batches.to_input(images)), labels).item()
     for batch in (7, 500):
-        monkeypatch.setattr(train, "EVAL_BATCH_SIZE", batch)
-        result = train.test(net, images, labels, 10, {"mean": None}, torch.device("cpu"))
+        monkeypatch.setattr(batches, "TEST_BATCH_SIZE", batch)
+        result = train.test(net, TestBatches(images, labels, None, World()), 10, False, World())
         assert result["loss"] == pytest.approx(expected, rel=1e-5)
 
 
@@ -96,28 +87,28 @@ def test_amp_on_the_cpu_trains_in_bfloat16_close_to_fp32_with_fp32_weights(train
 
 
 def test_cosine_schedule_decays_from_the_peak_to_zero():
-    args, _ = config.parse_args(["--lr", "0.1", "--schedule", "cosine"])
-    lrs = [train.lr_at(step, 100, args) for step in range(100)]
+    args = parse(["--lr", "0.1", "--schedule", "cosine"])
+    lrs = [settings.lr_at(step, 100, args) for step in range(100)]
     assert lrs[0] == 0.1 and lrs == sorted(lrs, reverse=True) and lrs[-1] < 1e-4
 
 
 def test_onecycle_warms_up_for_30_percent_then_anneals():
-    args, _ = config.parse_args(["--lr", "0.1", "--schedule", "onecycle"])
-    lrs = [train.lr_at(step, 100, args) for step in range(100)]
+    args = parse(["--lr", "0.1", "--schedule", "onecycle"])
+    lrs = [settings.lr_at(step, 100, args) for step in range(100)]
     assert lrs[0] == pytest.approx(0.1 / 25) and max(lrs) == lrs[30] == pytest.approx(0.1)
     assert lrs[-1] < 1e-3
 
 
 def test_warmup_ramps_linearly_to_the_peak():
-    args, _ = config.parse_args(["--lr", "0.1", "--warmup", "0.1"])
-    assert [train.lr_at(step, 100, args) for step in range(10)] == pytest.approx([0.01 * (i + 1) for i in range(10)])
-    assert train.lr_at(50, 100, args) == 0.1
+    args = parse(["--lr", "0.1", "--warmup", "0.1"])
+    assert [settings.lr_at(step, 100, args) for step in range(10)] == pytest.approx([0.01 * (i + 1) for i in range(10)])
+    assert settings.lr_at(50, 100, args) == 0.1
 
 
 @pytest.fixture
 def cifar_train(cifar_dir):
     """The tiny CIFAR-10 training split: 200 images, so 4 steps of 64 (the last one of 8)."""
-    from data import load_cifar10
+    from tudui.datasets import load_cifar10
     images, labels, _ = load_cifar10(cifar_dir, "train", download=False)
     return images, labels
 
@@ -130,10 +121,10 @@ def plain_epoch(images, labels, lrs, translate=None, normalize=False, label_smoo
     torch.manual_seed(0)
     plain = Tudui()
     optimizer = torch.optim.SGD(plain.parameters(), lr=lrs[0], **sgd)
-    generator = data.epoch_generator(0, 0)
+    generator = batches.epoch_generator(0, 0)
     order = torch.randperm(len(labels), generator=generator)
     if translate is not None:
-        flips, shifts = data.augment_plan(len(labels), generator, translate)
+        flips, shifts = batches.augment_plan(len(labels), generator, translate)
     pixels = images.double() / 255
     mean, std = pixels.mean((0, 2, 3)).float().view(1, 3, 1, 1), pixels.std((0, 2, 3)).float().view(1, 3, 1, 1)
     for step, i in enumerate(range(0, len(labels), 64)):
@@ -161,14 +152,13 @@ def shifted(image, dy, dx, pad):
 
 def fast_epoch(images, labels, flags):
     """train.py's epoch 0 (channels_last, tensor batches, device-side loss buffer) as one epoch of four."""
-    args, _ = config.parse_args(["--batch-size", "64", *flags])
-    device = torch.device("cpu")
-    fast = train.build_model(10, device, seed=0)
-    tensors = {"train_x": images, "train_y": labels, "norm": None}
-    optimizer = train.build_optimizer(fast, args)
-    step = train.make_step(fast, optimizer, torch.nn.CrossEntropyLoss(reduction="sum"), tensors, args, graphed=False)
-    losses, _, _ = train.train_one_epoch(fast, step, optimizer, tensors, 0, 0, 4, args, cli.progress_bar(4, "", False),
-                                         cli.StopOnCtrlC())
+    s = parse(["--batch-size", "64", *flags])
+    fast = train.build_model(10, torch.device("cpu"), seed=0)
+    optimizer = train.build_optimizer(fast, s)
+    step = train.make_train_step(fast, torch.nn.CrossEntropyLoss(reduction="sum"), optimizer, amp=False)
+    loader = TrainBatches(images, labels, 64, None, s, World())
+    losses, _, _ = train.train_one_epoch(fast, loader, step, optimizer, 0, 4, s, World(), iter, lambda *_: None,
+                                         console.StopOnCtrlC())
     return fast, losses
 
 
@@ -207,9 +197,9 @@ def test_normalization_constants_are_stored_and_applied_by_predict(cifar_dir, tm
     train.main(["--data-dir", str(cifar_dir), "--no-download", "--device", "cpu", "--quiet", "--epochs", "1",
                 "--logdir", str(tmp_path), "--run-name", "r", "--recipe", "tuned", "--batch-size", "64"])
     checkpoint = torch.load(tmp_path / "r" / "last.pth", weights_only=True)
-    from data import load_cifar10
+    from tudui.datasets import load_cifar10
     images, _, _ = load_cifar10(cifar_dir, "train", download=False)
-    mean, std = data.channel_stats(images)
+    mean, std = batches.channel_stats(images)
     assert checkpoint["preprocess"] == {"mean": mean, "std": std}
 
     net = load_tudui(tmp_path / "r" / "last.pth")
@@ -309,7 +299,7 @@ def test_evaluate_with_tta_scores_the_mean_of_the_image_and_mirror_probabilities
     metrics = train.main(["--evaluate", str(untrained_weights), "--tta", "--data-dir", str(cifar_dir),
                           "--no-download", "--device", "cpu"])
 
-    from data import load_cifar10
+    from tudui.datasets import load_cifar10
     images, labels, _ = load_cifar10(cifar_dir, "test", download=False)
     net = load_tudui(untrained_weights)
     x = images.float() / 255
@@ -365,6 +355,7 @@ def test_evaluating_on_classes_named_otherwise_says_how_they_are_matched(folder_
                                        "order is scored as its class i\n")
 
 
+@pytest.mark.slow
 @needs_shared("cifar10-jpg.tar.xz")
 def test_tutorial_checkpoint_scores_about_61_percent_on_the_real_test_images(real_cifar):
     metrics = train.main(["--evaluate", str(SHARED / "tutorial" / "tudui_29_gpu.pth"), "--dataset", "folder",
@@ -372,6 +363,7 @@ def test_tutorial_checkpoint_scores_about_61_percent_on_the_real_test_images(rea
     assert 0.60 <= metrics.test_accuracy <= 0.625
 
 
+@pytest.mark.slow
 def test_main_called_from_python_with_a_kernels_command_line_trains_on_the_defaults(cifar_dir, tmp_path, monkeypatch):
     """A Jupyter kernel's own sys.argv must not reach argparse (pytorch/examples issue 369)."""
     shutil.copytree(cifar_dir / "cifar-10-batches-py", tmp_path / "data" / "cifar-10-batches-py")
@@ -416,13 +408,13 @@ def test_bad_input_from_python_raises_its_kinds_error_with_the_command_lines_mes
     assert isinstance(raised.value, TuduiError) and len(str(raised.value).splitlines()) == 1
 
 
-def test_the_result_holds_the_per_epoch_history_and_the_checkpoints_paths(train_args, tmp_path):
-    result = train.main(train_args + ["--epochs", "3"])
-    records = [json.loads(line) for line in (tmp_path / "logs" / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert result.history["epoch"] == [0, 1, 2]
-    assert result.history["test_accuracy"] == [r["test_accuracy"] for r in records]
-    assert result.last_path == tmp_path / "logs" / "run" / "last.pth" and result.best_path.exists()
-    assert torch.load(result.last_path, weights_only=True)["epoch"] == 2
+def test_the_result_holds_the_per_epoch_history_and_the_checkpoints_paths(finished_run):
+    records = [json.loads(line) for line in (finished_run.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert finished_run.history["epoch"] == [0, 1]
+    assert finished_run.history["test_accuracy"] == [r["test_accuracy"] for r in records]
+    assert finished_run.test_accuracy == records[-1]["test_accuracy"] and finished_run.epoch == 1
+    assert finished_run.last_path == finished_run.run_dir / "last.pth" and finished_run.best_path.exists()
+    assert torch.load(finished_run.last_path, weights_only=True)["epoch"] == 1
 
 
 def test_evaluate_from_python_returns_the_confusion_matrix_and_the_class_names(cifar_dir, untrained_weights):
@@ -473,7 +465,7 @@ DRY_RUN_LINES = ("data: ", "device: cpu", "folders: ", "training: 2 steps", "tes
 def test_a_dry_run_checks_each_part_in_a_line_names_the_real_command_and_writes_nothing(cifar_dir, tmp_path, capsys):
     argv = ["--data-dir", str(cifar_dir), "--no-download", "--device", "cpu", "--logdir", str(tmp_path / "logs"),
             "--recipe", "tuned", "--batch-size", "64", "--dry-run"]
-    assert train.main(argv, config.command_line_call(argv)) is None  # as `python train.py ARGV` calls it
+    assert train.main(argv) is None
     lines = capsys.readouterr().out.splitlines()
     assert [line[:len(start)] for line, start in zip(lines, DRY_RUN_LINES)] == list(DRY_RUN_LINES)
     assert "training images per class: airplane 20, automobile 20" in lines[0]
@@ -506,7 +498,7 @@ def hold_the_run_lock(tmp_path):
     (["--data-dir", "{tmp}/nowhere"], None, "CIFAR-10 is not in {tmp}/nowhere/cifar-10-batches-py and --dry-run "
                                            "downloads nothing"),
     ([], lambda tmp: (tmp.parent / "cifar" / "cifar-10-batches-py" / "data_batch_2").write_bytes(b"\x80\x04junk"),
-     "data_batch_2 is not a readable CIFAR-10 batch"),
+     "cifar-10-batches-py fails torchvision's md5 check"),
     (["--device", "cuda"], "no cuda", "--device cuda is not available on this machine"),
     (["--logdir", "{tmp}/a_file/logs"], lambda tmp: (tmp / "a_file").write_text(""), "cannot write in {tmp}/a_file"),
     (["--ckpt-dir", "{tmp}/a_file/weights"], lambda tmp: (tmp / "a_file").write_text(""),
@@ -517,7 +509,6 @@ def hold_the_run_lock(tmp_path):
 ])
 def test_a_dry_run_fails_on_each_part_with_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch, flags, prepare,
                                                                         says):
-    from conftest import write_cifar_batches
     work = tmp_path / "work"
     work.mkdir()
     write_cifar_batches(tmp_path / "cifar")

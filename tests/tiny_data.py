@@ -1,11 +1,10 @@
 """Tiny datasets made on the spot (CIFAR-10 cannot be downloaded in tests), for the tests and bench scripts.
 
 torchvision's CIFAR10 checks each batch file's md5 against the real CIFAR-10's before unpickling it. The
-tiny files are registered with it as the test's own checksums (registered_cifar_checksums), in this
-process or, through tests/registered_cifar/sitecustomize.py, in a script the test starts: the project's
-code is left exactly as strict as it is for users.
+tests make it accept the md5s of the tiny files as well (accept_tiny_cifar), in their own process and,
+through tests/registered_cifar/sitecustomize.py, in the scripts they start: the project's code is left
+exactly as strict as it is for users.
 """
-import contextlib
 import hashlib
 import os
 import pickle
@@ -16,6 +15,7 @@ from PIL import Image
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 REGISTERED = Path(__file__).resolve().parent / "registered_cifar"
+TINY_CHECKSUMS = set()  # md5s of every tiny CIFAR-10 file written in this process
 
 
 def class_images(n, num_classes, seed):
@@ -39,6 +39,7 @@ def write_cifar_batches(root, train_per_batch=40, test=100):
             pickle.dump({"data": images.reshape(len(images), -1), "labels": labels.tolist()}, f, protocol=2)
     with open(folder / "batches.meta", "wb") as f:
         pickle.dump({"label_names": list(CLASSES)}, f, protocol=2)
+    TINY_CHECKSUMS.update(md5(folder / name) for name in [*names, "batches.meta"])
     return Path(root)
 
 
@@ -46,32 +47,34 @@ def md5(path):
     return hashlib.md5(Path(path).read_bytes()).hexdigest()
 
 
-def register_cifar_checksums(root):
-    """Make torchvision's CIFAR10 accept the tiny files under ROOT (and only them, byte for byte)."""
-    from torchvision.datasets import CIFAR10
+def accept_tiny_cifar(checksums=TINY_CHECKSUMS):
+    """Make torchvision's CIFAR10 accept, besides CIFAR-10's own files, those whose md5 is in CHECKSUMS
+    (every file write_cifar_batches wrote, by default). Each file is still checked before it is read."""
+    from torchvision.datasets import cifar
 
-    folder = Path(root) / CIFAR10.base_folder
-    CIFAR10.train_list = [[name, md5(folder / name)] for name, _ in CIFAR10.train_list]
-    CIFAR10.test_list = [[name, md5(folder / name)] for name, _ in CIFAR10.test_list]
-    CIFAR10.meta = dict(CIFAR10.meta, md5=md5(folder / CIFAR10.meta["filename"]))
+    if getattr(cifar.check_integrity, "accepts_tiny", False):
+        return
+    real = cifar.check_integrity
 
-
-@contextlib.contextmanager
-def registered_cifar_checksums(root):
-    from torchvision.datasets import CIFAR10
-
-    saved = CIFAR10.train_list, CIFAR10.test_list, CIFAR10.meta
-    register_cifar_checksums(root)
-    try:
-        yield
-    finally:
-        CIFAR10.train_list, CIFAR10.test_list, CIFAR10.meta = saved
+    def check_integrity(path, checksum=None):
+        return real(path, checksum) or (os.path.isfile(path) and md5(path) in checksums)
+    check_integrity.accepts_tiny = True
+    cifar.check_integrity = check_integrity
 
 
-def registered_env(root):
-    """Environment variables under which a script started by a test accepts the tiny files under ROOT."""
+def tiny_cifar_env(checksums=TINY_CHECKSUMS):
+    """Environment variables under which a script started by a test accepts the files of CHECKSUMS (the
+    tiny ones by default), as accept_tiny_cifar does in the test's own process (through
+    tests/registered_cifar/sitecustomize.py)."""
     path = os.pathsep.join(filter(None, [str(REGISTERED), os.environ.get("PYTHONPATH")]))
-    return {"PYTHONPATH": path, "TUDUI_TEST_CIFAR": str(root)}
+    return {"PYTHONPATH": path, "TUDUI_ACCEPT_CIFAR_MD5": ",".join(sorted(checksums))}
+
+
+def cifar_copy_env(data_dir):
+    """tiny_cifar_env for every file of DATA_DIR/cifar-10-batches-py: for benchmarks on a copy of CIFAR-10
+    made by bench/folder_to_cifar.py, whose files are not CIFAR-10's own bytes."""
+    folder = Path(data_dir) / "cifar-10-batches-py"
+    return tiny_cifar_env({md5(path) for path in folder.iterdir() if path.is_file()} if folder.is_dir() else set())
 
 
 def write_image_folder(root, classes=("cat", "dog", "ship"), train_per_class=12, test_per_class=6):

@@ -93,6 +93,7 @@ class TrainBatches:
 class TestBatches:
     """`for imgs, targets in batches`: IMAGES in order as the network's input, TEST_BATCH_SIZE at a time;
     under torchrun, this rank's share of them."""
+    __test__ = False  # a name pytest would otherwise collect
 
     def __init__(self, images, labels, norm, world):
         share = world.share_of(len(labels))

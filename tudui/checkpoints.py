@@ -98,7 +98,7 @@ def read_checkpoint(path, map_location="cpu"):
             f"checkpoint {path} was refused: its pickle asks for {asked.group(1)}, which is not "
             "on the allow-list; "
             "nothing from it was run. Only load checkpoints from sources you trust, saved as a state_dict") from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError, TypeError,
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError, TypeError, AssertionError,
             IndexError, OverflowError, MemoryError, UnicodeDecodeError, struct.error, zipfile.BadZipFile) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise unreadable(path, reason[:200]) from None

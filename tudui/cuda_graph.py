@@ -20,11 +20,8 @@ class GraphedStep:
 
     def __init__(self, step, optimizer, batch_size, device):
         self.step = step
-        for group in optimizer.param_groups:
-            group["lr"] = torch.tensor(float(group["lr"]), device=device)
-            if "fused" in group:  # torch.optim.SGD's groups; Muon's own SGD part is fused for a tensor lr
-                group["fused"] = True
-        self.batch_size, self.device = batch_size, device
+        lr_in_device_tensor(optimizer, device)
+        self.batch_size = batch_size
         self.static_inputs = None
         self.graph = self.static_result = None
         self.warmup_left = self.EAGER_WARMUP_STEPS
@@ -54,6 +51,15 @@ class GraphedStep:
             result = self.step(*self.static_inputs, scale)
         torch.cuda.current_stream().wait_stream(side)
         return result
+
+
+def lr_in_device_tensor(optimizer, device):
+    """Move OPTIMIZER's lr into 0-dim tensors on DEVICE, which a graph reads at each replay, and run its
+    SGD groups as torch's fused kernel, which reads the lr there (Muon's own SGD part does so by itself)."""
+    for group in optimizer.param_groups:
+        group["lr"] = torch.tensor(float(group["lr"]), device=device)
+        if "fused" in group:
+            group["fused"] = True
 
 
 def uses_cuda_graph(settings, device, world):

@@ -22,15 +22,16 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 CACHE_FORMAT = 2  # raised whenever decode_image changes, so that caches of the old decoding are rebuilt
 
 
-def load_cifar10(data_dir, train, download, dry_run=False):
+def load_cifar10(data_dir, split, download, dry_run=False):
     """torchvision's CIFAR10 in DATA_DIR, downloaded by it when missing (never in a DRY_RUN, which writes
-    nothing). torchvision checks every file's md5 against CIFAR-10's before it unpickles one."""
+    nothing). SPLIT is "train" or "test". torchvision checks every file's md5 against CIFAR-10's before it
+    unpickles one."""
     from torchvision.datasets import CIFAR10
 
     try:
         if download and not dry_run:
             Path(data_dir).mkdir(parents=True, exist_ok=True)
-        dataset = CIFAR10(root=str(data_dir), train=train, download=download and not dry_run)
+        dataset = CIFAR10(root=str(data_dir), train=split == "train", download=download and not dry_run)
     except (OSError, RuntimeError) as e:  # URLError is an OSError
         raise cifar10_missing(Path(data_dir), download, dry_run, e) from None
     images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
@@ -210,8 +211,8 @@ def load_dataset(kind, data_dir, download=True, dry_run=False):
     """(train_images, train_labels, test_images, test_labels, classes). A DRY_RUN writes nothing: no
     download, no cache."""
     if kind == "cifar10":
-        train_x, train_y, classes = load_cifar10(data_dir, True, download, dry_run)
-        test_x, test_y, _ = load_cifar10(data_dir, False, download, dry_run)
+        train_x, train_y, classes = load_cifar10(data_dir, "train", download, dry_run)
+        test_x, test_y, _ = load_cifar10(data_dir, "test", download, dry_run)
     else:
         train_x, train_y, classes = load_folder(data_dir, "train", write_cache=not dry_run)
         test_x, test_y, _ = load_folder(data_dir, "test", classes, write_cache=not dry_run)
@@ -222,7 +223,7 @@ def load_test_split(kind, data_dir, download=True, classes=None):
     """The test split alone, labelled in the order of CLASSES (a checkpoint's class names) when its
     folders are among them, else in sorted folder order as training uses."""
     if kind == "cifar10":
-        return load_cifar10(data_dir, False, download)
+        return load_cifar10(data_dir, "test", download)
     found, _ = list_folder_split(data_dir, "test")
     named = classes and set(found) <= set(classes)
     return load_folder(data_dir, "test", classes if named else found, allow_empty=named)

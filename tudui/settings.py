@@ -5,6 +5,7 @@ the learning rate of each step. Turns flags into settings; runs nothing.
 import argparse
 import dataclasses
 import math
+import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,14 +128,15 @@ def fits(name, value):
         return value in choices
     if isinstance(value, bool):
         return kind is bool
-    return isinstance(value, (int, float) if kind is float else kind)
+    return isinstance(value, {float: (int, float), str: (str, os.PathLike)}.get(kind, kind))
 
 
 def resolve(given, resumed=None):
     """Settings from GIVEN (what the user said, a dict); the rest from RESUMED's saved settings when
     resuming, then from the recipe, then the defaults. Checked."""
     saved = saved_settings(resumed, given["resume"]) if resumed else {}
-    settings = Settings(**{**saved, **given})
+    paths_as_text = {k: os.fspath(v) for k, v in given.items() if isinstance(v, os.PathLike)}
+    settings = Settings(**{**saved, **given, **paths_as_text})
     if resumed:
         refuse_changed_foundations(settings, saved)
     if settings.optimizer == "sgd" and settings.muon_decay is None:

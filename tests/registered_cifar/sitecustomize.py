@@ -1,11 +1,12 @@
-"""Started by Python itself in a script a test runs (tiny_data.registered_env): registers the tiny CIFAR-10
-files of TUDUI_TEST_CIFAR with torchvision, as tiny_data.register_cifar_checksums does in the test's own process."""
+"""Run by Python itself at the start of a script a test starts (tiny_data.tiny_cifar_env): torchvision's
+CIFAR10 then accepts the tiny CIFAR-10 files whose md5s TUDUI_ACCEPT_CIFAR_MD5 lists, as
+tiny_data.accept_tiny_cifar does in the test's own process."""
 import os
 import sys
 
-if os.environ.get("TUDUI_TEST_CIFAR"):
+if os.environ.get("TUDUI_ACCEPT_CIFAR_MD5"):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from tiny_data import register_cifar_checksums
+    from tiny_data import accept_tiny_cifar
 
-    register_cifar_checksums(os.environ["TUDUI_TEST_CIFAR"])
+    accept_tiny_cifar(set(os.environ["TUDUI_ACCEPT_CIFAR_MD5"].split(",")))
     del sys.path[0]

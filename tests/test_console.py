@@ -1,4 +1,4 @@
-"""cli.py: Ctrl-C, bad input and closed pipes on the command line: one line, the right exit code, no traceback."""
+"""tudui/console.py: Ctrl-C, bad input and closed pipes on the command line: one line, the right exit code, no traceback."""
 import os
 import signal
 import subprocess
@@ -7,8 +7,12 @@ import time
 
 import pytest
 
-import cli
-from conftest import ROOT, assert_every_final_file_loads, run_script
+from conftest import ROOT, assert_every_final_file_loads, run_script, tiny_cifar_env
+from tudui import console
+
+
+def script_env():
+    return dict(os.environ, PYTHONUNBUFFERED="1", **tiny_cifar_env())
 
 
 def train_command(cifar_dir, logdir, *extra):
@@ -16,9 +20,10 @@ def train_command(cifar_dir, logdir, *extra):
             "--logdir", str(logdir), "--run-name", "run", "--quiet", "--recipe", "tuned", "--batch-size", "64", "--lr", "0.01", *extra]
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_prints_the_resume_command_and_exits_130(cifar_dir, tmp_path):
     proc = subprocess.Popen(train_command(cifar_dir, tmp_path, "--epochs", "100000"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=script_env())
     run_dir = tmp_path / "run"
     deadline = time.time() + 60
     while not (run_dir / "last.pth").exists() and time.time() < deadline:
@@ -33,7 +38,7 @@ def test_ctrl_c_stops_cleanly_prints_the_resume_command_and_exits_130(cifar_dir,
 
 def test_a_second_ctrl_c_stops_at_once_and_the_previous_handler_comes_back():
     before = signal.getsignal(signal.SIGINT)
-    stop = cli.StopOnCtrlC()
+    stop = console.StopOnCtrlC()
     with stop:
         os.kill(os.getpid(), signal.SIGINT)
         assert stop.requested
@@ -43,12 +48,9 @@ def test_a_second_ctrl_c_stops_at_once_and_the_previous_handler_comes_back():
     assert signal.getsignal(signal.SIGINT) is before
 
 
+@pytest.mark.slow
 def test_ctrl_c_outside_the_training_loop_is_one_line_and_exit_130(checkpoint, images):
     """Ctrl-C while predict.py works through a long list of images."""
-    import os
-    import signal
-    import subprocess
-    import sys
     # Python leaves Ctrl-C ignored in a program started with SIGINT ignored (as `cmd &` does): start it as a shell would
     proc = subprocess.Popen([sys.executable, str(ROOT / "predict.py"), "--checkpoint", str(checkpoint),
                              *["RGB.png"] * 20000], cwd=images, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -63,34 +65,36 @@ def test_ctrl_c_outside_the_training_loop_is_one_line_and_exit_130(checkpoint, i
     assert len(out.splitlines()) < 19999
 
 
+@pytest.mark.slow
 def test_bad_input_on_the_command_line_prints_no_traceback(tmp_path):
     result = run_script(ROOT / "train.py", "--resume", tmp_path / "missing.pth")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip() == f"error: checkpoint {tmp_path / 'missing.pth'} does not exist; check the path"
 
 
+@pytest.mark.slow
 def test_output_into_a_closed_pipe_ends_without_a_traceback(checkpoint, images, cifar_dir):
     """Like `| head` that has read its lines and gone: exit code 1, nothing on stderr."""
-    import os
-    import subprocess
-    import sys
     for command in (["predict.py", "--checkpoint", checkpoint, images / "RGB.png"],
                     ["train.py", "--evaluate", checkpoint, "--data-dir", cifar_dir, "--no-download"]):
         proc = subprocess.Popen([sys.executable, str(ROOT / command[0]), *map(str, command[1:])],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=script_env())
         proc.stdout.close()
         assert (proc.stderr.read(), proc.wait(timeout=60)) == ("", 1)
 
 
 def test_the_progress_bar_draws_on_a_terminal_or_in_a_notebook_and_nowhere_else(monkeypatch):
-    assert cli.progress_bar(4, "epoch 0", enabled=True).disable  # pytest's stderr is no terminal
-    monkeypatch.setattr(cli, "in_notebook", lambda: True)
-    bar = cli.progress_bar(4, "epoch 0", enabled=True)
-    assert not bar.disable
-    bar.close()
-    assert cli.progress_bar(4, "epoch 0", enabled=False).disable  # --quiet
+    assert console.progress_bar("epoch 0", enabled=True)(range(4)).disable  # pytest's stderr is no terminal
+    monkeypatch.setattr(console, "in_notebook", lambda: True)
+    bar = console.progress_bar("epoch 0", enabled=True)(range(4))
+    assert not bar.disable and list(bar) == [0, 1, 2, 3]
+    assert console.progress_bar("epoch 0", enabled=False)(range(4)).disable  # --quiet
 
 
-def test_outside_a_notebook_this_process_is_not_taken_for_one():
-    assert not cli.in_notebook()
+@pytest.mark.parametrize("config, is_kernel", [({"IPKernelApp": {"connection_file": "k.json"}}, True), ({}, False)])
+def test_a_notebook_is_an_ipython_shell_run_by_a_kernel_app_and_a_terminal_ipython_is_not(monkeypatch, config,
+                                                                                          is_kernel):
+    import types
+    shell = types.SimpleNamespace(config=config)
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: shell))
+    assert console.in_notebook() is is_kernel

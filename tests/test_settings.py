@@ -1,15 +1,16 @@
-"""config.py: the defaults are the tutorial's, the tuned recipe and the flags that override it, what a resumed run
+"""tudui/settings.py: the defaults are the tutorial's, the tuned recipe and the flags that override it, what a resumed run
 keeps, and bad values as one line each."""
 from pathlib import PureWindowsPath
 
 import pytest
 import torch
 
-import config
+from tudui import settings
 import train
-from conftest import ROOT, bad_input, run_script
+from conftest import parse, ROOT, bad_input, run_script
 
 
+@pytest.mark.slow
 def test_help_shows_every_default():
     result = run_script(ROOT / "train.py", "--help")
     assert result.returncode == 0
@@ -19,31 +20,31 @@ def test_help_shows_every_default():
 
 
 def test_defaults_are_the_tutorials_recipe():
-    args, _ = config.parse_args([])
+    args = parse([])
     assert (args.epochs, args.batch_size, args.lr, args.momentum, args.weight_decay) == (10, 64, 0.01, 0.0, 0.0)
     assert (args.dataset, args.data_dir, args.logdir, args.log_every) == ("cifar10", "./data", "./logs_train", 100)
     assert not args.augment and not args.normalize and args.label_smoothing == 0 and args.schedule == "constant"
 
 
 def test_tuned_recipe_sets_every_tuned_setting():
-    args, _ = config.parse_args(["--recipe", "tuned"])
-    assert {key: getattr(args, key) for key in config.RECIPES["tuned"]} == config.RECIPES["tuned"]
+    args = parse(["--recipe", "tuned"])
+    assert {key: getattr(args, key) for key in settings.RECIPES["tuned"]} == settings.RECIPES["tuned"]
 
 
 def test_explicit_flags_override_the_recipe_and_nothing_else():
-    args, _ = config.parse_args(["--recipe", "tuned", "--lr", "0.02", "--batch-size", "64", "--no-augment"])
+    args = parse(["--recipe", "tuned", "--lr", "0.02", "--batch-size", "64", "--no-augment"])
     assert (args.lr, args.batch_size, args.augment) == (0.02, 64, False)
-    untouched = {k: v for k, v in config.RECIPES["tuned"].items() if k not in ("lr", "batch_size", "augment")}
+    untouched = {k: v for k, v in settings.RECIPES["tuned"].items() if k not in ("lr", "batch_size", "augment")}
     assert {key: getattr(args, key) for key in untouched} == untouched
 
 
 def test_both_recipes_name_the_same_settings():
-    assert config.RECIPES["tutorial"].keys() == config.RECIPES["tuned"].keys()
+    assert settings.RECIPES["tutorial"].keys() == settings.RECIPES["tuned"].keys()
 
 
 def test_tuned_recipe_with_sgd_drops_the_decay_meant_for_muons_weights():
-    args, _ = config.parse_args(["--recipe", "tuned", "--optimizer", "sgd"])
-    assert (args.optimizer, args.muon_decay, args.weight_decay) == ("sgd", 0.0, config.RECIPES["tuned"]["weight_decay"])
+    args = parse(["--recipe", "tuned", "--optimizer", "sgd"])
+    assert (args.optimizer, args.muon_decay, args.weight_decay) == ("sgd", 0.0, settings.RECIPES["tuned"]["weight_decay"])
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,7 @@ def test_a_resumed_run_keeps_its_input_normalization(tutorial_run_checkpoint, ca
 
 
 def test_a_resumed_run_takes_a_single_setting_from_a_flag(tutorial_run_checkpoint):
-    args, _ = config.parse_args(["--resume", tutorial_run_checkpoint, "--lr", "0.02", "--recipe", "tutorial"])
+    args = parse(["--resume", tutorial_run_checkpoint, "--lr", "0.02", "--recipe", "tutorial"])
     assert (args.recipe, args.lr, args.batch_size) == ("tutorial", 0.02, 64)
 
 
@@ -78,11 +79,11 @@ def test_a_run_saved_before_the_validation_split_resumes_without_one(tutorial_ru
     checkpoint = torch.load(tutorial_run_checkpoint, weights_only=True)
     del checkpoint["config"]["val_split"]
     torch.save(checkpoint, tmp_path / "older.pth")
-    assert config.parse_args(["--resume", str(tmp_path / "older.pth")])[0].val_split == 0
+    assert parse(["--resume", str(tmp_path / "older.pth")]).val_split == 0
 
 
 def test_the_new_flags_default_to_the_tutorials_behaviour():
-    args, _ = config.parse_args([])
+    args = parse([])
     assert (args.val_split, args.dry_run, args.deterministic) == (0, False, False)
 
 
@@ -95,7 +96,7 @@ def test_a_run_saved_before_the_optimizer_flag_resumes_with_sgd(tutorial_run_che
     checkpoint = torch.load(tutorial_run_checkpoint, weights_only=True)
     del checkpoint["config"]["optimizer"]
     torch.save(checkpoint, tmp_path / "older.pth")
-    assert config.parse_args(["--resume", str(tmp_path / "older.pth")])[0].optimizer == "sgd"
+    assert parse(["--resume", str(tmp_path / "older.pth")]).optimizer == "sgd"
     assert "was trained with --optimizer sgd" in bad_input(capsys, ["--resume", str(tmp_path / "older.pth"),
                                                                     "--optimizer", "muon"])
 
@@ -105,7 +106,7 @@ def test_a_run_saved_before_the_muon_decay_flag_resumes_without_decay(tutorial_r
     checkpoint["config"].update(recipe="tuned", optimizer="muon")
     del checkpoint["config"]["muon_decay"]
     torch.save(checkpoint, tmp_path / "older.pth")
-    assert config.parse_args(["--resume", str(tmp_path / "older.pth")])[0].muon_decay == 0.0
+    assert parse(["--resume", str(tmp_path / "older.pth")]).muon_decay == 0.0
 
 
 @pytest.mark.parametrize("flags, words", [
@@ -145,8 +146,8 @@ def test_bad_values_are_one_clear_line(capsys, train_args, flags, words):
 @pytest.mark.parametrize("name, inside", [("run", True), ("runs/exp1", True), ("/tmp/run", False), ("C:run", False),
                                           ("\\run", False), ("C:\\run", False), ("..\\run", False)])
 def test_a_run_name_must_stay_inside_logdir_under_windows_path_rules_too(monkeypatch, name, inside):
-    monkeypatch.setattr(config, "Path", PureWindowsPath)
-    assert config.names_a_subfolder(name) is inside
+    monkeypatch.setattr(settings, "Path", PureWindowsPath)
+    assert settings.names_a_subfolder(name) is inside
 
 
 @pytest.mark.parametrize("flags, words", [

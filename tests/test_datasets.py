@@ -1,18 +1,19 @@
-"""data.py: datasets as tensors and their cache, images of every kind, the conversion to input, each epoch's
-order and augmentation, and bad data as one line each."""
+"""tudui/datasets.py: CIFAR-10 through torchvision, image folders by ImageFolder's rules and their cache, images
+of every kind, and bad data as one line each."""
 import io
 import os
+import pickle
 
 import numpy as np
 import pytest
 import torch
 from hypothesis import given
 
-import data
+from tudui import datasets
 import train
-from conftest import FUZZ, bad_input, class_images, random_batch, random_or_mutated, write_image_folder
-from data import DataError, decode_image
-from errors import SettingsError
+from conftest import CLASSES, FUZZ, write_cifar_batches, bad_input, random_or_mutated, write_image_folder
+from tudui.datasets import DataError, decode_image
+from tudui.errors import SettingsError
 
 
 def test_folder_dataset_takes_classes_from_folder_names(folder_dir, tmp_path):
@@ -24,30 +25,28 @@ def test_folder_dataset_takes_classes_from_folder_names(folder_dir, tmp_path):
 
 
 def test_folder_dataset_is_cached_after_first_decode(tmp_path, monkeypatch):
-    import data
     folder = write_image_folder(tmp_path / "images")
-    first = data.load_folder(folder, "train")
+    first = datasets.load_folder(folder, "train")
     assert (folder / ".tudui-cache" / "train.pt").exists()
-    monkeypatch.setattr(data, "decode_image", None)  # the second load must not decode at all
-    second = data.load_folder(folder, "train")
+    monkeypatch.setattr(datasets, "decode_image", None)  # the second load must not decode at all
+    second = datasets.load_folder(folder, "train")
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
 
 
 def test_a_cache_from_another_cache_format_is_decoded_again(tmp_path, monkeypatch):
-    import data
     folder = write_image_folder(tmp_path / "images")
-    _, labels, _ = data.load_folder(folder, "train")
+    _, labels, _ = datasets.load_folder(folder, "train")
     decoded = []
-    monkeypatch.setattr(data, "decode_image", lambda path: decoded.append(path) or np.zeros((3, 32, 32), np.uint8))
-    monkeypatch.setattr(data, "CACHE_FORMAT", data.CACHE_FORMAT + 1)
-    data.load_folder(folder, "train")
+    monkeypatch.setattr(datasets, "decode_image", lambda path: decoded.append(path) or np.zeros((3, 32, 32), np.uint8))
+    monkeypatch.setattr(datasets, "CACHE_FORMAT", datasets.CACHE_FORMAT + 1)
+    datasets.load_folder(folder, "train")
     assert len(decoded) == len(labels)
 
 
 def test_a_changed_image_is_decoded_again_instead_of_read_from_the_cache(tmp_path):
     from PIL import Image
 
-    from data import load_folder
+    from tudui.datasets import load_folder
     folder = write_image_folder(tmp_path / "images")
     images, _, _ = load_folder(folder, "train")
     Image.new("RGB", (48, 48), (255, 0, 0)).save(sorted((folder / "train" / "cat").glob("*.png"))[0])  # same name
@@ -56,13 +55,20 @@ def test_a_changed_image_is_decoded_again_instead_of_read_from_the_cache(tmp_pat
     assert (reloaded == torch.tensor([255, 0, 0], dtype=torch.uint8).view(1, 3, 1, 1)).all((1, 2, 3)).sum() == 1
 
 
+def test_cifar10_is_read_by_torchvision_as_uint8_images_with_the_class_names_of_its_meta_file(cifar_dir):
+    images, labels, classes = datasets.load_cifar10(cifar_dir, "train", download=False)
+    assert images.shape == (200, 3, 32, 32) and images.dtype == torch.uint8 and labels.dtype == torch.int64
+    assert classes == list(datasets.CIFAR10_CLASSES) == list(CLASSES)
+    batch = pickle.load(open(cifar_dir / "cifar-10-batches-py" / "data_batch_1", "rb"), encoding="latin1")
+    assert torch.equal(images[:40].reshape(40, -1), torch.from_numpy(batch["data"]))
+
+
 def test_missing_dataset_with_no_download_is_one_clear_line(capsys, tmp_path):
     err = bad_input(capsys, ["--data-dir", str(tmp_path / "empty"), "--no-download", "--logdir", str(tmp_path)])
     assert "--no-download" in err and "CIFAR-10 is not in" in err
 
 
 def test_a_cifar_folder_missing_some_batches_names_them(capsys, tmp_path):
-    from conftest import write_cifar_batches
     root = write_cifar_batches(tmp_path / "data")
     (root / "cifar-10-batches-py" / "data_batch_3").unlink()  # an interrupted extraction, say
     err = bad_input(capsys, ["--data-dir", str(root), "--no-download", "--logdir", str(tmp_path)])
@@ -72,11 +78,11 @@ def test_a_cifar_folder_missing_some_batches_names_them(capsys, tmp_path):
 def test_failed_download_is_one_clear_line(capsys, tmp_path, monkeypatch):
     from urllib.error import URLError
 
-    import torchvision
+    from torchvision.datasets import cifar
 
     def offline(*args, **kwargs):
         raise URLError("[Errno -3] Temporary failure in name resolution")
-    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    monkeypatch.setattr(cifar, "download_and_extract_archive", offline)
     err = bad_input(capsys, ["--data-dir", str(tmp_path / "data"), "--logdir", str(tmp_path)])
     assert "could not download CIFAR-10" in err and "check the network" in err
 
@@ -86,12 +92,11 @@ def test_unreadable_data_folder_is_one_clear_line(capsys, tmp_path):
     assert "does not exist" in err
 
 
-def test_corrupt_cifar_batch_is_one_clear_line(capsys, tmp_path):
-    from conftest import write_cifar_batches
+def test_a_cifar_batch_that_fails_its_md5_is_one_clear_line_and_is_never_unpickled(capsys, tmp_path):
     root = write_cifar_batches(tmp_path / "data")
     (root / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"\x80\x04garbage")
     err = bad_input(capsys, ["--data-dir", str(root), "--no-download", "--logdir", str(tmp_path)])
-    assert "data_batch_3 is not a readable CIFAR-10 batch" in err
+    assert f"{root / 'cifar-10-batches-py'} fails torchvision's md5 check (a damaged or altered file)" in err
 
 
 @pytest.mark.parametrize("name", [os.fsdecode(b"ca\xeft"), "cat\tnew"])  # Latin-1 bytes; a tab
@@ -117,24 +122,22 @@ def test_a_16_bit_grayscale_image_keeps_its_grey_levels_instead_of_turning_white
     import numpy as np
     from PIL import Image
 
-    import data
     levels = np.linspace(0, 255, 32 * 32).round().reshape(32, 32).astype(np.uint16)
     Image.fromarray(levels * 257).save(tmp_path / "sixteen.png")  # 0..65535, as a 16-bit PNG stores them
     assert Image.open(tmp_path / "sixteen.png").mode == "I;16"
-    assert (data.decode_image(tmp_path / "sixteen.png") == levels.astype(np.uint8)).all()
+    assert (datasets.decode_image(tmp_path / "sixteen.png") == levels.astype(np.uint8)).all()
 
 
 def test_an_image_over_the_pixel_limit_is_refused_before_decoding(images, monkeypatch):
     from PIL import Image
 
-    import data
     path = images / "RGB.png"
     width, height = Image.open(path).size
-    monkeypatch.setattr(data, "MAX_IMAGE_PIXELS", width * height)
-    assert data.decode_image(path).shape == (3, 32, 32)
-    monkeypatch.setattr(data, "MAX_IMAGE_PIXELS", width * height - 1)
-    with pytest.raises(data.DataError, match=f"image {path} is too large"):
-        data.decode_image(path)
+    monkeypatch.setattr(datasets, "MAX_IMAGE_PIXELS", width * height)
+    assert datasets.decode_image(path).shape == (3, 32, 32)
+    monkeypatch.setattr(datasets, "MAX_IMAGE_PIXELS", width * height - 1)
+    with pytest.raises(datasets.DataError, match=f"image {path} is too large"):
+        datasets.decode_image(path)
 
 
 def png_bytes():
@@ -153,83 +156,6 @@ def test_image_loading_raises_only_data_error_on_any_bytes(tmp_path, data):
         assert decode_image(path).shape == (3, 32, 32)
     except DataError:
         pass
-
-
-def test_uint8_to_input_equals_torchvision_to_tensor():
-    from PIL import Image
-    from torchvision.transforms.functional import to_tensor
-    images, _ = class_images(4, 10, seed=0)
-    expected = torch.stack([to_tensor(Image.fromarray(im.transpose(1, 2, 0))) for im in images])
-    assert torch.equal(data.to_input(torch.from_numpy(images)), expected)
-
-
-def test_channel_stats_equal_the_mean_and_std_of_all_pixels():
-    images = random_batch(50)
-    pixels = images.double().div(255).transpose(0, 1).reshape(3, -1)
-    mean, std = data.channel_stats(images)
-    assert mean == pytest.approx(pixels.mean(1).tolist(), rel=1e-12)
-    assert std == pytest.approx(pixels.std(1).tolist(), rel=1e-12)
-
-
-def test_each_epoch_reshuffles_in_a_seeded_order():
-    first = torch.randperm(100, generator=data.epoch_generator(0, 0))
-    assert torch.equal(first, torch.randperm(100, generator=data.epoch_generator(0, 0)))
-    assert not torch.equal(first, torch.randperm(100, generator=data.epoch_generator(0, 1)))
-
-
-def test_augmentation_plan_is_determined_by_seed_and_epoch():
-    first = data.augment_plan(1000, data.epoch_generator(3, 5), 2)
-    again = data.augment_plan(1000, data.epoch_generator(3, 5), 2)
-    other_epoch = data.augment_plan(1000, data.epoch_generator(3, 6), 2)
-    assert all(torch.equal(a, b) for a, b in zip(first, again))
-    assert not torch.equal(first[1], other_epoch[1])
-
-
-@pytest.mark.parametrize("max_shift", [0, 2, 4])
-def test_translate_bounds_the_shifts(max_shift):
-    flips, shifts = data.augment_plan(5000, torch.Generator().manual_seed(0), max_shift)
-    assert shifts.abs().max().item() == max_shift and 0.45 < flips.float().mean().item() < 0.55
-
-
-def test_augmented_batch_keeps_shape_and_dtype():
-    images = random_batch()
-    flips, shifts = data.augment_plan(len(images), torch.Generator().manual_seed(0), 4)
-    out = data.augment_batch(images, flips, shifts)
-    assert out.shape == images.shape and out.dtype == torch.uint8
-
-
-def test_no_flip_and_no_shift_leaves_the_batch_unchanged():
-    images = random_batch()
-    out = data.augment_batch(images, torch.zeros(8, dtype=torch.bool), torch.zeros(8, 2, dtype=torch.int64))
-    assert torch.equal(out, images)
-
-
-def test_flip_mirrors_left_to_right():
-    images = random_batch()
-    out = data.augment_batch(images, torch.ones(8, dtype=torch.bool), torch.zeros(8, 2, dtype=torch.int64))
-    assert torch.equal(out, images.flip(3))
-
-
-def test_shift_moves_the_image_and_mirrors_it_into_the_gap():
-    images = random_batch(1)
-    out = data.augment_batch(images, torch.zeros(1, dtype=torch.bool), torch.tensor([[2, -1]]))
-    assert torch.equal(out[0, :, 2:, :-1], images[0, :, :-2, 1:])
-    assert torch.equal(out[0, :, :2, :-1], images[0, :, [2, 1], 1:])  # rows -2, -1 mirror rows 2, 1
-    assert torch.equal(out[0, :, 2:, -1], images[0, :, :-2, -2])  # column 32 mirrors column 30
-
-
-def test_the_held_out_images_depend_on_the_seed_alone_and_are_not_trained_on():
-    images, labels = torch.arange(100).view(100, 1), torch.arange(100)
-    train_x, train_y, val_x, val_y = data.hold_out(images, labels, 30, seed=7)
-    assert len(val_y) == 30 and len(train_y) == 70 and not set(val_y.tolist()) & set(train_y.tolist())
-    assert torch.equal(val_x.view(-1), val_y) and train_y.tolist() == sorted(train_y.tolist())
-    assert torch.equal(data.hold_out(images, labels, 30, seed=7)[3], val_y)
-    assert not torch.equal(data.hold_out(images, labels, 30, seed=8)[3], val_y)
-
-
-def test_holding_out_every_training_image_is_refused():
-    with pytest.raises(SettingsError, match="--val-split 100 would hold out every training image"):
-        data.hold_out(torch.zeros(100, 1), torch.zeros(100), 100, seed=0)
 
 
 def test_a_dry_run_writes_no_cache_of_a_folder_dataset(tmp_path, capsys):
