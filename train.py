@@ -2,15 +2,11 @@
 
     python train.py                      # the tutorial's routine: 10 epochs, SGD lr 0.01, batch 64
     python train.py --recipe tuned       # same network, better recipe
-    python train.py --resume logs_train/RUN/last.pth
-    tensorboard --logdir logs_train
+    tensorboard --logdir logs_train      # and from Python: train.run(epochs=3, recipe="tuned")
 
-From Python or a notebook: `import train; result = train.run(epochs=3, recipe="tuned")`, the flags as
-keywords. It returns a tudui.runs.TrainResult and raises the errors of tudui/errors.py.
-
-Its sections are the tutorial's steps: 1. data; 2. model, loss and optimizer; 3. the training step and
-the epoch loop; 4. the test after each epoch; 5. the run, which logs and saves every epoch. The machinery
-they use lives beside it, in the tudui package (README, Files).
+Its sections are the tutorial's steps: 2. model, loss and optimizer; 3. the training step and the epoch
+loop; 4. the test; 5. the run, which loads the data (1.), then trains, tests, logs and saves every epoch.
+The machinery they use lives beside it, in the tudui package (README, Files).
 """
 import sys
 import time
@@ -21,15 +17,15 @@ from torch import nn
 
 from model import Tudui
 from tudui import checks, distributed
-from tudui.batches import TEST_BATCH_SIZE, TestBatches, TrainBatches, load_data, normalizer
+from tudui.batches import TestBatches, TrainBatches, load_data, normalizer
 from tudui.checkpoints import load_training_checkpoint, provenance, restore, training_checkpoint
 from tudui.console import StopOnCtrlC, exit_process, progress_bar, run_cli, say
 from tudui.cuda_graph import GraphedStep, uses_cuda_graph
-from tudui.devices import deterministic_note, device_settings
+from tudui.devices import device_settings
 from tudui.errors import Interrupted
 from tudui.muon import Muon, hidden_weights_apart
-from tudui.report import per_class_accuracy
-from tudui.runs import RunRecorder, TrainResult, grid_predictions, read_history, resumable_checkpoint
+from tudui.report import epoch_line, per_class_accuracy
+from tudui.runs import RunRecorder, TrainResult, grid_predictions, resumable_checkpoint
 from tudui.settings import as_command, check_keywords, command_line_settings, lr_at, resolve, set_lr
 
 
@@ -64,19 +60,18 @@ def make_train_step(model, loss_fn, optimizer, amp):
     return train_step
 
 
-def train_one_epoch(model, train_loader, train_step, optimizer, first_step, total_steps, s, world, progress, log,
-                    stop):
-    """One pass over TRAIN_LOADER, drawn by PROGRESS; FIRST_STEP is where the epoch starts in the lr
-    schedule. The train loss is shown (LOG) every --log-every steps, the one host sync inside the epoch. Returns each step's mean
-    loss and lr, and the accuracy. Raises Interrupted when Ctrl-C was pressed: the partial epoch is
-    discarded."""
-    device, batch_sizes = train_loader.labels.device, train_loader.batch_sizes()
+def train_one_epoch(model, train_loader, train_step, optimizer, first_step, s, log, stop):
+    """One pass over TRAIN_LOADER, whose first step is FIRST_STEP of the run. The train loss is shown (LOG)
+    every --log-every steps, the one host sync inside the epoch. Returns each step's mean loss and lr, and
+    the accuracy. Raises Interrupted once Ctrl-C was pressed: the partial epoch is discarded."""
+    device, world, batch_sizes = train_loader.labels.device, train_loader.world, train_loader.batch_sizes()
     loss_sums = torch.zeros(len(batch_sizes), device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     lrs = []
     model.train()
-    for i, (imgs, targets, scale) in enumerate(progress(train_loader)):
-        lrs.append(lr_at(first_step + i, total_steps, s))
+    for i, (imgs, targets, scale) in enumerate(progress_bar(f"epoch {train_loader.epoch}", not s.quiet)(
+            train_loader)):
+        lrs.append(lr_at(first_step + i, train_loader.steps_per_epoch * s.epochs, s))
         set_lr(optimizer, lrs[-1])
         loss_sums[i], batch_correct = train_step(imgs, targets, scale)
         correct += batch_correct
@@ -94,7 +89,7 @@ def train_one_epoch(model, train_loader, train_step, optimizer, first_step, tota
 # ------------------------------------------------------------------------------------------------------------- 4. test
 
 @torch.no_grad()
-def test(model, test_loader, num_classes, amp, world):
+def test(model, test_loader, num_classes, amp=False):
     """Mean per-sample loss, accuracy and confusion matrix (rows: true class, columns: predicted), under
     model.eval() and torch.no_grad() as in the tutorial. Under torchrun each rank scores its share."""
     device = test_loader.labels.device
@@ -108,7 +103,7 @@ def test(model, test_loader, num_classes, amp, world):
         total_loss += loss_fn(outputs, targets)
         confusion += torch.bincount(targets * num_classes + outputs.argmax(1), minlength=num_classes ** 2)
     model.train()
-    world.sum(total_loss, confusion)
+    test_loader.world.sum(total_loss, confusion)
     confusion = confusion.view(num_classes, num_classes).cpu()
     n = max(1, test_loader.total)
     return {"loss": total_loss.item() / n, "accuracy": confusion.trace().item() / n, "confusion": confusion}
@@ -118,39 +113,30 @@ def test(model, test_loader, num_classes, amp, world):
 
 def train(s, resumed, device, world, command):
     """The run: data, model, loss and optimizer (from RESUMED's checkpoint when resuming), then each epoch
-    trained, tested, saved and logged. COMMAND(settings) says how the user starts a run of those settings.
-    Returns a TrainResult; with --dry-run, checks instead (checks.dry_run)."""
-    data = load_data(s, device)                                                                  # 1. data
-    model = build_model(len(data.classes), device, s.seed)                                       # 2. model,
-    loss_fn = nn.CrossEntropyLoss(reduction="sum", label_smoothing=s.label_smoothing)            # loss,
-    optimizer = build_optimizer(model, s)                                                        # optimizer
+    trained, tested, saved and logged. COMMAND(**changes) says how the user starts this run, or one with
+    CHANGES. Returns a TrainResult; with --dry-run, checks instead (checks.dry_run)."""
+    data = load_data(s, device)                                                              # 1. data
+    model = build_model(len(data.classes), device, s.seed)                                   # 2. model,
+    loss_fn = nn.CrossEntropyLoss(reduction="sum", label_smoothing=s.label_smoothing)        #    loss,
+    optimizer = build_optimizer(model, s)                                                    #    optimizer
     start_epoch, step, best_accuracy = 0, 0, -1.0
-    if resumed:
-        data.preprocess = restore(resumed, s.resume, model, optimizer, device, data.classes)
-        start_epoch, step, best_accuracy = resumed["epoch"] + 1, resumed["step"], resumed["best_accuracy"]
+    if resumed:  # the weights, momentum buffers and RNG state, and the normalization the weights learned
+        data.preprocess, start_epoch, step, best_accuracy = restore(resumed, s.resume, model, optimizer, device,
+                                                                    data.classes)
     norm = normalizer(data.preprocess, device)
     train_loader = TrainBatches(data.train_x, data.train_y, s.batch_size, norm, s, world)
     test_loader = TestBatches(data.test_x, data.test_y, norm, world)
     train_step = make_train_step(world.wrap(model, device), loss_fn, optimizer, s.amp)
-    graphed = uses_cuda_graph(s, device, world)
-    if graphed:
+    if uses_cuda_graph(s, device, world):
         train_step = GraphedStep(train_step, optimizer, s.batch_size, device)
-    total_steps = len(train_loader) * s.epochs
-    if s.dry_run:
-        def train_steps(n):
-            train_loader.set_epoch(start_epoch)
-            first = start_epoch * len(train_loader)
-            losses, _, _ = train_one_epoch(model, train_loader.first_steps(n), train_step, optimizer, first,
-                                           total_steps, s, world, iter, lambda *_: None, StopOnCtrlC())
-            return losses, first, start_epoch
-        first_batch = TestBatches(data.test_x[:TEST_BATCH_SIZE], data.test_y[:TEST_BATCH_SIZE], norm, world)
-        return checks.dry_run(s, data, device, resumed, graphed, train_steps,
-                              lambda: test(model, first_batch, len(data.classes), s.amp, world),
-                              command(dry_run=None))
-
+    if s.dry_run:  # a few steps and one test batch of the code below, writing nothing
+        train_loader.set_epoch(start_epoch)
+        return checks.dry_run(s, data, device, resumed, train_step, start_epoch, command(dry_run=None),
+                              lambda n: train_one_epoch(model, train_loader.first_steps(n), train_step, optimizer,
+                                                        start_epoch * len(train_loader), s, lambda *_: None, StopOnCtrlC())[0],
+                              lambda: test(model, test_loader.first_batch(), len(data.classes), s.amp))
     if start_epoch >= s.epochs and world.rank == 0:
-        print(f"nothing to train: {s.resume} has already trained {start_epoch} epoch{'s' * (start_epoch != 1)}, "
-              f"and --epochs {s.epochs} is the total to reach; give a larger --epochs to train on", file=sys.stderr)
+        checks.say_nothing_to_train(s, start_epoch)
     made_by = provenance(device, command())
     recorder = RunRecorder(s, resumed, start_epoch, step) if world.rank == 0 else None
 
@@ -161,23 +147,18 @@ def train(s, resumed, device, world, command):
 
     record = resumed["metrics"] if resumed else {}
     try:
-        if recorder and not resumed:
-            recorder.run_started(model, s, next(iter(test_loader))[0][:1])
         if recorder:
-            say(s.quiet, f"run {recorder.run_dir} | checkpoints in {recorder.ckpt_dir} | device {device}"
-                         f"{f' x {world.size} processes' if world.size > 1 else ''} | {len(data.train_y)} "
-                         f"train / {len(data.test_y)} test images, {len(data.classes)} classes")
+            recorder.run_started(model, s, resumed, next(iter(test_loader))[0][:1], device, world, data)
         with StopOnCtrlC() as stop:
             for epoch in range(start_epoch, s.epochs):
                 started, started_at = time.perf_counter(), time.time()
                 train_loader.set_epoch(epoch)
                 # the schedule counts epochs of this batch size, not the checkpoint's step: a run
                 # resumed with another --batch-size would otherwise jump elsewhere in it
-                losses, train_accuracy, lrs = train_one_epoch(
-                    model, train_loader, train_step, optimizer, epoch * len(train_loader), total_steps, s, world,
-                    progress_bar(f"epoch {epoch}", not s.quiet), log, stop)
+                losses, train_accuracy, lrs = train_one_epoch(model, train_loader, train_step, optimizer,
+                                                              epoch * len(train_loader), s, log, stop)
                 train_seconds = time.perf_counter() - started
-                result = test(model, test_loader, len(data.classes), s.amp, world)
+                result = test(model, test_loader, len(data.classes), s.amp)                   # 4. test
                 checks.stop_if_not_finite(losses, result["loss"], step, epoch, s)
                 record = {
                     "epoch": epoch, "step": step + len(losses), "started_at": started_at,
@@ -188,22 +169,16 @@ def train(s, resumed, device, world, command):
                     "train_seconds": train_seconds, "images_per_s": len(data.train_y) / train_seconds,
                 }
                 if s.val_split:  # best.pth is then chosen on these, not on the test set it is scored on
-                    val = test(model, TestBatches(data.val_x, data.val_y, norm, world), len(data.classes), s.amp,
-                               world)
+                    val = test(model, TestBatches(data.val_x, data.val_y, norm, world), len(data.classes), s.amp)
                     record |= {"val_loss": val["loss"], "val_accuracy": val["accuracy"]}
                 chosen_by = record["val_accuracy" if s.val_split else "test_accuracy"]
-                is_best = chosen_by > best_accuracy
-                best_accuracy = max(best_accuracy, chosen_by)
-                if recorder:                                                                     # save and log
-                    recorder.epoch_done(training_checkpoint(model, optimizer, s, data, record, best_accuracy,
-                                                            device, made_by),
-                                        is_best, result["confusion"], grid_predictions(model, data.test_x,
-                                                                                       data.test_y, norm))
+                is_best, best_accuracy = chosen_by > best_accuracy, max(best_accuracy, chosen_by)
+                if recorder:                                                                 # 5. log and save
+                    checkpoint = training_checkpoint(model, optimizer, s, data, record, best_accuracy, device, made_by)
+                    recorder.epoch_done(checkpoint, is_best, result["confusion"],
+                                        grid_predictions(model, data.test_x, data.test_y, norm))
                 step = record["step"]
-                val_part = f"val accuracy {record['val_accuracy']:.2%}, " if s.val_split else ""
-                say(s.quiet, f"epoch {epoch}: train loss {record['train_loss_mean']:.4f}, {val_part}"
-                             f"test loss {record['test_loss']:.4f}, test accuracy {record['test_accuracy']:.2%}, "
-                             f"{record['epoch_seconds']:.1f} s, {record['images_per_s']:.0f} images/s")
+                say(s.quiet, epoch_line(record))
     except Interrupted:
         last = resumable_checkpoint(recorder.ckpt_dir) if recorder else None
         how = f"resume with: {command(resume=str(last), only=True)}" if last else "nothing saved yet"
@@ -211,38 +186,27 @@ def train(s, resumed, device, world, command):
     finally:
         if recorder:
             recorder.close()
-    return TrainResult(run_dir=recorder and recorder.run_dir, ckpt_dir=recorder and recorder.ckpt_dir,
-                       epoch=record.get("epoch"), step=step, test_loss=record.get("test_loss"),
-                       test_accuracy=record.get("test_accuracy"), best_accuracy=best_accuracy,
-                       history=read_history(recorder.run_dir / "metrics.jsonl") if recorder else {})
+    return TrainResult.of(recorder, record, step, best_accuracy)
 
 
 def start(given, from_command_line):
     """Train (or check) as the settings GIVEN say; the rest of main and run."""
     resumed = load_training_checkpoint(given["resume"]) if given.get("resume") else None
     s = resolve(given, resumed)
-    world, device = distributed.start(s)
-    finished = False
-    try:
+    with distributed.start(s) as (world, device):
         if s.evaluate:
             return checks.evaluate_checkpoint(s, device, test)
-        if s.deterministic:
-            say(s.quiet, deterministic_note(device))
-        with device_settings(device, s.deterministic):
+        with device_settings(device, s.deterministic, s.quiet):
             result = train(s, resumed, device, world, partial(as_command, given, from_command_line))
-        finished = True
-    finally:
-        world.leave(finished)
     if s.quiet and world.rank == 0 and not s.dry_run:
         print(f"test accuracy {result.test_accuracy:.2%}, checkpoints in {result.ckpt_dir}")
     return result
 
 
 def main(argv=None):
-    """train.py's command line, ARGV (with none, the defaults: only `python train.py` reads sys.argv).
-    Returns a TrainResult (with --evaluate, a report.Evaluation; with --dry-run, None). Raises
-    SettingsError, DataError or CheckpointError (tudui.errors.TuduiError) with a one-line message, and
-    Interrupted on Ctrl-C or a notebook's interrupt."""
+    """train.py's command line, ARGV (none: the defaults; only `python train.py` reads sys.argv). Returns a
+    TrainResult (--evaluate: a report.Evaluation; --dry-run: None). Raises tudui.errors' TuduiError kinds
+    with a one-line message, and Interrupted on Ctrl-C or a notebook's interrupt."""
     return start(command_line_settings(list(argv or [])), from_command_line=True)
 
 

@@ -72,7 +72,7 @@ def test_test_loss_is_the_mean_per_sample_loss_whatever_the_batch_size(monkeypat
     expected = torch.nn.functional.cross_entropy(net(batches.to_input(images)), labels).item()
     for batch in (7, 500):
         monkeypatch.setattr(batches, "TEST_BATCH_SIZE", batch)
-        result = train.test(net, TestBatches(images, labels, None, World()), 10, False, World())
+        result = train.test(net, TestBatches(images, labels, None, World()), 10)
         assert result["loss"] == pytest.approx(expected, rel=1e-5)
 
 
@@ -151,14 +151,13 @@ def shifted(image, dy, dx, pad):
 
 
 def fast_epoch(images, labels, flags):
-    """train.py's epoch 0 (channels_last, tensor batches, device-side loss buffer) as one epoch of four."""
-    s = parse(["--batch-size", "64", *flags])
+    """train.py's epoch 0 (channels_last, tensor batches, device-side loss buffer) of a one-epoch run."""
+    s = parse(["--batch-size", "64", "--epochs", "1", *flags])
     fast = train.build_model(10, torch.device("cpu"), seed=0)
     optimizer = train.build_optimizer(fast, s)
     step = train.make_train_step(fast, torch.nn.CrossEntropyLoss(reduction="sum"), optimizer, amp=False)
     loader = TrainBatches(images, labels, 64, None, s, World())
-    losses, _, _ = train.train_one_epoch(fast, loader, step, optimizer, 0, 4, s, World(), iter, lambda *_: None,
-                                         console.StopOnCtrlC())
+    losses, _, _ = train.train_one_epoch(fast, loader, step, optimizer, 0, s, lambda *_: None, console.StopOnCtrlC())
     return fast, losses
 
 

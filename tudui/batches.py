@@ -71,6 +71,11 @@ class TrainBatches:
     def __len__(self):
         return len(self.batch_sizes())
 
+    @property
+    def steps_per_epoch(self):
+        """The steps of a whole epoch, which the lr schedule counts, first_steps or not."""
+        return -(-len(self.labels) // self.batch_size)
+
     def batch_sizes(self):
         """The size of each batch of an epoch, all of them full but the last."""
         n = len(self.labels)
@@ -97,7 +102,11 @@ class TestBatches:
 
     def __init__(self, images, labels, norm, world):
         share = world.share_of(len(labels))
-        self.images, self.labels, self.norm, self.total = images[share], labels[share], norm, len(labels)
+        self.images, self.labels, self.norm, self.world, self.total = images[share], labels[share], norm, world, len(labels)
+
+    def first_batch(self):
+        """The first TEST_BATCH_SIZE images alone (--dry-run's test)."""
+        return TestBatches(self.images[:TEST_BATCH_SIZE], self.labels[:TEST_BATCH_SIZE], self.norm, self.world)
 
     def __iter__(self):
         for start in range(0, len(self.labels), TEST_BATCH_SIZE):

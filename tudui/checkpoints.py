@@ -282,7 +282,8 @@ def load_optimizer_state(optimizer, state):
 
 def restore(checkpoint, path, model, optimizer, device, classes):
     """Put a training CHECKPOINT's weights, momentum buffers and RNG state into this run's MODEL and
-    OPTIMIZER, for a dataset of CLASSES; returns its input normalization, which the weights learned."""
+    OPTIMIZER, for a dataset of CLASSES. Returns its input normalization (which the weights learned), the
+    first epoch left to train, its step and its best accuracy."""
     if checkpoint["classes"] != classes:
         raise SettingsError(f"{path} was trained on classes {checkpoint['classes']}, but this dataset has "
                             f"{classes}; resume with the same --dataset and --data-dir")
@@ -292,7 +293,8 @@ def restore(checkpoint, path, model, optimizer, device, classes):
         restore_rng_state(checkpoint["rng"], device)
     except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:
         raise damaged_checkpoint(path, f"its optimizer or RNG state does not load: {e}") from None
-    return checked_preprocess(checkpoint.get("preprocess"), path)
+    return (checked_preprocess(checkpoint.get("preprocess"), path), checkpoint["epoch"] + 1, checkpoint["step"],
+            checkpoint["best_accuracy"])
 
 
 def provenance(device, command):

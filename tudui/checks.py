@@ -1,6 +1,6 @@
 """Runs that check instead of training: --dry-run (what the real run would fail on, in seconds, writing
-nothing) and --evaluate (a checkpoint's score on the test split); and the check that stops a diverged
-run before it saves. train.py hands them its own training and test functions, so they run the real code.
+nothing) and --evaluate (a checkpoint's score on the test split); and the checks of a run: nothing left
+to train, and a diverged run, stopped before it saves. train.py hands them its own training and test functions, so they run the real code.
 """
 import math
 import sys
@@ -19,11 +19,12 @@ from tudui.report import Evaluation, describe_checkpoint, format_report
 from tudui.runs import check_run_folders
 
 
-def dry_run(s, data, device, resumed, graphed, train_steps, test_batch, real_command):
+def dry_run(s, data, device, resumed, train_step, epoch, real_command, train_steps, test_batch):
     """--dry-run: the data (found, readable, the class counts), the device, the run's folders, then
-    TRAIN_STEPS(n), n steps of the training loop, returning (losses, first step, epoch) (a CUDA graph's warm-up, capture and one replay where it
-    applies), and TEST_BATCH(), the test on one batch, checked as the real run checks them. Prints a line
-    for each, then REAL_COMMAND."""
+    TRAIN_STEPS(n), the losses of the training loop's first n steps of EPOCH (through TRAIN_STEP: a CUDA
+    graph's warm-up, capture and one replay where it applies), and TEST_BATCH(), the test on one batch,
+    checked as the real run checks them. Prints a line for each, then REAL_COMMAND."""
+    graphed = isinstance(train_step, GraphedStep)
     counts = torch.bincount(data.train_y.cpu(), minlength=len(data.classes)).tolist()
     per_class = ", ".join(f"{name} {count}" for name, count in zip(data.classes, counts))
     held_out = f", {len(data.val_y)} held out for validation" if s.val_split else ""
@@ -32,13 +33,18 @@ def dry_run(s, data, device, resumed, graphed, train_steps, test_batch, real_com
     say(s.quiet, f"device: {device}{' (each full batch replayed as a CUDA graph)' if graphed else ''}")
     folders = sorted({str(folder) for folder in check_run_folders(s, resumed)})
     say(s.quiet, f"folders: {' and '.join(folders)} can be created and written")
-    losses, first_step, epoch = train_steps(GraphedStep.EAGER_WARMUP_STEPS + 2 if graphed else 2)
+    losses = train_steps(GraphedStep.EAGER_WARMUP_STEPS + 2 if graphed else 2)
     result = test_batch()
-    stop_if_not_finite(losses, result["loss"], first_step, epoch, s)
+    stop_if_not_finite(losses, result["loss"], epoch * -(-len(data.train_y) // s.batch_size), epoch, s)
     say(s.quiet, f"training: {len(losses)} step{'s' * (len(losses) != 1)} of up to {s.batch_size} images, "
                  f"loss {', '.join(f'{loss:.4f}' for loss in losses.tolist())}")
     say(s.quiet, f"test: one batch of {int(result['confusion'].sum())} images, loss {result['loss']:.4f}")
     print(f"everything is in place; start the run with: {real_command}")
+
+
+def say_nothing_to_train(s, start_epoch):
+    print(f"nothing to train: {s.resume} has already trained {start_epoch} epoch{'s' * (start_epoch != 1)}, "
+          f"and --epochs {s.epochs} is the total to reach; give a larger --epochs to train on", file=sys.stderr)
 
 
 def stop_if_not_finite(losses, test_loss, step, epoch, s):
@@ -80,8 +86,7 @@ def evaluate_checkpoint(s, device, test):
     norm, scored = normalizer(net.preprocess, device), FlipAveraged(net) if s.tta else net
 
     def score(images, labels):
-        return test(scored, TestBatches(images.to(device), labels.to(device), norm, World()), len(classes), s.amp,
-                    World())
+        return test(scored, TestBatches(images.to(device), labels.to(device), norm, World()), len(classes), s.amp)
     result = score(images, labels)
     held_out = {}
     config = net.config or {}

@@ -34,11 +34,13 @@ def keep_freed_memory():
 
 
 @contextlib.contextmanager
-def device_settings(device, deterministic=False):
+def device_settings(device, deterministic=False, quiet=True):
     """cuDNN picks the fastest algorithm for each convolution (cudnn.benchmark), or with DETERMINISTIC
     only deterministic algorithms, with TF32 off and torch's deterministic mode on, so that two runs of
-    one seed give equal weights. Restored on exit, for a notebook that goes on. Nothing changes on a CPU,
-    whose runs are bit-exact anyway."""
+    one seed give equal weights; unless QUIET, a line says what that costs. Restored on exit, for a
+    notebook that goes on. Nothing changes on a CPU, whose runs are bit-exact anyway."""
+    if deterministic and not quiet:
+        print(deterministic_note(device), flush=True)
     if device.type != "cuda":
         yield
         return

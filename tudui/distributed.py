@@ -1,6 +1,7 @@
 """The process a run trains in: under torchrun, joining the process group, each rank's share of the work,
 the sums across ranks and leaving the group; otherwise one process, World(), which never touches
 torch.distributed. Holds no training code."""
+import contextlib
 import os
 
 import torch
@@ -53,15 +54,23 @@ def launched_world_size():
     return int(value)
 
 
+@contextlib.contextmanager
 def start(settings):
-    """(World, device) for this process: its rank's under torchrun (--evaluate always runs alone), else
-    a plain run on --device."""
+    """(World, device) for this process, for the time of the with-block: its rank's under torchrun
+    (--evaluate always runs alone), left when the block ends; else a plain run on --device."""
     if launched_world_size() > 1 and not settings.evaluate:
         if settings.dry_run:
             raise SettingsError("--dry-run checks one process; run it without torchrun, as python train.py")
-        return join_torchrun(settings)
-    keep_freed_memory()  # not under torchrun, where gloo's exit then aborted more often (docs/distributed.md)
-    return World(), pick_device(settings.device)
+        world, device = join_torchrun(settings)
+    else:
+        keep_freed_memory()  # not under torchrun, where gloo's exit then aborted more often (docs/distributed.md)
+        world, device = World(), pick_device(settings.device)
+    finished = False
+    try:
+        yield world, device
+        finished = True
+    finally:
+        world.leave(finished)
 
 
 def join_torchrun(args):

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from tudui.batches import to_input
+from tudui.console import say
 from tudui.errors import SettingsError
 from tudui.files import atomic_write, cannot_write
 from tudui.report import confusion_image, prediction_grid
@@ -35,6 +36,15 @@ class TrainResult:
     test_accuracy: float | None
     best_accuracy: float
     history: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def of(cls, recorder, record, step, best_accuracy):
+        """The result of a run that RECORDER wrote (None on the ranks that write nothing); RECORD is the
+        last epoch's metrics."""
+        return cls(run_dir=recorder and recorder.run_dir, ckpt_dir=recorder and recorder.ckpt_dir,
+                   epoch=record.get("epoch"), step=step, test_loss=record.get("test_loss"),
+                   test_accuracy=record.get("test_accuracy"), best_accuracy=best_accuracy,
+                   history=read_history(recorder.run_dir / "metrics.jsonl") if recorder else {})
 
     @property
     def best_path(self):
@@ -201,12 +211,18 @@ class RunRecorder:
             self.close()
             raise
 
-    def run_started(self, model, settings, example):
-        """Once per run (not again on resume): the network graph, traced on EXAMPLE, and the settings in
-        the HPARAMS tab, written into the run's own folder (add_hparams would make a stray extra run) and
-        tied to its test (and validation) accuracy and loss curves."""
+    def run_started(self, model, settings, resumed, example, device, world, data):
+        """The run's first line: its folders, device and data. Then, once per run (not again on resume),
+        the network graph, traced on EXAMPLE, and the settings in the HPARAMS tab, written into the run's
+        own folder (add_hparams would make a stray extra run) and tied to its test (and validation)
+        accuracy and loss curves."""
         from torch.utils.tensorboard.summary import hparams
 
+        processes = f" x {world.size} processes" if world.size > 1 else ""
+        say(settings.quiet, f"run {self.run_dir} | checkpoints in {self.ckpt_dir} | device {device}{processes} | "
+                            f"{len(data.train_y)} train / {len(data.test_y)} test images, {len(data.classes)} classes")
+        if resumed:
+            return
         with warnings.catch_warnings():  # add_graph traces with torch.jit, which warns that it is deprecated
             warnings.simplefilter("ignore", FutureWarning)
             self.writer.add_graph(model, example)
