@@ -1,4 +1,4 @@
-"""checkpoints.py: every kind of Tudui checkpoint loads, safely; damaged, foreign or hostile ones are refused in
+"""tudui/checkpoints.py: every kind of Tudui checkpoint loads, safely; damaged, foreign or hostile ones are refused in
 one line and run nothing; a training checkpoint carries what resuming needs."""
 import io
 import json
