@@ -14,10 +14,10 @@ import warnings
 
 import torch
 
-from tudui.batches import normalizer, to_input
+from tudui.batches import to_input
 from tudui.checkpoints import load_tudui
 from tudui.console import OneLineErrorParser, run_cli
-from tudui.datasets import image_pixels
+from tudui.datasets import class_names, image_pixels
 from tudui.devices import pick_device
 from tudui.errors import DataError, SettingsError
 from tudui.report import describe_checkpoint
@@ -38,9 +38,9 @@ def build_parser():
 
 @torch.no_grad()
 def classify(net, image, device, tta=False):
-    """Class probabilities for one (3, 32, 32) image, uint8 or on the 0-1 scale, preprocessed exactly as
-    in training."""
-    x = to_input(image.unsqueeze(0).to(device), normalizer(net.preprocess, device))
+    """Class probabilities for one (3, 32, 32) image, uint8 or on the 0-1 scale, given to NET as ToTensor
+    gives it (a network load_tudui returned applies its checkpoint's normalization itself)."""
+    x = to_input(image.unsqueeze(0).to(device))
     probs = net(x).float().softmax(1)
     if tta:
         probs = (probs + net(x.flip(3)).float().softmax(1)) / 2
@@ -49,23 +49,30 @@ def classify(net, image, device, tta=False):
 
 def top_classes(net, image, device, top_k, tta=False):
     """[{"class", "probability"}, ...] of IMAGE (anything datasets.image_pixels takes), most likely first."""
-    values, indices = classify(net, image_pixels(image), device, tta).topk(min(top_k, len(net.classes)))
-    return [{"class": net.classes[i], "probability": round(v, 6)} for v, i in zip(values.tolist(), indices.tolist())]
+    probabilities = classify(net, image_pixels(image), device, tta)
+    classes = getattr(net, "classes", None) or class_names(len(probabilities))
+    values, indices = probabilities.topk(min(top_k, len(classes)))
+    return [{"class": classes[i], "probability": round(v, 6)} for v, i in zip(values.tolist(), indices.tolist())]
 
 
 def predict(images, checkpoint, top_k=1, tta=False, device="auto"):
     """The TOP_K most likely classes of an image, [{"class", "probability"}, ...]; of each image when
     IMAGES is a list. An image is a file path, a PIL image, or a (3, H, W) tensor, uint8 or float from 0
-    to 1 (as ToTensor gives). CHECKPOINT is any Tudui checkpoint's path, or a network load_tudui returned.
-    Raises CheckpointError, DataError or SettingsError with the command line's one-line messages."""
+    to 1 (as ToTensor gives). CHECKPOINT is any Tudui checkpoint's path, or a network: one load_tudui
+    returned, or any other, which gets the image as ToTensor gives it and is in eval mode for the call
+    alone. Raises CheckpointError, DataError or SettingsError with the command line's one-line messages."""
     if top_k < 1:
         raise SettingsError(f"--top-k must be at least 1 (got {top_k})")
     device = pick_device(device)
     net = checkpoint if isinstance(checkpoint, torch.nn.Module) else load_tudui(checkpoint, map_location="cpu")
-    net = net.to(device)
-    if isinstance(images, (list, tuple)):
-        return [top_classes(net, image, device, top_k, tta) for image in images]
-    return top_classes(net, images, device, top_k, tta)
+    was_training = net.training
+    net.to(device).eval()
+    try:
+        if isinstance(images, (list, tuple)):
+            return [top_classes(net, image, device, top_k, tta) for image in images]
+        return top_classes(net, images, device, top_k, tta)
+    finally:
+        net.train(was_training)
 
 
 def main(argv=None):

@@ -15,10 +15,9 @@ from functools import partial
 import torch
 from torch import nn
 
-from model import Tudui
 from tudui import checks, distributed
 from tudui.batches import TestBatches, TrainBatches, load_data, normalizer
-from tudui.checkpoints import load_training_checkpoint, provenance, restore, training_checkpoint
+from tudui.checkpoints import build_tudui
 from tudui.console import StopOnCtrlC, exit_process, progress_bar, run_cli, say
 from tudui.cuda_graph import GraphedStep, uses_cuda_graph
 from tudui.devices import device_settings
@@ -26,14 +25,16 @@ from tudui.errors import Interrupted
 from tudui.muon import Muon, hidden_weights_apart
 from tudui.report import epoch_line, per_class_accuracy
 from tudui.runs import RunRecorder, TrainResult, grid_predictions, resumable_checkpoint
+from tudui.training_checkpoints import load_training_checkpoint, provenance, restore, training_checkpoint
 from tudui.settings import as_command, check_keywords, command_line_settings, lr_at, resolve, set_lr
 
 
 # -------------------------------------------------------------------------------------------- 2. model, loss, optimizer
 
 def build_model(num_classes, device, seed):
+    """model.py's Tudui (tudui.checkpoints.build_tudui: Tudui(num_classes), or Tudui() as the tutorial's)."""
     torch.manual_seed(seed)
-    return Tudui(num_classes).to(device, memory_format=torch.channels_last)
+    return build_tudui(num_classes).to(device, memory_format=torch.channels_last)
 
 
 def build_optimizer(model, s):
@@ -138,13 +139,12 @@ def train(s, resumed, device, world, command):
     if start_epoch >= s.epochs and world.rank == 0:
         checks.say_nothing_to_train(s, start_epoch)
     made_by = provenance(device, command())
-    recorder = RunRecorder(s, resumed, start_epoch, step) if world.rank == 0 else None
+    recorder = RunRecorder(s, resumed, start_epoch, step, data.skipped) if world.rank == 0 else None
 
     def log(step, loss, lr):
         say(s.quiet, f"step {step}, loss {loss:.4f}")
         if recorder:
             recorder.train_loss(step, loss, lr)
-
     record = resumed["metrics"] if resumed else {}
     try:
         if recorder:

@@ -20,8 +20,6 @@ RECIPES = {
 
 
 def fingerprint(state):
-    import torch
-
     digest = hashlib.sha256()
     for key in sorted(state["model"]):
         digest.update(key.encode() + state["model"][key].numpy().tobytes())

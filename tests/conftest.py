@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT))
 
-from tiny_data import (CLASSES, accept_tiny_cifar, class_images, tiny_cifar_env,  # noqa: E402,F401
+from tiny_data import (CLASSES, accept_tiny_cifar, class_images, md5, tiny_cifar_env,  # noqa: E402,F401
                        write_cifar_batches, write_image_folder)
 
 
@@ -24,10 +24,11 @@ accept_tiny_cifar()
 
 def parse(argv):
     """The Settings that train.py's command line ARGV makes, as train.main makes them."""
-    from tudui import checkpoints, settings
+    from tudui import settings, training_checkpoints
 
     given = settings.command_line_settings(argv)
-    return settings.resolve(given, checkpoints.load_training_checkpoint(given["resume"]) if "resume" in given else None)
+    resumed = training_checkpoints.load_training_checkpoint(given["resume"]) if "resume" in given else None
+    return settings.resolve(given, resumed)
 
 
 @pytest.fixture(scope="session")

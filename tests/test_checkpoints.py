@@ -1,11 +1,7 @@
-"""tudui/checkpoints.py: every kind of Tudui checkpoint loads, safely; damaged, foreign or hostile ones are refused in
-one line and run nothing; a training checkpoint carries what resuming needs."""
+"""tudui/checkpoints.py: every kind of Tudui checkpoint loads, safely, into model.py's network; damaged, foreign
+or hostile ones are refused in one line and run nothing."""
 import io
-import json
-import math
 import random
-import re
-import shutil
 import textwrap
 import zipfile
 
@@ -13,18 +9,13 @@ import pytest
 import torch
 from hypothesis import example, given
 
-from tudui import checkpoints
-from tudui import console
-from tudui import settings
-import predict
 import train
-from tudui import load_tudui
-from conftest import (FUZZ, ROOT, SHARED, bad_input, mutate, needs_shared, parse, random_or_mutated, reference_weights,
+from conftest import (FUZZ, ROOT, SHARED, bad_input, mutate, needs_shared, random_or_mutated, reference_weights,
                       run_script)
-from tudui.cuda_graph import GraphedStep
-from tudui.errors import CheckpointError
 from model import Tudui
+from tudui import load_tudui
 from tudui.datasets import CIFAR10_CLASSES
+from tudui.errors import CheckpointError
 
 TUTORIAL_MODEL_SOURCE = textwrap.dedent("""
     import torch
@@ -125,13 +116,16 @@ def test_state_dict_of_another_shape_names_the_mismatch(tmp_path):
     weights = reference_weights()
     weights["model.7.weight"] = torch.zeros(64, 2048)
     torch.save(weights, tmp_path / "wide.pth")
-    with pytest.raises(CheckpointError, match=r"model.7.weight has shape \(64, 2048\), Tudui needs \(64, 1024\)"):
+    with pytest.raises(CheckpointError, match=r"\(model.7.weight is \(64, 2048\) in the checkpoint, \(64, 1024\) in "
+                                              r"model.py\)"):
         load_tudui(tmp_path / "wide.pth")
 
 
 def test_state_dict_of_another_network_is_refused(tmp_path):
     torch.save(torch.nn.Linear(3, 4).state_dict(), tmp_path / "linear.pth")
-    with pytest.raises(CheckpointError, match="not a Tudui checkpoint"):
+    with pytest.raises(CheckpointError, match=r"model.py has changed since .*linear.pth was trained \(missing "
+                                              r"model.0.weight, model.0.bias, model.2.weight \.\.\.; unexpected "
+                                              r"weight, bias\)"):
         load_tudui(tmp_path / "linear.pth")
 
 
@@ -210,21 +204,6 @@ def test_a_file_that_never_was_a_checkpoint_is_called_so_not_truncated(tmp_path,
     assert "truncated" not in err and "check that it names a .pth checkpoint" in err
 
 
-def test_resuming_from_weights_alone_says_what_takes_them_instead(tmp_path, train_args, capsys):
-    torch.save(Tudui().state_dict(), tmp_path / "weights.pth")
-    err = bad_input(capsys, train_args + ["--resume", str(tmp_path / "weights.pth")])
-    assert f"{tmp_path / 'weights.pth'} is not a training checkpoint written by train.py" in err
-    assert "cannot be resumed; --evaluate and predict.py take it as it is" in err
-
-
-@pytest.mark.parametrize("make", [lambda p: None, lambda p: p.write_bytes(b"not a checkpoint"), lambda p: p.mkdir()])
-def test_bad_resume_file_is_one_clear_line(capsys, train_args, tmp_path, make):
-    path = tmp_path / "ckpt.pth"
-    make(path)
-    err = bad_input(capsys, train_args + ["--resume", str(path)])
-    assert str(path) in err
-
-
 @pytest.mark.slow
 def test_truncated_checkpoint_is_one_line_for_resume_evaluate_and_predict(tmp_path, cifar_dir):
     path = tmp_path / "truncated.pth"
@@ -249,54 +228,6 @@ def test_damaged_preprocessing_is_one_line_for_resume_and_evaluate(train_args, c
         assert "damaged preprocessing" in err and str(damaged) in err
 
 
-def _with_two_param_groups(optimizer):
-    return dict(optimizer, param_groups=optimizer["param_groups"] * 2)
-
-
-@pytest.mark.parametrize("field, damage, says", [
-    ("config", lambda config: dict(config, epochs="ten"), "its configuration has epochs = 'ten'"),
-    ("config", lambda config: dict(config, recipe="fast"), "its configuration has recipe = 'fast'"),
-    ("config", lambda config: "junk", "config missing or malformed"),
-    ("rng", lambda rng: None, "rng missing or malformed"),
-    ("rng", lambda rng: {"torch": torch.zeros(3)}, "RNG state does not load"),
-    ("optimizer", _with_two_param_groups, "optimizer or RNG state does not load"),
-    ("metrics", lambda metrics: dict(metrics, epoch=7), "metrics missing or malformed"),
-    ("epoch", lambda epoch: -1, "epoch, metrics missing or malformed"),  # the metrics are of another epoch then
-])
-def test_a_training_checkpoint_with_a_damaged_field_is_one_line_on_resume(train_args, tmp_path, capsys, field,
-                                                                           damage, says):
-    train.main(train_args + ["--epochs", "1"])
-    checkpoint = torch.load(tmp_path / "logs" / "run" / "last.pth", weights_only=True)
-    checkpoint[field] = damage(checkpoint[field])
-    damaged = tmp_path / "damaged.pth"
-    torch.save(checkpoint, damaged)
-    capsys.readouterr()
-    err = bad_input(capsys, ["--resume", str(damaged), "--epochs", "2"])
-    assert f"{damaged} is a damaged training checkpoint (" in err and says in err
-
-
-@pytest.mark.parametrize("optimizer", ["sgd", "muon"])
-def test_checkpoints_hold_a_plain_lr_whatever_optimizer_wrote_them(optimizer):
-    """A graphed run keeps its lr in a device tensor for the fused SGD kernel; its checkpoints must still
-    resume in a plain run (and the reverse), carrying the momentum buffers across."""
-    args = parse(["--recipe", "tuned", "--optimizer", optimizer])
-    model = train.build_model(10, torch.device("cpu"), seed=0)
-    graphed = train.build_optimizer(model, args)
-    GraphedStep(train.make_train_step(model, torch.nn.CrossEntropyLoss(), graphed, False), graphed, 2, torch.device("cpu"))
-    assert all(isinstance(group["lr"], torch.Tensor) for group in graphed.param_groups)
-    model(torch.rand(2, 3, 32, 32)).sum().backward()
-    graphed.step()
-    state = checkpoints.optimizer_state(graphed)
-    assert all(type(group["lr"]) is float and math.isclose(group["lr"], args.lr, rel_tol=1e-6)
-               for group in state["param_groups"])
-
-    plain = train.build_optimizer(model, args)
-    checkpoints.load_optimizer_state(plain, state)
-    assert type(plain.param_groups[0]["lr"]) is float and not plain.param_groups[0]["fused"]
-    for p in model.parameters():
-        assert torch.equal(plain.state[p]["momentum_buffer"], graphed.state[p]["momentum_buffer"])
-
-
 @FUZZ
 @given(random_or_mutated(checkpoint_bytes()))
 @example(b"G")  # a float opcode cut short: struct.error inside torch's unpickler, once found by this fuzzing
@@ -310,83 +241,77 @@ def test_load_tudui_raises_only_checkpoint_error_on_any_bytes(tmp_path, data):
         pass
 
 
-OLD_CHECKPOINTS = ROOT / "tests" / "data"  # written by commit 516887d, before train.py was split into modules
 
 
-@pytest.mark.parametrize("name", ["tutorial_epoch_0_v516887d.pth", "tuned_epoch_0_v516887d.pth"])
-def test_a_checkpoint_written_before_the_split_into_modules_loads_and_resumes(cifar_dir, tmp_path, name):
-    """Epoch 0 of a 2-epoch run (`--epochs 2`, and `--recipe tuned --batch-size 64` for the Muon one) on
-    the tests' tiny CIFAR-10 folder, which conftest builds the same way every time."""
-    run_dir = tmp_path / "logs" / "run"
-    run_dir.mkdir(parents=True)
-    shutil.copy(OLD_CHECKPOINTS / name, run_dir / "tudui_epoch_0.pth")
-    saved = torch.load(run_dir / "tudui_epoch_0.pth", weights_only=True)
-    net = load_tudui(run_dir / "tudui_epoch_0.pth")
-    assert all(torch.equal(net.state_dict()[key], tensor) for key, tensor in saved["model"].items())
-    train.main(["--resume", str(run_dir / "tudui_epoch_0.pth"), "--data-dir", str(cifar_dir), "--logdir",
-                str(tmp_path / "logs"), "--run-name", "run", "--quiet"])
-    resumed = torch.load(run_dir / "last.pth", weights_only=True)
-    assert resumed["epoch"] == 1 and resumed["step"] == 2 * saved["step"]
-    this_call = ("data_dir", "logdir", "run_name", "resume", "device")
-    kept = {k: v for k, v in saved["config"].items() if k not in this_call}
-    assert {k: resumed["config"][k] for k in kept} == kept  # settings added since take their defaults
+class ReluTudui(torch.nn.Module):
+    """A learner's next network: model.py's Tudui with activations."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.model = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 32, 5, 1, 2), torch.nn.ReLU(), torch.nn.MaxPool2d(2), torch.nn.Conv2d(32, 32, 5, 1, 2),
+            torch.nn.ReLU(), torch.nn.MaxPool2d(2), torch.nn.Conv2d(32, 64, 5, 1, 2), torch.nn.ReLU(),
+            torch.nn.MaxPool2d(2), torch.nn.Flatten(), torch.nn.Linear(1024, 64), torch.nn.ReLU(),
+            torch.nn.Linear(64, num_classes))
+
+    def forward(self, x):
+        return self.model(x)
 
 
-def test_an_old_muon_checkpoint_resumes_to_the_weights_the_old_code_reached(cifar_dir, tmp_path):
-    """Its epoch 1 as the old code trained it, on this project's AVX-512 CPU: another CPU's convolutions add
-    in another order, hence the tolerance."""
-    run_dir = tmp_path / "logs" / "run"
-    run_dir.mkdir(parents=True)
-    shutil.copy(OLD_CHECKPOINTS / "tuned_epoch_0_v516887d.pth", run_dir / "tudui_epoch_0.pth")
-    train.main(["--resume", str(run_dir / "tudui_epoch_0.pth"), "--data-dir", str(cifar_dir), "--logdir",
-                str(tmp_path / "logs"), "--run-name", "run", "--quiet"])
-    resumed = torch.load(run_dir / "last.pth", weights_only=True)["model"]
-    old_epoch_1 = torch.load(OLD_CHECKPOINTS / "tuned_epoch_1_weights_v516887d.pth", weights_only=True)
-    for key, tensor in old_epoch_1.items():
-        torch.testing.assert_close(resumed[key], tensor, rtol=1e-4, atol=1e-5)
+def test_a_checkpoint_of_another_network_says_model_py_changed_naming_the_keys_and_the_first_difference(tmp_path):
+    relu = ReluTudui()
+    torch.save({"model": relu.state_dict(), "network": str(relu), "classes": list(CIFAR10_CLASSES)},
+               tmp_path / "relu.pth")
+    with pytest.raises(CheckpointError) as raised:
+        load_tudui(tmp_path / "relu.pth")
+    message = str(raised.value)
+    assert message.startswith(f"model.py has changed since {tmp_path / 'relu.pth'} was trained (missing model.2.weight")
+    assert "unexpected model.3.weight" in message and len(message.splitlines()) == 1
+    assert "it was trained with `(1): ReLU()` where model.py now has `(1): MaxPool2d(" in message
 
 
-def test_each_checkpoint_records_the_versions_the_commit_the_device_and_the_call_that_made_it(train_args, tmp_path):
-    import torchvision
-
-    import tudui
-    result = train.run(data_dir=train_args[1], no_download=True, logdir=tmp_path, run_name="r", device="cpu",
-                       quiet=True, epochs=1)
-    made_by = torch.load(result.last_path, weights_only=True)["provenance"]
-    assert made_by["version"] == tudui.__version__ and made_by["device"] == "cpu"
-    assert (made_by["torch"], made_by["torchvision"]) == (str(torch.__version__), str(torchvision.__version__))
-    assert made_by["command"] == (f"train.run(data_dir={train_args[1]!r}, no_download=True, logdir={tmp_path!r}, "
-                                  "run_name='r', device='cpu', quiet=True, epochs=1)")
-    if (ROOT / ".git").exists():
-        assert re.fullmatch(r"[0-9a-f]{40}(\+changes)?", made_by["git_commit"])
+def test_a_checkpoint_loads_into_model_py_s_own_network_whatever_it_is(tmp_path, monkeypatch):
+    from tudui import checkpoints
+    monkeypatch.setattr(checkpoints, "Tudui", ReluTudui)  # as if model.py had been changed
+    torch.manual_seed(0)
+    relu = ReluTudui()
+    torch.save({"model": relu.state_dict(), "network": str(relu)}, tmp_path / "relu.pth")
+    net = load_tudui(tmp_path / "relu.pth")
+    assert isinstance(net, ReluTudui) and not net.training
+    assert all(torch.equal(net.state_dict()[key], value) for key, value in relu.state_dict().items())
 
 
-def test_outside_a_git_checkout_or_without_git_the_commit_is_none_and_nothing_fails(tmp_path, monkeypatch):
-    monkeypatch.setattr(checkpoints, "__file__", str(tmp_path / "checkpoints.py"))  # as if copied out of the checkout
-    assert checkpoints.git_commit() is None
-    monkeypatch.undo()
-
-    def no_git(*args, **kwargs):
-        raise FileNotFoundError(2, "No such file or directory: 'git'")
-    monkeypatch.setattr(checkpoints.subprocess, "run", no_git)
-    assert checkpoints.git_commit() is None
+def test_the_tutorials_files_keep_loading_with_the_tutorials_network_after_model_py_changes(tmp_path, monkeypatch):
+    from tudui import checkpoints
+    monkeypatch.setattr(checkpoints, "Tudui", ReluTudui)
+    torch.save(reference_weights(), tmp_path / "tutorial_weights.pth")  # a bare state_dict records no network
+    net = load_tudui(tmp_path / "tutorial_weights.pth")
+    assert type(net).__name__ == "TutorialTudui"
+    assert all(torch.equal(net.state_dict()[key], value) for key, value in reference_weights().items())
 
 
-def test_evaluate_and_predict_first_say_what_made_the_checkpoint(train_args, cifar_dir, tmp_path, images, capsys):
-    result = train.main(train_args + ["--epochs", "1"])
-    capsys.readouterr()
-    train.main(["--evaluate", str(result.last_path), "--data-dir", str(cifar_dir), "--device", "cpu"])
-    evaluated = capsys.readouterr().out.splitlines()[0]
-    assert console.run_cli(lambda: predict.main(["--checkpoint", str(result.last_path), str(images / "RGB.png")])) == 0
-    predicted = capsys.readouterr().out
-    for first_line in (evaluated, predicted.splitlines()[0]):
-        assert first_line.startswith(f"checkpoint {result.last_path}: version ")
-        assert f"torch {torch.__version__}" in first_line and "trained on cpu by `python train.py " in first_line
+def test_a_tudui_whose_init_takes_no_argument_is_built_for_ten_classes_and_refused_for_others(monkeypatch):
+    from tudui import checkpoints
+    from tudui.errors import SettingsError
+
+    class NoArgumentTudui(torch.nn.Module):  # the tutorial's own model.py
+        def __init__(self):
+            super().__init__()
+            self.model = torch.nn.Linear(4, 10)
+    monkeypatch.setattr(checkpoints, "Tudui", NoArgumentTudui)
+    assert isinstance(checkpoints.build_tudui(10), NoArgumentTudui)
+    with pytest.raises(SettingsError, match=r"model.py's Tudui takes no num_classes argument, so it has CIFAR-10's 10 "
+                                            r"outputs, but this data has 3 classes; give it one: def __init__\(self, "
+                                            r"num_classes=10\)"):
+        checkpoints.build_tudui(3)
 
 
-def test_a_checkpoint_from_before_the_record_says_it_has_none_and_still_loads(images, capsys):
-    old = OLD_CHECKPOINTS / "tuned_epoch_0_v516887d.pth"
-    assert console.run_cli(lambda: predict.main(["--checkpoint", str(old), str(images / "RGB.png"), "--json"])) == 0
-    out, err = capsys.readouterr()
-    assert json.loads(out)["predictions"]  # with --json, stdout holds the images' objects alone
-    assert err.strip() == f"checkpoint {old}: no record of what made it (an older train.py, or not train.py, wrote it)"
+def test_what_load_tudui_returns_takes_to_tensor_input_and_normalizes_it_itself_with_the_tutorials_keys(tmp_path):
+    net = Tudui()
+    mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+    torch.save({"model": net.state_dict(), "preprocess": {"mean": mean, "std": std}}, tmp_path / "normalized.pth")
+    loaded = load_tudui(tmp_path / "normalized.pth")
+    x = torch.rand(4, 3, 32, 32)
+    by_hand = net.eval()((x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1))
+    torch.testing.assert_close(loaded(x), by_hand)
+    assert list(loaded.state_dict()) == list(net.state_dict())  # model.0.weight ... model.8.bias, nothing more

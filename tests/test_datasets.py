@@ -1,8 +1,10 @@
 """tudui/datasets.py: CIFAR-10 through torchvision, image folders by ImageFolder's rules and their cache, images
 of every kind, and bad data as one line each."""
 import io
+import json
 import os
 import pickle
+import shutil
 
 import numpy as np
 import pytest
@@ -11,9 +13,9 @@ from hypothesis import given
 
 from tudui import datasets
 import train
-from conftest import CLASSES, FUZZ, write_cifar_batches, bad_input, random_or_mutated, write_image_folder
+from model import Tudui
+from conftest import CLASSES, FUZZ, md5, write_cifar_batches, bad_input, random_or_mutated, write_image_folder
 from tudui.datasets import DataError, decode_image
-from tudui.errors import SettingsError
 
 
 def test_folder_dataset_takes_classes_from_folder_names(folder_dir, tmp_path):
@@ -163,3 +165,91 @@ def test_a_dry_run_writes_no_cache_of_a_folder_dataset(tmp_path, capsys):
     train.main(["--dataset", "folder", "--data-dir", str(folder), "--logdir", str(tmp_path / "logs"), "--dry-run"])
     assert "everything is in place" in capsys.readouterr().out
     assert not (folder / ".tudui-cache").exists() and not (tmp_path / "logs").exists()
+
+
+def test_an_empty_class_folder_is_refused_with_its_name(tmp_path, capsys):
+    root = write_image_folder(tmp_path / "data", train_per_class=2, test_per_class=1)
+    (root / "train" / "horse").mkdir()
+    (root / "test" / "horse").mkdir()
+    err = bad_input(capsys, ["--dataset", "folder", "--data-dir", str(root), "--logdir", str(tmp_path / "logs")])
+    assert f"{root / 'train'} has class folders with no images: horse (images end in .jpg" in err
+
+
+def test_train_and_test_must_hold_the_same_classes_and_a_mismatch_names_them_in_both_directions(tmp_path, capsys):
+    root = write_image_folder(tmp_path / "data", train_per_class=2, test_per_class=1)
+    shutil.rmtree(root / "test" / "dog")
+    shutil.copytree(root / "test" / "cat", root / "test" / "zebra")
+    err = bad_input(capsys, ["--dataset", "folder", "--data-dir", str(root), "--logdir", str(tmp_path / "logs")])
+    assert (f"{root / 'train'} and {root / 'test'} must hold the same class folders, but {root / 'test'} lacks dog "
+            f"and {root / 'train'} lacks zebra" in err)
+
+
+def test_every_unreadable_image_of_a_split_is_named_in_one_message_with_their_count(tmp_path, capsys):
+    root = write_image_folder(tmp_path / "data", train_per_class=4, test_per_class=1)
+    victims = sorted((root / "train" / "cat").glob("*.png"))[:3]
+    for victim in victims:
+        victim.write_bytes(b"not an image")
+    err = bad_input(capsys, ["--dataset", "folder", "--data-dir", str(root), "--logdir", str(tmp_path / "logs")])
+    assert f"error: 3 of 12 images in {root / 'train'} cannot be read: image {victims[0]} is not an image format" in err
+    assert f"also {victims[1]}, {victims[2]}. Replace or remove them, or give --skip-bad-images" in err
+
+
+def test_skip_bad_images_trains_on_the_rest_and_lists_the_skipped_ones_in_config_json(tmp_path):
+    root = write_image_folder(tmp_path / "data", train_per_class=4, test_per_class=1)
+    victim = sorted((root / "train" / "dog").glob("*.png"))[0]
+    victim.write_bytes(b"not an image")
+    result = train.main(["--dataset", "folder", "--data-dir", str(root), "--logdir", str(tmp_path / "logs"),
+                         "--run-name", "r", "--device", "cpu", "--quiet", "--epochs", "1", "--skip-bad-images"])
+    config = json.loads((result.run_dir / "config.json").read_text())
+    assert config["skip_bad_images"] and config["skipped_images"] == [str(victim)]
+    assert torch.load(result.last_path, weights_only=True)["step"] == 1  # 11 images in one batch of 64
+
+
+def test_evaluate_says_no_test_images_for_a_class_that_has_none(folder_dir, tmp_path, capsys):
+    torch.save(Tudui(num_classes=3).state_dict(), tmp_path / "three.pth")
+    shutil.copytree(folder_dir / "test", tmp_path / "part" / "test")
+    for image in (tmp_path / "part" / "test" / "dog").iterdir():
+        image.unlink()
+    evaluation = train.main(["--evaluate", str(tmp_path / "three.pth"), "--dataset", "folder", "--data-dir",
+                             str(tmp_path / "part"), "--device", "cpu"])
+    lines = capsys.readouterr().out.splitlines()
+    assert "1       no test images" in lines and evaluation.per_class_accuracy["1"] is None
+
+
+def tiny_cifar_archive(folder, cifar_dir):
+    """cifar-10-python.tar.gz of the tiny CIFAR-10 files in FOLDER, as the real one holds them."""
+    import tarfile
+    folder.mkdir(parents=True)
+    with tarfile.open(folder / "cifar-10-python.tar.gz", "w:gz") as archive:
+        archive.add(cifar_dir / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    return folder / "cifar-10-python.tar.gz"
+
+
+def test_no_download_unpacks_a_placed_archive_that_passes_its_md5_check(tmp_path, cifar_dir, monkeypatch):
+    from torchvision.datasets import CIFAR10
+    archive = tiny_cifar_archive(tmp_path / "data", cifar_dir)
+    monkeypatch.setattr(CIFAR10, "tgz_md5", md5(archive))  # as if it were CIFAR-10's own archive
+    images, labels, classes = datasets.load_cifar10(tmp_path / "data", "test", download=False)
+    assert len(labels) == 100 and (tmp_path / "data" / "cifar-10-batches-py" / "test_batch").is_file()
+
+
+def test_a_dry_run_finds_a_placed_archive_says_it_passes_and_writes_nothing(tmp_path, cifar_dir, monkeypatch, capsys):
+    from torchvision.datasets import CIFAR10
+    archive = tiny_cifar_archive(tmp_path / "data", cifar_dir)
+    monkeypatch.setattr(CIFAR10, "tgz_md5", md5(archive))
+    err = bad_input(capsys, ["--data-dir", str(tmp_path / "data"), "--dry-run", "--logdir", str(tmp_path / "logs")])
+    assert f"{archive} passes its md5 check and the real run unpacks it; --dry-run writes nothing" in err
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["cifar-10-python.tar.gz"]
+
+
+@pytest.mark.parametrize("flag", ["--no-download", "--dry-run"])
+def test_an_archive_that_fails_its_md5_check_is_named_as_such(tmp_path, cifar_dir, capsys, flag):
+    archive = tiny_cifar_archive(tmp_path / "data", cifar_dir)  # not CIFAR-10's own bytes
+    err = bad_input(capsys, ["--data-dir", str(tmp_path / "data"), flag, "--logdir", str(tmp_path / "logs")])
+    assert f"{archive} fails its md5 check (a damaged or incomplete download); replace it: place " in err
+
+
+def test_without_the_data_the_error_says_where_to_place_the_archive(tmp_path, capsys):
+    err = bad_input(capsys, ["--data-dir", str(tmp_path / "empty"), "--no-download", "--logdir", str(tmp_path)])
+    assert (f"or place cifar-10-python.tar.gz (from https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz) in "
+            f"{tmp_path / 'empty'}: the next run checks its md5 and unpacks it") in err

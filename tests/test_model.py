@@ -1,4 +1,5 @@
-"""model.py: the tutorial's network, unchanged."""
+"""model.py: the tutorial's network, unchanged; and any network a user writes there works with all the rest."""
+import shutil
 
 import pytest
 import torch
@@ -56,3 +57,85 @@ def test_import_prints_nothing():
 def test_running_model_py_prints_the_output_shape():
     result = run_script(ROOT / "model.py")
     assert result.returncode == 0 and result.stdout.strip() == "torch.Size([64, 10])"
+
+
+# ---------------------------------------------------------------- model.py is the user's: any Tudui written there
+
+TUTORIALS_OWN_MODEL_PY = '''import torch
+from torch import nn
+
+
+class Tudui(nn.Module):
+    def __init__(self):
+        super(Tudui, self).__init__()
+        self.model = nn.Sequential(
+            nn.Conv2d(3, 32, 5, 1, 2), nn.MaxPool2d(2), nn.Conv2d(32, 32, 5, 1, 2), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 5, 1, 2), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(64 * 4 * 4, 64), nn.Linear(64, 10))
+
+    def forward(self, x):
+        x = self.model(x)
+        return x
+
+
+if __name__ == '__main__':
+    tudui = Tudui()
+    input = torch.ones((64, 3, 32, 32))
+    output = tudui(input)
+    print(output.shape)
+'''
+
+RELU_BATCHNORM_DROPOUT_MODEL_PY = '''import torch
+from torch import nn
+
+
+class Tudui(nn.Module):
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.model = nn.Sequential(
+            nn.Conv2d(3, 48, 3, 1, 1), nn.BatchNorm2d(48), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(48, 64, 3, 1, 1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(64, 64, 3, 1, 1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Dropout(0.3), nn.Linear(64 * 4 * 4, 96), nn.ReLU(), nn.Linear(96, num_classes))
+
+    def forward(self, x):
+        return self.model(x)
+'''
+
+
+def copy_of_the_project(folder, model_source):
+    """The project's scripts and package in FOLDER, with MODEL_SOURCE as its model.py."""
+    for name in ("train.py", "predict.py"):
+        shutil.copy(ROOT / name, folder / name)
+    shutil.copytree(ROOT / "tudui", folder / "tudui", ignore=shutil.ignore_patterns("__pycache__"))
+    (folder / "model.py").write_text(model_source)
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_source", [TUTORIALS_OWN_MODEL_PY, RELU_BATCHNORM_DROPOUT_MODEL_PY],
+                         ids=["the tutorial's own model.py", "ReLU, BatchNorm and Dropout"])
+def test_a_network_written_in_model_py_trains_resumes_bit_exactly_predicts_evaluates_and_dry_runs(
+        tmp_path, cifar_dir, images, model_source):
+    project = copy_of_the_project(tmp_path, model_source)
+    common = ["--data-dir", cifar_dir, "--no-download", "--device", "cpu", "--quiet", "--recipe", "tuned",
+              "--batch-size", "64", "--logdir", tmp_path / "logs"]
+
+    def script(*args):
+        result = run_script(*args, cwd=project)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+    script(project / "train.py", *common, "--dry-run")
+    script(project / "train.py", *common, "--epochs", "2", "--run-name", "straight")
+    script(project / "train.py", *common, "--epochs", "1", "--run-name", "split")
+    script(project / "train.py", "--resume", tmp_path / "logs" / "split" / "last.pth", "--epochs", "2", "--quiet")
+    straight, resumed = (torch.load(tmp_path / "logs" / run / "last.pth", weights_only=True) for run in ("straight",
+                                                                                                       "split"))
+    assert straight["model"].keys() == resumed["model"].keys()
+    assert all(torch.equal(straight["model"][key], resumed["model"][key]) for key in straight["model"])
+    assert "ReLU" in straight["network"] or "Linear(in_features=64, out_features=10" in straight["network"]
+    predicted = script(project / "predict.py", "--checkpoint", tmp_path / "logs" / "straight" / "best.pth",
+                       images / "RGB.png")
+    assert predicted.splitlines()[-1].startswith("RGB.png: ")
+    evaluated = script(project / "train.py", "--evaluate", tmp_path / "logs" / "straight" / "last.pth",
+                       "--data-dir", cifar_dir, "--no-download", "--device", "cpu")
+    assert f"accuracy {straight['test_accuracy']:.2%} on 100 images" in evaluated

@@ -12,6 +12,7 @@ from tudui import load_tudui
 from conftest import ROOT, SHARED, needs_shared, random_batch, reference_weights, run_script
 from tudui.errors import CheckpointError, DataError
 from tudui.datasets import CIFAR10_CLASSES
+from PIL import Image
 
 
 def run_predict(capsys, *argv):
@@ -169,3 +170,29 @@ def test_a_bad_image_from_python_raises_data_error_with_the_command_lines_messag
 def test_a_bad_checkpoint_from_python_raises_checkpoint_error(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         predict.predict(random_batch(1)[0], tmp_path / "missing.pth")
+
+
+def test_predict_puts_any_network_in_eval_mode_for_the_call_and_leaves_it_as_it_found_it():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Dropout(0.5), torch.nn.Linear(3 * 32 * 32, 10))
+    image = random_batch(1)[0]
+    answers = [predict.predict(image, net, top_k=10) for _ in range(3)]
+    assert answers[0] == answers[1] == answers[2]  # Dropout off: the same probabilities each time
+    assert net.training  # and back in training mode, as it came
+
+
+@pytest.mark.slow
+def test_load_tudui_on_to_tensor_input_agrees_with_predict_for_the_tuned_recipe(cifar_dir, tmp_path):
+    """The tuned recipe normalizes its input: load_tudui's network must do so itself, as predict.py does."""
+    from torchvision.transforms.functional import to_tensor
+
+    import train
+    from tudui.datasets import load_cifar10
+    result = train.run(data_dir=cifar_dir, no_download=True, logdir=tmp_path, run_name="tuned", recipe="tuned",
+                       batch_size=64, epochs=2, device="cpu", quiet=True)
+    images, _, _ = load_cifar10(cifar_dir, "test", download=False)
+    net = load_tudui(result.last_path)
+    for image in images[:40]:
+        as_pil = Image.fromarray(image.permute(1, 2, 0).numpy())
+        by_hand = net.classes[net(to_tensor(as_pil)[None]).argmax(1).item()]
+        assert by_hand == predict.predict(as_pil, result.last_path)[0]["class"]

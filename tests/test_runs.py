@@ -13,7 +13,6 @@ from datetime import datetime
 
 import pytest
 import torch
-from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import train

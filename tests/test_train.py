@@ -202,8 +202,10 @@ def test_normalization_constants_are_stored_and_applied_by_predict(cifar_dir, tm
     assert checkpoint["preprocess"] == {"mean": mean, "std": std}
 
     net = load_tudui(tmp_path / "r" / "last.pth")
+    plain = Tudui()
+    plain.load_state_dict(checkpoint["model"])
     image = torch.from_numpy(class_images(1, 10, seed=9)[0][0])
-    expected = net(((image.float() / 255 - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1))[None])
+    expected = plain.eval()(((image.float() / 255 - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1))[None])
     probabilities = predict.classify(net, image, torch.device("cpu"))
     torch.testing.assert_close(probabilities.view(-1), expected.softmax(1).view(-1))
 

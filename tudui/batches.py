@@ -23,7 +23,8 @@ TEST_BATCH_SIZE = 500  # testing needs no gradients, so bigger batches just mean
 @dataclass
 class Data:
     """A run's images (uint8) and labels on its device; VAL_X and VAL_Y are None without --val-split.
-    PREPROCESS is the input normalization of a new run (a resumed one keeps its checkpoint's)."""
+    PREPROCESS is the input normalization of a new run (a resumed one keeps its checkpoint's); SKIPPED, the
+    images --skip-bad-images left out."""
     train_x: torch.Tensor
     train_y: torch.Tensor
     test_x: torch.Tensor
@@ -32,11 +33,13 @@ class Data:
     val_y: torch.Tensor | None
     classes: list
     preprocess: dict
+    skipped: list
 
 
 def load_data(settings, device):
+    skipped = [] if settings.skip_bad_images else None
     train_x, train_y, test_x, test_y, classes = load_dataset(settings.dataset, settings.data_dir,
-                                                             not settings.no_download, settings.dry_run)
+                                                             not settings.no_download, settings.dry_run, skipped)
     val_x = val_y = None
     if settings.val_split:
         train_x, train_y, val_x, val_y = hold_out(train_x, train_y, settings.val_split, settings.seed)
@@ -44,7 +47,7 @@ def load_data(settings, device):
     if settings.normalize:  # of the images trained on: the validation images are as unseen as the test set
         preprocess["mean"], preprocess["std"] = channel_stats(train_x)
     on_device = [t if t is None else t.to(device) for t in (train_x, train_y, test_x, test_y, val_x, val_y)]
-    return Data(*on_device, classes, preprocess)
+    return Data(*on_device, classes, preprocess, skipped or [])
 
 
 class TrainBatches:

@@ -1,26 +1,23 @@
-"""Checkpoints: loading any Tudui checkpoint safely (train.py's, a state_dict, or the tutorial's
-whole-model pickles, without running code from them), the fields of a training checkpoint that resuming
-relies on, with their checks, the building of a training checkpoint's dict, and the record of what made
-a checkpoint. Writing files is runs.py's job.
+"""Loading any Tudui checkpoint safely: train.py's, a state_dict, or the tutorial's whole-model pickles,
+read without running code from them, into model.py's Tudui, loaded strictly (the tutorial's network for
+files that record none). What a training checkpoint holds for resuming is training_checkpoints.py's;
+writing files is runs.py's.
 """
+import inspect
+import itertools
 import pickle
 import re
 import struct
-import subprocess
 import warnings
 import zipfile
-from pathlib import Path
 
 import torch
+from torch import nn
 
 from model import Tudui
-from tudui import __version__
 from tudui.batches import TUTORIAL_PREPROCESS
-from tudui.datasets import CIFAR10_CLASSES
+from tudui.datasets import class_names
 from tudui.errors import CheckpointError, SettingsError
-from tudui.settings import plain
-
-CHECKPOINT_FORMAT = "tudui-train-checkpoint/1"
 
 
 class _PickledModule:
@@ -164,174 +161,124 @@ def _finite_shape(value):
     return tuple(numbers.shape) if torch.isfinite(numbers).all() else None
 
 
-def build_from_state_dict(state_dict, path="checkpoint"):
-    """A Tudui with these weights, or a CheckpointError naming the mismatch."""
-    final_bias = state_dict.get("model.8.bias")
-    if not torch.is_tensor(final_bias) or final_bias.dim() != 1:
-        keys = ", ".join(list(state_dict)[:4])
-        raise CheckpointError(f"{path} is not a Tudui checkpoint: expected keys model.0.weight ... model.8.bias, "
-                              f"found {keys}{' ...' if len(state_dict) > 4 else ''}")
-    if final_bias.shape[0] == 0:
+def build_tudui(num_classes):
+    """model.py's Tudui with NUM_CLASSES outputs: Tudui(num_classes), or Tudui() for 10 classes when its
+    __init__ takes no argument (as the tutorial's own model.py)."""
+    if inspect.signature(Tudui).parameters:
+        return Tudui(num_classes)
+    if num_classes != 10:
+        raise SettingsError(f"model.py's Tudui takes no num_classes argument, so it has CIFAR-10's 10 outputs, but "
+                            f"this data has {num_classes} classes; give it one: def __init__(self, num_classes=10), "
+                            "used as the last layer's outputs")
+    return Tudui()
+
+
+class TutorialTudui(nn.Module):
+    """The tutorial's network, for files that record no network (its own whole-model files and bare
+    state_dicts) when model.py has changed since; model.py's Tudui is the user's to change, this is not."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.model = nn.Sequential(nn.Conv2d(3, 32, 5, 1, 2), nn.MaxPool2d(2), nn.Conv2d(32, 32, 5, 1, 2),
+                                   nn.MaxPool2d(2), nn.Conv2d(32, 64, 5, 1, 2), nn.MaxPool2d(2), nn.Flatten(),
+                                   nn.Linear(64 * 4 * 4, 64), nn.Linear(64, num_classes))
+
+    def forward(self, x):
+        return self.model(x)
+
+
+def output_counts(state_dict, classes):
+    """The class counts the weights may predict, likeliest first: the last bias's size (the last layer's,
+    in most networks), the count of CLASSES, CIFAR-10's 10."""
+    biases = [v for k, v in state_dict.items() if k.endswith("bias") and torch.is_tensor(v) and v.dim() == 1]
+    counts = ([biases[-1].shape[0]] if biases else []) + ([len(classes)] if classes else [])
+    return list(dict.fromkeys(counts + [10]))
+
+
+def mismatch(net, state_dict):
+    """What keeps STATE_DICT from loading strictly into NET, in a few words; "" when nothing does."""
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    shapes = [f"{k} is {tuple(state_dict[k].shape) if torch.is_tensor(state_dict[k]) else type(state_dict[k]).__name__}"
+              f" in the checkpoint, {tuple(v.shape)} in model.py" for k, v in expected.items()
+              if k in state_dict and not (torch.is_tensor(state_dict[k]) and state_dict[k].shape == v.shape)]
+    parts = [f"{what} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}" for what, keys in
+             (("missing", missing), ("unexpected", unexpected)) if keys] + shapes[:2]
+    return "; ".join(parts)
+
+
+def first_difference(recorded, net):
+    """The first line where the printed network RECORDED in a checkpoint and NET's differ, or ""."""
+    if not isinstance(recorded, str):
+        return ""
+    pairs = itertools.zip_longest(recorded.splitlines()[1:], str(net).splitlines()[1:], fillvalue="(nothing)")
+    for old, new in pairs:  # after the first line, the class's name
+        if old != new:
+            return f"; it was trained with `{old.strip()}` where model.py now has `{new.strip()}`"
+    return ""
+
+
+def build_from_state_dict(state_dict, path="checkpoint", classes=None, network=None):
+    """model.py's Tudui with these weights, loaded strictly; the tutorial's network instead for a file that
+    records no NETWORK (its printed structure) when only that fits. A CheckpointError names a mismatch."""
+    counts = output_counts(state_dict, classes)
+    if counts[0] == 0:
         raise CheckpointError(f"{path} has a final layer with no outputs, so it can predict no class; "
                               "use another copy of the checkpoint")
-    net = Tudui(num_classes=final_bias.shape[0])
-    expected = net.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(f"{path} does not match the Tudui network: missing {missing or 'nothing'}, "
-                              f"unexpected {unexpected or 'nothing'}")
-    for key, tensor in expected.items():
-        got = state_dict[key]
-        if not torch.is_tensor(got) or got.shape != tensor.shape:
-            shape = tuple(got.shape) if torch.is_tensor(got) else type(got).__name__
-            raise CheckpointError(f"{path} does not match the Tudui network: {key} has shape {shape}, "
-                                  f"Tudui needs {tuple(tensor.shape)}")
-        if not torch.isfinite(got).all():
+    try:
+        nets = [build_tudui(count) for count in counts]
+    except SettingsError as e:
+        raise CheckpointError(f"{path} predicts {counts[0]} classes, and {str(e).split(', but ')[0]}; give it a "
+                              "num_classes argument: def __init__(self, num_classes=10)") from None
+    if network is None:  # a file that records no network may be the tutorial's
+        nets += [TutorialTudui(count) for count in counts]
+    fitting = [net for net in nets if not mismatch(net, state_dict)]
+    return load_weights(fitting[0] if fitting else nets[0], state_dict, path, network)
+
+
+def load_weights(net, state_dict, path, network=None):
+    """STATE_DICT loaded strictly into NET, or a CheckpointError: model.py changed since the checkpoint
+    (what differs, and the first line where NETWORK, the network it recorded, differs), or weights that
+    are not finite."""
+    problem = mismatch(net, state_dict)
+    if problem:
+        raise CheckpointError(f"model.py has changed since {path} was trained ({problem}){first_difference(network, net)}"
+                              "; use the model.py it was trained with, or train anew")
+    for key, tensor in state_dict.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise CheckpointError(f"{path} has non-finite weights (NaN or infinity) in {key}, saved from a run that "
                                   "had diverged; use a checkpoint of an earlier epoch")
-    net.load_state_dict({k: v.float() for k, v in state_dict.items()})
+    net.load_state_dict(state_dict)
+    return net
+
+
+def normalizing_input(net, preprocess):
+    """NET, made to take ToTensor's input (floats in [0, 1]) and apply PREPROCESS's normalization itself,
+    in a forward pre-hook whose mean and std are buffers left out of the state_dict."""
+    if preprocess.get("mean") is None:
+        return net
+    for name in ("mean", "std"):
+        net.register_buffer(f"input_{name}", torch.tensor(preprocess[name]).view(1, 3, 1, 1), persistent=False)
+    net.register_forward_pre_hook(lambda module, args: ((args[0] - module.input_mean) / module.input_std,
+                                                        *args[1:]))
     return net
 
 
 def load_tudui(path, map_location="cpu"):
     """Load a Tudui in eval mode from any Tudui checkpoint: one written by train.py, a bare state_dict,
-    or a tutorial `torch.save(tudui, ...)` file. The model carries `.classes` (names, one per output),
-    `.preprocess` (the pixel normalization it was trained with), and from train.py's checkpoints
-    `.config` (the run's settings) and `.provenance` (what made it), else None. Raises CheckpointError."""
+    or a tutorial `torch.save(tudui, ...)` file. It takes ToTensor's input, floats in [0, 1] of shape
+    (N, 3, 32, 32), and applies its checkpoint's normalization itself. It carries `.classes` (names, one
+    per output), `.preprocess` (that normalization), and from train.py's checkpoints `.config` (the run's
+    settings) and `.provenance` (what made it), else None. Raises CheckpointError."""
     checkpoint = read_checkpoint(path, map_location)
     state_dict, classes, preprocess = unpack_checkpoint(checkpoint, path)
-    net = build_from_state_dict(state_dict, path)
-    num_classes = net.model[-1].out_features
-    if classes is None or len(classes) != num_classes:
-        classes = list(CIFAR10_CLASSES) if num_classes == 10 else [str(i) for i in range(num_classes)]
-    net.classes = classes
+    recorded = checkpoint.get("network") if isinstance(checkpoint, dict) else None
+    net = build_from_state_dict(state_dict, path, classes, recorded)
+    with torch.no_grad():
+        num_classes = net.eval()(torch.zeros(1, 3, 32, 32)).shape[1]
+    net.classes = classes if classes and len(classes) == num_classes else class_names(num_classes)
     net.preprocess = preprocess
     net.config, net.provenance = (checkpoint.get(key) if isinstance(checkpoint, dict) and isinstance(
         checkpoint.get(key), dict) else None for key in ("config", "provenance"))
-    return net.to(map_location).eval()
-
-
-# ---------------------------------------------------------------------------------------------- training checkpoints
-
-def load_training_checkpoint(path):
-    """A checkpoint train.py wrote, with every field that resuming relies on checked."""
-    obj = read_checkpoint(path)
-    if not (isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT):
-        raise CheckpointError(f"{path} is not a training checkpoint written by train.py (it lacks the optimizer "
-                              "state, epoch and settings to continue from), so it cannot be resumed; --evaluate "
-                              "and predict.py take it as it is")
-    damaged = damaged_fields(obj)
-    if damaged:
-        raise damaged_checkpoint(path, f"{', '.join(damaged)} missing or malformed")
-    return obj
-
-
-def damaged_fields(checkpoint):
-    """The fields of a train.py checkpoint that resuming relies on and that are missing or malformed."""
-    def count(value):
-        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-    checks = {
-        "model": lambda v: isinstance(v, dict),
-        "optimizer": lambda v: isinstance(v, dict) and isinstance(v.get("param_groups"), list),
-        "epoch": count,
-        "step": count,
-        "config": lambda v: isinstance(v, dict),
-        "classes": lambda v: isinstance(v, list) and all(isinstance(name, str) for name in v),
-        "best_accuracy": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-        "metrics": lambda v: isinstance(v, dict) and v.get("epoch") == checkpoint.get("epoch"),
-        "rng": lambda v: isinstance(v, dict) and torch.is_tensor(v.get("torch")),
-    }
-    return [name for name, fine in checks.items() if not fine(checkpoint.get(name))]
-
-
-def damaged_checkpoint(path, what):
-    return CheckpointError(f"{path} is a damaged training checkpoint ({what}), so it cannot be resumed; resume "
-                           "from another of the run's checkpoints (last.pth, best.pth or an epoch file)")
-
-
-def training_checkpoint(model, optimizer, settings, data, record, best_accuracy, device, made_by):
-    """A training checkpoint: a plain dict, which torch.load(path, weights_only=True) reads, with what a
-    resumed run needs and RECORD, the epoch's metrics.jsonl line."""
-    return {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer_state(optimizer),
-            "epoch": record["epoch"], "step": record["step"], "config": plain(settings), "classes": data.classes,
-            "preprocess": data.preprocess, "test_accuracy": record["test_accuracy"],
-            "test_loss": record["test_loss"], "best_accuracy": best_accuracy, "metrics": record,
-            "rng": rng_state(device), "provenance": made_by}
-
-
-def optimizer_state(optimizer):
-    """state_dict() with a plain-number lr (it may be a device tensor) and no fused kernel, so that a
-    checkpoint resumes on any device."""
-    state = optimizer.state_dict()
-    for group in state["param_groups"]:
-        group["lr"] = float(group["lr"])
-        group["fused"] = None
-    return state
-
-
-def load_optimizer_state(optimizer, state):
-    """Momentum buffers from a checkpoint. The settings stay this run's own (load_state_dict would put
-    the checkpoint's back): they are the checkpoint's unless a flag such as --weight-decay changed them."""
-    own = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-    optimizer.load_state_dict(state)
-    for group, settings in zip(optimizer.param_groups, own):
-        group.update(settings)
-
-
-def restore(checkpoint, path, model, optimizer, device, classes):
-    """Put a training CHECKPOINT's weights, momentum buffers and RNG state into this run's MODEL and
-    OPTIMIZER, for a dataset of CLASSES. Returns its input normalization (which the weights learned), the
-    first epoch left to train, its step and its best accuracy."""
-    if checkpoint["classes"] != classes:
-        raise SettingsError(f"{path} was trained on classes {checkpoint['classes']}, but this dataset has "
-                            f"{classes}; resume with the same --dataset and --data-dir")
-    model.load_state_dict(build_from_state_dict(checkpoint["model"], path).state_dict())
-    try:
-        load_optimizer_state(optimizer, checkpoint["optimizer"])
-        restore_rng_state(checkpoint["rng"], device)
-    except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:
-        raise damaged_checkpoint(path, f"its optimizer or RNG state does not load: {e}") from None
-    return (checked_preprocess(checkpoint.get("preprocess"), path), checkpoint["epoch"] + 1, checkpoint["step"],
-            checkpoint["best_accuracy"])
-
-
-def provenance(device, command):
-    """What makes a checkpoint: the project's version and git commit (None outside a checkout), torch's
-    and torchvision's versions, the device, and the command line or call that started the process."""
-    import torchvision
-
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    return {"version": __version__, "git_commit": git_commit(), "torch": str(torch.__version__),
-            "torchvision": str(torchvision.__version__), "device": f"{device} ({name})" if name else str(device),
-            "command": command}
-
-
-def git_commit():
-    """The checkout's commit, with "+changes" when its tracked files differ from it; None when the code
-    does not run from a git checkout, or git cannot say."""
-    root = Path(__file__).resolve().parent.parent
-    if not (root / ".git").exists():
-        return None
-    try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        changes = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                                 capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return commit + ("+changes" if changes else "") if commit else None
-
-
-def rng_state(device):
-    state = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def restore_rng_state(state, device):
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
+    return normalizing_input(net, preprocess).to(map_location).eval()

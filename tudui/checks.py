@@ -8,7 +8,7 @@ import sys
 import torch
 from torch import nn
 
-from tudui.batches import TestBatches, hold_out, normalizer
+from tudui.batches import TestBatches, hold_out
 from tudui.checkpoints import load_tudui
 from tudui.console import say
 from tudui.cuda_graph import GraphedStep
@@ -83,10 +83,10 @@ def evaluate_checkpoint(s, device, test):
     if classes != net.classes:  # scored all the same: folders named 0..9 are a common way to store CIFAR-10
         print(f"note: the test classes ({', '.join(classes)}) are not the class names of {s.evaluate} "
               f"({', '.join(net.classes)}); test class i in this order is scored as its class i", file=sys.stderr)
-    norm, scored = normalizer(net.preprocess, device), FlipAveraged(net) if s.tta else net
+    scored = FlipAveraged(net) if s.tta else net  # load_tudui's network normalizes its input itself
 
     def score(images, labels):
-        return test(scored, TestBatches(images.to(device), labels.to(device), norm, World()), len(classes), s.amp)
+        return test(scored, TestBatches(images.to(device), labels.to(device), None, World()), len(classes), s.amp)
     result = score(images, labels)
     held_out = {}
     config = net.config or {}

@@ -19,35 +19,84 @@ from tudui.errors import DataError, SettingsError
 from tudui.files import atomic_write
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-CACHE_FORMAT = 2  # raised whenever decode_image changes, so that caches of the old decoding are rebuilt
+def class_names(count):
+    """Names for COUNT outputs when a checkpoint names none: CIFAR-10's for 10, else the numbers."""
+    return list(CIFAR10_CLASSES) if count == 10 else [str(i) for i in range(count)]
 
 
-def load_cifar10(data_dir, split, download, dry_run=False):
-    """torchvision's CIFAR10 in DATA_DIR, downloaded by it when missing (never in a DRY_RUN, which writes
-    nothing). SPLIT is "train" or "test". torchvision checks every file's md5 against CIFAR-10's before it
-    unpickles one."""
+CACHE_FORMAT = 3  # raised whenever decoding or the cache's fields change, so that older caches are rebuilt
+
+
+CIFAR10_ARCHIVE_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+
+
+def load_cifar10(data_dir, split, download=True, dry_run=False):
+    """One SPLIT of CIFAR-10, "train" or "test" (load_cifar10_splits)."""
+    return load_cifar10_splits(data_dir, (split,), download, dry_run)[0]
+
+
+def load_cifar10_splits(data_dir, splits, download=True, dry_run=False):
+    """(images, labels, classes) of each of SPLITS, read by torchvision's CIFAR10 from DATA_DIR (which
+    checks all six files' md5s for each split before it unpickles one). When that fails, and never in a
+    DRY_RUN (which writes nothing): downloaded if DOWNLOAD, or unpacked from a cifar-10-python.tar.gz
+    placed in DATA_DIR whose md5 passes."""
+    try:
+        return [read_cifar10(data_dir, split, download, dry_run) for split in splits]
+    except DataError:
+        if dry_run or not (download or archive_check(data_dir) == "passes"):
+            raise
     from torchvision.datasets import CIFAR10
 
     try:
-        if download and not dry_run:
-            Path(data_dir).mkdir(parents=True, exist_ok=True)
-        dataset = CIFAR10(root=str(data_dir), train=split == "train", download=download and not dry_run)
+        Path(data_dir).mkdir(parents=True, exist_ok=True)
+        CIFAR10(root=str(data_dir), train=False, download=True)  # a valid archive there is unpacked, not fetched
     except (OSError, RuntimeError) as e:  # URLError is an OSError
+        raise cifar10_missing(Path(data_dir), True, False, e) from None
+    return [read_cifar10(data_dir, split, download, dry_run) for split in splits]
+
+
+def read_cifar10(data_dir, split, download, dry_run):
+    from torchvision.datasets import CIFAR10
+
+    try:
+        dataset = CIFAR10(root=str(data_dir), train=split == "train", download=False)
+    except (OSError, RuntimeError) as e:
         raise cifar10_missing(Path(data_dir), download, dry_run, e) from None
-    images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
+    images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()  # HWC back to NCHW
     return images, torch.tensor(dataset.targets, dtype=torch.int64), list(dataset.classes)
 
 
+def archive_check(data_dir):
+    """Whether a cifar-10-python.tar.gz placed in DATA_DIR "passes" or "fails" its md5 check; None when
+    there is none."""
+    from torchvision.datasets import CIFAR10
+    from torchvision.datasets.utils import check_integrity
+
+    archive = Path(data_dir) / CIFAR10.filename
+    if not archive.is_file():
+        return None
+    return "passes" if check_integrity(str(archive), CIFAR10.tgz_md5) else "fails"
+
+
 def cifar10_missing(data_dir, download, dry_run, error):
-    """The one-line error for CIFAR-10 files that torchvision could not find, verify or download."""
+    """The one-line error for CIFAR-10 files that torchvision could not find, verify or download: what
+    is there, and the one way to get them without the network."""
     from torchvision.datasets import CIFAR10
 
-    folder = data_dir / CIFAR10.base_folder
+    folder, archive = data_dir / CIFAR10.base_folder, data_dir / CIFAR10.filename
     names = [name for name, _ in CIFAR10.train_list + CIFAR10.test_list] + [CIFAR10.meta["filename"]]
     missing = [name for name in names if not (folder / name).is_file()]
+    offline = (f"place {CIFAR10.filename} (from {CIFAR10_ARCHIVE_URL}) in {data_dir}: the next run checks its md5 "
+               "and unpacks it")
+    found = archive_check(data_dir)
+    if found == "fails":
+        return DataError(f"{archive} fails its md5 check (a damaged or incomplete download); replace it: {offline}")
+    if found == "passes" and dry_run and missing:
+        return DataError(f"{archive} passes its md5 check and the real run unpacks it; --dry-run writes nothing, "
+                         "so it stops here: run without --dry-run")
     if download and not dry_run:
         return DataError(f"could not download CIFAR-10 into {data_dir} ({str(error)[:150]}); check the network, "
-                         f"or place {CIFAR10.filename} in {data_dir} and run again")
+                         f"or {offline}")
     if not missing:
         where = f"{folder} fails torchvision's md5 check (a damaged or altered file); delete it"
     elif folder.is_dir():
@@ -56,15 +105,15 @@ def cifar10_missing(data_dir, download, dry_run, error):
         where = f"CIFAR-10 is not in {folder}"
     why = ("--dry-run downloads nothing; run without it to fetch CIFAR-10 (about 170 MB)" if dry_run
            else "--no-download was given; drop --no-download to fetch it")
-    return DataError(f"{where} and {why}, or point --data-dir at a folder that has it")
+    return DataError(f"{where} and {why}, or {offline}")
 
 
-def list_folder_split(root, split, classes=None, allow_empty=False):
-    """(classes, [(path, label), ...]) of DIR/SPLIT by ImageFolder's rules (find_classes and make_dataset):
-    class folders sorted by name, files with an image extension found through subfolders, and a class
-    with none refused. Hidden folders (.ipynb_checkpoints) are not classes. CLASSES, when given, are the
-    training split's, which this split must have too, unless ALLOW_EMPTY (a checkpoint's classes, scored
-    on the test images there are)."""
+def list_folder_split(root, split, classes=None, evaluating=False):
+    """(classes, [(path, label), ...]) of DIR/SPLIT by ImageFolder's rules (make_dataset): class folders
+    sorted by name, files with an image extension found through subfolders. Hidden folders
+    (.ipynb_checkpoints) are not classes. CLASSES, when given, are the training split's, which this split
+    must hold too, and no other; a class folder without images is refused. When EVALUATING a checkpoint
+    of CLASSES, the test split may lack some, or hold no images of some."""
     from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
     split_dir = Path(root) / split
@@ -79,17 +128,22 @@ def list_folder_split(root, split, classes=None, allow_empty=False):
                                 "(bytes that are not UTF-8, or control characters); rename it")
         if not found:
             raise DataError(f"{split_dir} holds no class folders with images; expected {split_dir}/<class>/*.jpg")
+        lacking = sorted(set(classes or found) - set(found)) if not evaluating else []
         unknown = sorted(set(found) - set(classes or found))
-        if unknown:
-            raise DataError(f"{split_dir} has classes {unknown} that the training split lacks; "
-                            "both splits need the same class folders")
+        if lacking or unknown:
+            raise DataError(f"{Path(root) / 'train'} and {split_dir} must hold the same class folders, but "
+                            + " and ".join(f"{where} lacks {', '.join(names)}" for where, names in
+                                           ((split_dir, lacking), (Path(root) / "train", unknown)) if names)
+                            + "; add or remove class folders so that both splits match")
         classes = list(classes or found)
         files = make_dataset(str(split_dir), {c: i for i, c in enumerate(classes)}, extensions=IMG_EXTENSIONS,
-                             allow_empty=allow_empty)
-    except FileNotFoundError as e:  # make_dataset's: a class without images
-        raise DataError(f"{split_dir}: {str(e).strip()}; add images to those class folders or remove them") from None
+                             allow_empty=True)
     except OSError as e:
         raise DataError(f"cannot read {split_dir} ({e.strerror or e}); check its permissions") from None
+    empty = [c for i, c in enumerate(classes) if c in found and not any(label == i for _, label in files)]
+    if empty and not evaluating:
+        raise DataError(f"{split_dir} has class folders with no images: {', '.join(empty)} (images end in "
+                        f"{', '.join(IMG_EXTENSIONS)}); add images to them or remove them")
     return classes, [(Path(path), label) for path, label in files]
 
 
@@ -177,24 +231,47 @@ def _fingerprint(files):
     return digest.hexdigest()
 
 
-def load_folder(root, split, classes=None, write_cache=True, allow_empty=False):
+def load_folder(root, split, classes=None, write_cache=True, evaluating=False, skipped=None):
     """DIR/SPLIT/<class>/* images, converted to RGB 32x32. Decoded once, then cached next to the data
-    (DIR/.tudui-cache/) when that folder is writable, so later runs start in a fraction of a second."""
-    classes, files = list_folder_split(root, split, classes, allow_empty)
+    (DIR/.tudui-cache/) when that folder is writable, so later runs start in a fraction of a second.
+    Images that cannot be read are all named in one DataError, unless SKIPPED is a list: they are then
+    left out, and their paths added to it."""
+    classes, files = list_folder_split(root, split, classes, evaluating)
     cache = Path(root) / ".tudui-cache" / f"{split}.pt"
     key = f"{CACHE_FORMAT}:{_fingerprint(files)}:{','.join(classes)}"
     try:
         cached = torch.load(cache, weights_only=True)
-        if cached.get("key") == key:
-            return cached["images"], cached["labels"], classes
+        if cached.get("key") != key:
+            raise ValueError("stale")
+        images, labels, bad = cached["images"], cached["labels"], cached["bad"]
     except Exception:  # a missing, stale or damaged cache is rebuilt
-        pass
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # PIL decodes without the GIL
-        images = torch.from_numpy(np.stack(list(pool.map(decode_image, [p for p, _ in files]))))
-    labels = torch.tensor([label for _, label in files], dtype=torch.int64)
-    if write_cache:
-        write_cache_file(cache, {"key": key, "images": images, "labels": labels})
+        images, labels, bad = decode_folder(files)
+        if write_cache:
+            write_cache_file(cache, {"key": key, "images": images, "labels": labels, "bad": bad})
+    if bad and skipped is None:
+        first = bad[0][1]
+        others = ", ".join(path for path, _ in bad[1:4]) + (" ..." if len(bad) > 4 else "")
+        raise DataError(f"{len(bad)} of {len(files)} images in {Path(root) / split} cannot be read: {first}"
+                        f"{f'; also {others}' if others else ''}. Replace or remove them, or give --skip-bad-images "
+                        "to train on the rest")
+    if skipped is not None:
+        skipped.extend(path for path, _ in bad)
     return images, labels, classes
+
+
+def decode_folder(files):
+    """(images, labels, [(path, why), ...] of the images that cannot be read) of FILES, [(path, label)]."""
+    def decoded(path):
+        try:
+            return decode_image(path)
+        except DataError as e:
+            return str(e)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # PIL decodes without the GIL
+        results = list(pool.map(decoded, [p for p, _ in files]))
+    good = [i for i, result in enumerate(results) if not isinstance(result, str)]
+    bad = [(str(files[i][0]), result) for i, result in enumerate(results) if isinstance(result, str)]
+    images = torch.from_numpy(np.stack([results[i] for i in good])) if good else torch.zeros(0, 3, 32, 32, dtype=torch.uint8)
+    return images, torch.tensor([files[i][1] for i in good], dtype=torch.int64), bad
 
 
 def write_cache_file(path, payload):
@@ -207,26 +284,15 @@ def write_cache_file(path, payload):
         pass
 
 
-def load_cifar10_splits(data_dir, download, dry_run):
-    """Both splits of CIFAR-10, read at once on two threads (torchvision checks all six files' md5s for
-    each split, and hashing runs without the GIL); downloaded first when that fails and DOWNLOAD allows."""
-    try:
-        with ThreadPoolExecutor(2) as pool:
-            return list(pool.map(lambda split: load_cifar10(data_dir, split, False, dry_run), ("train", "test")))
-    except DataError:
-        if not download or dry_run:
-            raise
-    return [load_cifar10(data_dir, split, True) for split in ("train", "test")]
-
-
-def load_dataset(kind, data_dir, download=True, dry_run=False):
+def load_dataset(kind, data_dir, download=True, dry_run=False, skipped=None):
     """(train_images, train_labels, test_images, test_labels, classes). A DRY_RUN writes nothing: no
-    download, no cache."""
+    download, no cache. SKIPPED: as load_folder's."""
     if kind == "cifar10":
-        (train_x, train_y, classes), (test_x, test_y, _) = load_cifar10_splits(data_dir, download, dry_run)
+        (train_x, train_y, classes), (test_x, test_y, _) = load_cifar10_splits(data_dir, ("train", "test"), download,
+                                                                               dry_run)
     else:
-        train_x, train_y, classes = load_folder(data_dir, "train", write_cache=not dry_run)
-        test_x, test_y, _ = load_folder(data_dir, "test", classes, write_cache=not dry_run)
+        train_x, train_y, classes = load_folder(data_dir, "train", write_cache=not dry_run, skipped=skipped)
+        test_x, test_y, _ = load_folder(data_dir, "test", classes, write_cache=not dry_run, skipped=skipped)
     return train_x, train_y, test_x, test_y, classes
 
 
@@ -235,6 +301,6 @@ def load_test_split(kind, data_dir, download=True, classes=None):
     folders are among them, else in sorted folder order as training uses."""
     if kind == "cifar10":
         return load_cifar10(data_dir, "test", download)
-    found, _ = list_folder_split(data_dir, "test")
+    found, _ = list_folder_split(data_dir, "test", evaluating=True)
     named = classes and set(found) <= set(classes)
-    return load_folder(data_dir, "test", classes if named else found, allow_empty=named)
+    return load_folder(data_dir, "test", classes if named else found, evaluating=True)

@@ -44,9 +44,9 @@ def epoch_line(record):
 
 
 def per_class_accuracy(confusion):
-    """Each class's accuracy from a confusion matrix (rows: true class, columns: predicted)."""
-    totals = confusion.sum(1).clamp(min=1)
-    return (confusion.diag().double() / totals).tolist()
+    """Each class's accuracy from a confusion matrix (rows: true class, columns: predicted); None for a
+    class with no images."""
+    return [row[i] / sum(row) if sum(row) else None for i, row in enumerate(confusion.tolist())]
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,8 @@ def format_report(evaluation):
                      f"{evaluation.val_images} training images its run held out (--val-split)")
     lines += ["",
               f"{'class':<{width}}  accuracy",
-              *(f"{c:<{width}}  {a:8.2%}" for c, a in evaluation.per_class_accuracy.items()), "",
+              *(f"{c:<{width}}  {'no test images' if a is None else format(a, '8.2%')}"
+                for c, a in evaluation.per_class_accuracy.items()), "",
               "confusion matrix (rows: true class, columns: predicted)",
               " " * width + "".join(f"{c[:6]:>7}" for c in classes)]
     for c, row in zip(classes, evaluation.confusion.tolist()):

@@ -171,10 +171,11 @@ def claim_run_name(logdir):
 
 
 class RunRecorder:
-    """Everything a run writes: its folder, lock, TensorBoard writer, metrics.jsonl and checkpoints.
-    Under torchrun only rank 0 has one; the other ranks write nothing."""
+    """Everything a run writes: its folder, lock, TensorBoard writer, metrics.jsonl, config.json (with
+    --skip-bad-images, the SKIPPED_IMAGES too) and checkpoints. Under torchrun only rank 0 has one; the
+    other ranks write nothing."""
 
-    def __init__(self, settings, resumed, start_epoch, step):
+    def __init__(self, settings, resumed, start_epoch, step, skipped_images=()):
         try:
             if settings.run_name is None:
                 settings.run_name = claim_run_name(Path(settings.logdir))
@@ -206,7 +207,8 @@ class RunRecorder:
                 log_epoch_scalars(self.writer, resumed["metrics"], resumed["classes"])
                 self.writer.flush()
                 append_metrics(self.metrics_file, resumed["metrics"])
-            atomic_write(json.dumps(plain(settings), indent=2).encode(), self.run_dir / "config.json")
+            config = plain(settings) | ({"skipped_images": list(skipped_images)} if settings.skip_bad_images else {})
+            atomic_write(json.dumps(config, indent=2).encode(), self.run_dir / "config.json")
         except BaseException:  # a full disk here must not leave the lock or files open (notebooks go on)
             self.close()
             raise
@@ -275,4 +277,5 @@ def log_epoch_scalars(writer, record, classes):
         if key in record:  # checkpoints from older versions lack some
             writer.add_scalar(key, record[key], epoch)
     for name, acc in zip(classes, record.get("per_class_accuracy", [])):
-        writer.add_scalar(f"per_class_accuracy/{name}", acc, epoch)
+        if acc is not None:
+            writer.add_scalar(f"per_class_accuracy/{name}", acc, epoch)

@@ -61,6 +61,8 @@ class Settings:
                                    "DIR/test/<class>/*", choices=["cifar10", "folder"])
     data_dir: str = flag("./data", "where the dataset is (or is downloaded to)")
     no_download: bool = flag(False, "fail instead of downloading CIFAR-10")
+    skip_bad_images: bool = flag(False, "with --dataset folder: train on the images that can be read, and list the "
+                                        "others in the run's config.json, instead of stopping at them")
     logdir: str = flag("./logs_train", "TensorBoard folder; each run gets LOGDIR/RUN_NAME")
     run_name: str = flag(None, "default: a timestamp, or the resumed run's name")
     ckpt_dir: str = flag(None, "default: the run's folder, LOGDIR/RUN_NAME")

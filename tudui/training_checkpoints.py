@@ -1,0 +1,139 @@
+"""What a training checkpoint holds so that a run can resume from it: its fields and their checks, the
+building of its dict, the optimizer's and RNG's state, restoring a run from it, and the record of what
+made it. Reading files safely is checkpoints.py's job; writing them, runs.py's.
+"""
+import subprocess
+from pathlib import Path
+
+import torch
+
+from tudui import __version__
+from tudui.checkpoints import _unwrapped, checked_preprocess, load_weights, read_checkpoint
+from tudui.errors import CheckpointError, SettingsError
+from tudui.settings import plain
+
+CHECKPOINT_FORMAT = "tudui-train-checkpoint/1"
+
+
+def load_training_checkpoint(path):
+    """A checkpoint train.py wrote, with every field that resuming relies on checked."""
+    obj = read_checkpoint(path)
+    if not (isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT):
+        raise CheckpointError(f"{path} is not a training checkpoint written by train.py (it lacks the optimizer "
+                              "state, epoch and settings to continue from), so it cannot be resumed; --evaluate "
+                              "and predict.py take it as it is")
+    damaged = damaged_fields(obj)
+    if damaged:
+        raise damaged_checkpoint(path, f"{', '.join(damaged)} missing or malformed")
+    return obj
+
+
+def damaged_fields(checkpoint):
+    """The fields of a train.py checkpoint that resuming relies on and that are missing or malformed."""
+    def count(value):
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    checks = {
+        "model": lambda v: isinstance(v, dict),
+        "optimizer": lambda v: isinstance(v, dict) and isinstance(v.get("param_groups"), list),
+        "epoch": count,
+        "step": count,
+        "config": lambda v: isinstance(v, dict),
+        "classes": lambda v: isinstance(v, list) and all(isinstance(name, str) for name in v),
+        "best_accuracy": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        "metrics": lambda v: isinstance(v, dict) and v.get("epoch") == checkpoint.get("epoch"),
+        "rng": lambda v: isinstance(v, dict) and torch.is_tensor(v.get("torch")),
+    }
+    return [name for name, fine in checks.items() if not fine(checkpoint.get(name))]
+
+
+def damaged_checkpoint(path, what):
+    return CheckpointError(f"{path} is a damaged training checkpoint ({what}), so it cannot be resumed; resume "
+                           "from another of the run's checkpoints (last.pth, best.pth or an epoch file)")
+
+
+def training_checkpoint(model, optimizer, settings, data, record, best_accuracy, device, made_by):
+    """A training checkpoint: a plain dict, which torch.load(path, weights_only=True) reads, with what a
+    resumed run needs and RECORD, the epoch's metrics.jsonl line."""
+    return {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer_state(optimizer),
+            "epoch": record["epoch"], "step": record["step"], "config": plain(settings), "classes": data.classes,
+            "network": str(model),
+            "preprocess": data.preprocess, "test_accuracy": record["test_accuracy"],
+            "test_loss": record["test_loss"], "best_accuracy": best_accuracy, "metrics": record,
+            "rng": rng_state(device), "provenance": made_by}
+
+
+def optimizer_state(optimizer):
+    """state_dict() with a plain-number lr (it may be a device tensor) and no fused kernel, so that a
+    checkpoint resumes on any device."""
+    state = optimizer.state_dict()
+    for group in state["param_groups"]:
+        group["lr"] = float(group["lr"])
+        group["fused"] = None
+    return state
+
+
+def load_optimizer_state(optimizer, state):
+    """Momentum buffers from a checkpoint. The settings stay this run's own (load_state_dict would put
+    the checkpoint's back): they are the checkpoint's unless a flag such as --weight-decay changed them."""
+    own = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, settings in zip(optimizer.param_groups, own):
+        group.update(settings)
+
+
+def restore(checkpoint, path, model, optimizer, device, classes):
+    """Put a training CHECKPOINT's weights, momentum buffers and RNG state into this run's MODEL and
+    OPTIMIZER, for a dataset of CLASSES. Returns its input normalization (which the weights learned), the
+    first epoch left to train, its step and its best accuracy."""
+    if checkpoint["classes"] != classes:
+        raise SettingsError(f"{path} was trained on classes {checkpoint['classes']}, but this dataset has "
+                            f"{classes}; resume with the same --dataset and --data-dir")
+    load_weights(model, _unwrapped(checkpoint["model"]), path, checkpoint.get("network"))
+    try:
+        load_optimizer_state(optimizer, checkpoint["optimizer"])
+        restore_rng_state(checkpoint["rng"], device)
+    except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:
+        raise damaged_checkpoint(path, f"its optimizer or RNG state does not load: {e}") from None
+    return (checked_preprocess(checkpoint.get("preprocess"), path), checkpoint["epoch"] + 1, checkpoint["step"],
+            checkpoint["best_accuracy"])
+
+
+def provenance(device, command):
+    """What makes a checkpoint: the project's version and git commit (None outside a checkout), torch's
+    and torchvision's versions, the device, and the command line or call that started the process."""
+    import torchvision
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    return {"version": __version__, "git_commit": git_commit(), "torch": str(torch.__version__),
+            "torchvision": str(torchvision.__version__), "device": f"{device} ({name})" if name else str(device),
+            "command": command}
+
+
+def git_commit():
+    """The checkout's commit, with "+changes" when its tracked files differ from it; None when the code
+    does not run from a git checkout, or git cannot say."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        changes = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                 capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+changes" if changes else "") if commit else None
+
+
+def rng_state(device):
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng_state(state, device):
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
