@@ -82,6 +82,8 @@ def test_recipe_search_reports_last_pth_best_pth_and_the_validation_accuracy_per
     monkeypatch.setattr("sys.argv", ["recipe_search.py", "--dataset", "cifar10", "--data-dir", str(cifar_dir),
                                      "--seeds", "0", "--epochs", "2", "--out", str(tmp_path / "out.jsonl"),
                                      "--variant", "val=--val-split 50 --device cpu", "--variant", "plain=--device cpu"])
+    for name in ("PYTHONPATH", "TUDUI_ACCEPT_CIFAR_MD5"):  # set for its workers: put back after the test
+        monkeypatch.setenv(name, os.environ.get(name, ""))
     runpy.run_path(str(ROOT / "bench" / "recipe_search.py"), run_name="__main__")
     rows = {line.split("|")[1].strip(): line.split("|") for line in capsys.readouterr().out.splitlines()
             if line.startswith("| val ") or line.startswith("| plain ")}

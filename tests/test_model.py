@@ -117,8 +117,10 @@ def copy_of_the_project(folder, model_source):
 def test_a_network_written_in_model_py_trains_resumes_bit_exactly_predicts_evaluates_and_dry_runs(
         tmp_path, cifar_dir, images, model_source):
     project = copy_of_the_project(tmp_path, model_source)
+    # the tuned recipe (Muon, augmentation, normalization) with a constant lr: a decaying one depends on the
+    # total epochs, which a run stretched on resume changes
     common = ["--data-dir", cifar_dir, "--no-download", "--device", "cpu", "--quiet", "--recipe", "tuned",
-              "--batch-size", "64", "--logdir", tmp_path / "logs"]
+              "--schedule", "constant", "--lr", "0.02", "--batch-size", "64", "--logdir", tmp_path / "logs"]
 
     def script(*args):
         result = run_script(*args, cwd=project)
@@ -135,7 +137,17 @@ def test_a_network_written_in_model_py_trains_resumes_bit_exactly_predicts_evalu
     assert "ReLU" in straight["network"] or "Linear(in_features=64, out_features=10" in straight["network"]
     predicted = script(project / "predict.py", "--checkpoint", tmp_path / "logs" / "straight" / "best.pth",
                        images / "RGB.png")
-    assert predicted.splitlines()[-1].startswith("RGB.png: ")
+    assert predicted.splitlines()[-1].startswith(f"{images / 'RGB.png'}: ")
     evaluated = script(project / "train.py", "--evaluate", tmp_path / "logs" / "straight" / "last.pth",
                        "--data-dir", cifar_dir, "--no-download", "--device", "cpu")
     assert f"accuracy {straight['test_accuracy']:.2%} on 100 images" in evaluated
+
+
+@pytest.mark.slow
+def test_a_network_with_batchnorm_and_dropout_in_model_py_trains_under_torchrun(tmp_path, cifar_dir):
+    project = copy_of_the_project(tmp_path, RELU_BATCHNORM_DROPOUT_MODEL_PY)
+    result = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", project / "train.py",
+                        "--data-dir", cifar_dir, "--no-download", "--device", "cpu", "--quiet", "--epochs", "1",
+                        "--batch-size", "64", "--logdir", tmp_path / "logs", "--run-name", "ddp", cwd=project)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "BatchNorm2d" in torch.load(tmp_path / "logs" / "ddp" / "last.pth", weights_only=True)["network"]
