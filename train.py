@@ -18,7 +18,7 @@ from torch import nn
 from tudui import checks, distributed
 from tudui.batches import TestBatches, TrainBatches, load_data, normalizer
 from tudui.checkpoints import build_tudui
-from tudui.console import StopOnCtrlC, exit_process, progress_bar, run_cli, say
+from tudui.console import StopOnSignal, exit_process, progress_bar, run_cli, say
 from tudui.cuda_graph import GraphedStep, uses_cuda_graph
 from tudui.devices import device_settings
 from tudui.errors import Interrupted
@@ -31,8 +31,7 @@ from tudui.settings import as_command, check_keywords, command_line_settings, lr
 
 # -------------------------------------------------------------------------------------------- 2. model, loss, optimizer
 
-def build_model(num_classes, device, seed):
-    """model.py's Tudui (tudui.checkpoints.build_tudui: Tudui(num_classes), or Tudui() as the tutorial's)."""
+def build_model(num_classes, device, seed):  # model.py's Tudui: Tudui(num_classes), or Tudui() as the tutorial's
     torch.manual_seed(seed)
     return build_tudui(num_classes).to(device, memory_format=torch.channels_last)
 
@@ -62,9 +61,9 @@ def make_train_step(model, loss_fn, optimizer, amp):
 
 
 def train_one_epoch(model, train_loader, train_step, optimizer, first_step, s, log, stop):
-    """One pass over TRAIN_LOADER, whose first step is FIRST_STEP of the run. The train loss is shown (LOG)
-    every --log-every steps, the one host sync inside the epoch. Returns each step's mean loss and lr, and
-    the accuracy. Raises Interrupted once Ctrl-C was pressed: the partial epoch is discarded."""
+    """One pass over TRAIN_LOADER, whose first step is FIRST_STEP of the run, showing (LOG) the train loss every
+    --log-every steps: the one host sync inside the epoch. Returns each step's mean loss and lr, and the
+    accuracy. Raises Interrupted once a stop was asked for (Ctrl-C, SIGTERM): the partial epoch is discarded."""
     device, world, batch_sizes = train_loader.labels.device, train_loader.world, train_loader.batch_sizes()
     loss_sums = torch.zeros(len(batch_sizes), device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -82,7 +81,7 @@ def train_one_epoch(model, train_loader, train_step, optimizer, first_step, s, l
             world.sum(loss)
             log(step, (loss / batch_sizes[i]).item(), lrs[-1])
         if stop.requested:
-            raise Interrupted
+            raise Interrupted("", stop.signal)
     world.sum(loss_sums, correct)
     return loss_sums.cpu() / torch.tensor(batch_sizes), correct.item() / len(train_loader.labels), lrs
 
@@ -132,9 +131,10 @@ def train(s, resumed, device, world, command):
         train_step = GraphedStep(train_step, optimizer, s.batch_size, device)
     if s.dry_run:  # a few steps and one test batch of the code below, writing nothing
         train_loader.set_epoch(start_epoch)
+        first_step = start_epoch * len(train_loader)
         return checks.dry_run(s, data, device, resumed, train_step, start_epoch, command(dry_run=None),
                               lambda n: train_one_epoch(model, train_loader.first_steps(n), train_step, optimizer,
-                                                        start_epoch * len(train_loader), s, lambda *_: None, StopOnCtrlC())[0],
+                                                        first_step, s, lambda *_: None, StopOnSignal())[0],
                               lambda: test(model, test_loader.first_batch(), len(data.classes), s.amp))
     if start_epoch >= s.epochs and world.rank == 0:
         checks.say_nothing_to_train(s, start_epoch)
@@ -149,7 +149,7 @@ def train(s, resumed, device, world, command):
     try:
         if recorder:
             recorder.run_started(model, s, resumed, next(iter(test_loader))[0][:1], device, world, data)
-        with StopOnCtrlC() as stop:
+        with StopOnSignal() as stop:
             for epoch in range(start_epoch, s.epochs):
                 started, started_at = time.perf_counter(), time.time()
                 train_loader.set_epoch(epoch)
@@ -166,8 +166,7 @@ def train(s, resumed, device, world, command):
                     "test_loss": result["loss"], "test_accuracy": result["accuracy"],
                     "per_class_accuracy": per_class_accuracy(result["confusion"]),
                     "lr": lrs[-1], "epoch_seconds": time.perf_counter() - started,
-                    "train_seconds": train_seconds, "images_per_s": len(data.train_y) / train_seconds,
-                }
+                    "train_seconds": train_seconds, "images_per_s": len(data.train_y) / train_seconds}
                 if s.val_split:  # best.pth is then chosen on these, not on the test set it is scored on
                     val = test(model, TestBatches(data.val_x, data.val_y, norm, world), len(data.classes), s.amp)
                     record |= {"val_loss": val["loss"], "val_accuracy": val["accuracy"]}
@@ -179,10 +178,11 @@ def train(s, resumed, device, world, command):
                                         grid_predictions(model, data.test_x, data.test_y, norm))
                 step = record["step"]
                 say(s.quiet, epoch_line(record))
-    except Interrupted:
+    except Interrupted as stopped:  # the message says how to resume; its signal makes the exit code
         last = resumable_checkpoint(recorder.ckpt_dir) if recorder else None
         how = f"resume with: {command(resume=str(last), only=True)}" if last else "nothing saved yet"
-        raise Interrupted(f"interrupted in epoch {epoch}; its partial progress is discarded. {how}") from None
+        stopped.args = (f"interrupted in epoch {epoch}; its partial progress is discarded. {how}",)
+        raise
     finally:
         if recorder:
             recorder.close()

@@ -315,3 +315,19 @@ def test_what_load_tudui_returns_takes_to_tensor_input_and_normalizes_it_itself_
     by_hand = net.eval()((x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1))
     torch.testing.assert_close(loaded(x), by_hand)
     assert list(loaded.state_dict()) == list(net.state_dict())  # model.0.weight ... model.8.bias, nothing more
+
+
+def test_class_names_and_records_from_a_checkpoint_are_shown_with_control_characters_escaped(tmp_path, capsys):
+    import predict
+    from tudui import console
+    forged = ["cat\x1b[31m", "dog\nimage.png: airplane 100.0%"] + [f"c{i}" for i in range(8)]
+    torch.save({"model": reference_weights(), "classes": forged, "provenance": {"git_commit": 12345, "command": "x\n"}},
+               tmp_path / "forged.pth")
+    assert load_tudui(tmp_path / "forged.pth").classes[:2] == ["cat\\x1b[31m", "dog\\nimage.png: airplane 100.0%"]
+    image = tmp_path / "cat.png"
+    from PIL import Image
+    Image.new("RGB", (32, 32), (200, 120, 40)).save(image)
+    assert console.run_cli(lambda: predict.main(["--checkpoint", str(tmp_path / "forged.pth"), "--top-k", "10",
+                                                 str(image)])) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and len(out.splitlines()) == 2 and "git 12345" in out and "`x\\n`" in out

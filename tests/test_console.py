@@ -1,5 +1,6 @@
 """tudui/console.py: Ctrl-C, bad input and closed pipes on the command line: one line, the right exit code, no traceback."""
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -21,24 +22,59 @@ def train_command(cifar_dir, logdir, *extra):
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_cleanly_prints_the_resume_command_and_exits_130(cifar_dir, tmp_path):
-    proc = subprocess.Popen(train_command(cifar_dir, tmp_path, "--epochs", "100000"),
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["Ctrl-C", "SIGTERM", "SIGHUP"])
+def test_a_stop_signal_ends_the_run_cleanly_with_a_pasteable_resume_command_and_exit_128_plus_its_number(
+        cifar_dir, tmp_path, stop):
+    logdir = tmp_path / "my logs"  # a space, which the printed command must quote
+    proc = subprocess.Popen(train_command(cifar_dir, logdir, "--epochs", "100000"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=script_env())
-    run_dir = tmp_path / "run"
+    run_dir = logdir / "run"
     deadline = time.time() + 60
     while not (run_dir / "last.pth").exists() and time.time() < deadline:
         time.sleep(0.1)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    assert f"python train.py --resume {run_dir / 'last.pth'}" in err and "Traceback" not in err
+    assert proc.returncode == 128 + stop, err
+    command = err.strip().splitlines()[-1].split("resume with: ")[1]
+    assert shlex.split(command) == ["python", "train.py", "--resume", str(run_dir / "last.pth")]
+    assert "Traceback" not in err
     assert_every_final_file_loads(run_dir)
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(run_dir))
 
 
+@pytest.mark.slow
+def test_sigterm_during_a_save_lets_the_save_finish_and_leaves_no_temporary_file(cifar_dir, tmp_path):
+    """The run then stops at the next step; before the loop, the save in progress is undone instead."""
+    proc = subprocess.Popen(train_command(cifar_dir, tmp_path, "--epochs", "100000"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=script_env())
+    run_dir, deadline = tmp_path / "run", time.time() + 60
+    while not list(run_dir.glob(".last.pth.*.tmp")) and time.time() < deadline:  # a checkpoint's save under way
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert_every_final_file_loads(run_dir)
+    assert not list(run_dir.glob(".*.tmp")) and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_sigterm_before_training_begins_exits_143_with_one_line_and_no_half_written_file(cifar_dir, tmp_path):
+    proc = subprocess.Popen(train_command(cifar_dir, tmp_path, "--epochs", "100000"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=script_env())
+    run_dir, deadline = tmp_path / "run", time.time() + 60
+    while not run_dir.exists() and time.time() < deadline:  # the run's folder is made before config.json
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] in ("SIGTERM: stopped; files already saved are intact",
+                                            "interrupted in epoch 0; its partial progress is discarded. nothing saved yet")
+    assert not list(run_dir.glob(".*.tmp")) and "Traceback" not in err
+
+
 def test_a_second_ctrl_c_stops_at_once_and_the_previous_handler_comes_back():
     before = signal.getsignal(signal.SIGINT)
-    stop = console.StopOnCtrlC()
+    stop = console.StopOnSignal()
     with stop:
         os.kill(os.getpid(), signal.SIGINT)
         assert stop.requested

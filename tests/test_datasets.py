@@ -253,3 +253,11 @@ def test_without_the_data_the_error_says_where_to_place_the_archive(tmp_path, ca
     err = bad_input(capsys, ["--data-dir", str(tmp_path / "empty"), "--no-download", "--logdir", str(tmp_path)])
     assert (f"or place cifar-10-python.tar.gz (from https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz) in "
             f"{tmp_path / 'empty'}: the next run checks its md5 and unpacks it") in err
+
+
+def test_a_class_folder_that_links_outside_the_data_folder_is_refused(tmp_path, capsys):
+    root = write_image_folder(tmp_path / "data", train_per_class=2, test_per_class=1)
+    for split in ("train", "test"):
+        (root / split / "evil").symlink_to(tmp_path)
+    err = bad_input(capsys, ["--dataset", "folder", "--data-dir", str(root), "--logdir", str(tmp_path / "logs")])
+    assert f"class folder {root / 'train' / 'evil'} leads outside {root}" in err

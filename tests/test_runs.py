@@ -95,12 +95,31 @@ def test_config_json_holds_every_setting_and_metrics_jsonl_one_line_per_epoch(fi
     assert {"test_accuracy", "test_loss", "train_accuracy", "per_class_accuracy", "lr", "images_per_s"} <= set(lines[0])
 
 
-def test_resuming_from_an_earlier_epoch_drops_the_later_epochs_metrics_lines(train_args, tmp_path):
+@pytest.mark.parametrize("older", ["tudui_epoch_0.pth", "best.pth"])
+def test_resuming_from_an_epoch_older_than_last_pth_in_its_folder_is_refused_and_changes_nothing(train_args, tmp_path,
+                                                                                                 capsys, older):
+    train.main(train_args + ["--epochs", "3", "--lr", "0.05"])
+    run_dir = tmp_path / "logs" / "run"
+    best = torch.load(run_dir / "best.pth", weights_only=True)
+    if best["epoch"] == 2:  # make best.pth older than last.pth, as a run whose best epoch came first has it
+        torch.save(torch.load(run_dir / "tudui_epoch_0.pth", weights_only=True), run_dir / "best.pth")
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    epoch = torch.load(run_dir / older, weights_only=True)["epoch"]
+    err = bad_input(capsys, ["--resume", str(run_dir / older), "--epochs", "3", "--device", "cpu"])
+    assert (f"{run_dir / older} is epoch {epoch}, but {run_dir / 'last.pth'} is epoch 2: resuming it there would "
+            f"overwrite the newer epochs; resume {run_dir / 'last.pth'}, or branch into a run of its own: --resume "
+            f"{run_dir / older} --run-name NEW_NAME") in err
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
+
+
+def test_a_run_branched_from_an_older_epoch_writes_its_own_folder_and_leaves_the_original_intact(train_args, tmp_path):
     train.main(train_args + ["--epochs", "2"])
     run_dir = tmp_path / "logs" / "run"
-    train.main(["--resume", str(run_dir / "tudui_epoch_0.pth"), "--epochs", "2", "--quiet", "--device", "cpu"])
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in lines] == [0, 1]
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    branch = train.main(["--resume", str(run_dir / "tudui_epoch_0.pth"), "--run-name", "branch", "--epochs", "3",
+                         "--quiet", "--device", "cpu"])
+    assert branch.run_dir == tmp_path / "logs" / "branch" and branch.history["epoch"] == [0, 1, 2]
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
 
 
 def test_a_metrics_line_torn_by_a_crash_is_dropped_when_the_run_resumes(train_args, tmp_path):
@@ -302,3 +321,12 @@ def test_a_run_with_a_validation_split_logs_its_validation_curves(train_args, tm
     accumulator = events(tmp_path / "logs" / "run")
     for tag in ("val_accuracy", "val_loss", "test_accuracy", "test_loss"):
         assert [e.step for e in accumulator.Scalars(tag)] == [0, 1]
+
+
+def test_a_run_removes_the_temporary_files_a_save_killed_midway_left(train_args, tmp_path):
+    train.main(train_args + ["--epochs", "1"])
+    run_dir = tmp_path / "logs" / "run"
+    (run_dir / ".last.pth.99999.tmp").write_bytes(b"half a checkpoint")  # what kill -9 during a save leaves
+    (run_dir / ".notes.tmp").write_text("not ours")  # no process id: not a name atomic_write gives
+    train.main(["--resume", str(run_dir / "last.pth"), "--epochs", "2", "--quiet", "--device", "cpu"])
+    assert sorted(p.name for p in run_dir.glob(".*.tmp")) == [".notes.tmp"]

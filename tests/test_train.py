@@ -157,7 +157,7 @@ def fast_epoch(images, labels, flags):
     optimizer = train.build_optimizer(fast, s)
     step = train.make_train_step(fast, torch.nn.CrossEntropyLoss(reduction="sum"), optimizer, amp=False)
     loader = TrainBatches(images, labels, 64, None, s, World())
-    losses, _, _ = train.train_one_epoch(fast, loader, step, optimizer, 0, s, lambda *_: None, console.StopOnCtrlC())
+    losses, _, _ = train.train_one_epoch(fast, loader, step, optimizer, 0, s, lambda *_: None, console.StopOnSignal())
     return fast, losses
 
 
@@ -229,8 +229,9 @@ def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(train_args, tmp_pa
 def test_a_run_resumed_with_another_batch_size_continues_its_lr_schedule_from_the_same_epoch(train_args, tmp_path):
     train.main(train_args + ["--recipe", "tuned", "--epochs", "2"])  # 200 images at 64: 4 steps an epoch, step 4 saved
     run_dir = tmp_path / "logs" / "run"
-    train.main(["--resume", str(run_dir / "tudui_epoch_0.pth"), "--epochs", "2", "--batch-size", "32"])  # 7 an epoch
-    last_epoch = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    train.main(["--resume", str(run_dir / "tudui_epoch_0.pth"), "--epochs", "2", "--batch-size", "32",  # 7 an epoch
+                "--run-name", "branch"])
+    last_epoch = json.loads((tmp_path / "logs" / "branch" / "metrics.jsonl").read_text().splitlines()[-1])
     assert last_epoch["epoch"] == 1 and last_epoch["lr"] == pytest.approx(cosine_lrs(TUNED_LR, 14)[-1], rel=1e-9)
 
 

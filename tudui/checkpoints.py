@@ -16,6 +16,7 @@ from torch import nn
 
 from model import Tudui
 from tudui.batches import TUTORIAL_PREPROCESS
+from tudui.console import shown
 from tudui.datasets import class_names
 from tudui.errors import CheckpointError, SettingsError
 
@@ -277,7 +278,8 @@ def load_tudui(path, map_location="cpu"):
     net = build_from_state_dict(state_dict, path, classes, recorded)
     with torch.no_grad():
         num_classes = net.eval()(torch.zeros(1, 3, 32, 32)).shape[1]
-    net.classes = classes if classes and len(classes) == num_classes else class_names(num_classes)
+    net.classes = [shown(name) for name in classes] if classes and len(classes) == num_classes else class_names(
+        num_classes)
     net.preprocess = preprocess
     net.config, net.provenance = (checkpoint.get(key) if isinstance(checkpoint, dict) and isinstance(
         checkpoint.get(key), dict) else None for key in ("config", "provenance"))

@@ -18,6 +18,12 @@ class OneLineErrorParser(argparse.ArgumentParser):
         raise SettingsError(f"{message}; see {self.prog} --help")
 
 
+def shown(text):
+    """TEXT from a file (a class name, a path, a checkpoint's record) with its control characters escaped,
+    so that it can neither colour the terminal nor start a line of its own."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
+
+
 def say(quiet, *parts):
     """Print PARTS unless QUIET, above a progress bar that is being drawn (tqdm.write), never through it."""
     if not quiet:
@@ -44,39 +50,48 @@ def progress_bar(description, enabled):
     return lambda iterable: tqdm(iterable, desc=description, leave=False, unit="step", disable=not shown)
 
 
-class StopOnCtrlC:
-    """The first Ctrl-C (a notebook's interrupt is one too) asks the loop to stop after the current step;
-    a second one raises KeyboardInterrupt at once, which still closes the run's files and releases its
-    lock, so a notebook's kernel can resume the run. Installed from the main thread only, where signal
-    handlers can be set."""
+STOP_SIGNALS = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+
+
+class StopOnSignal:
+    """The first Ctrl-C (a notebook's interrupt is one too), SIGTERM (SLURM, Kubernetes, docker stop,
+    timeout) or SIGHUP (a closed terminal) asks the loop to stop after the current step; SIGNAL is then
+    its number. A second one raises Interrupted at once, which still closes the run's files and releases
+    its lock, so a notebook's kernel can resume the run. Installed from the main thread only, where
+    signal handlers can be set."""
 
     def __init__(self):
-        self.requested = False
-        self.previous = None
+        self.requested, self.signal, self.previous = False, None, {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handle)
+            self.previous = {number: signal.signal(number, self._handle) for number in STOP_SIGNALS}
         return self
 
     def _handle(self, signum, frame):
-        self.requested = True
-        signal.signal(signal.SIGINT, self.stop_now)
-        print("\nstopping after this step (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
-
-    @staticmethod
-    def stop_now(signum, frame):
-        raise KeyboardInterrupt
+        if self.requested:
+            raise Interrupted(f"stopped at once by a second {signal.Signals(signum).name}; files already saved are "
+                              "intact", signum)
+        self.requested, self.signal = True, signum
+        again = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        print(f"\n{signal.Signals(signum).name}: stopping after this step ({again} again to stop at once)",
+              file=sys.stderr, flush=True)
 
     def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for number, previous in self.previous.items():
+            signal.signal(number, previous)
 
 
 def run_cli(entry):
     """Run a script's ENTRY() and return its exit code: ENTRY's own (an int, or 0 for anything else),
-    2 for bad input (one line on stderr, never a traceback), 130 for Ctrl-C, 1 when a reader closed the
-    pipe early (`| head`), which ends quietly, as any Unix tool."""
+    2 for bad input (one line on stderr, never a traceback), 128 + the signal's number for a run stopped
+    by Ctrl-C (130), SIGTERM (143) or SIGHUP (129), 1 when a reader closed the pipe early (`| head`), which
+    ends quietly, as any Unix tool. SIGTERM and SIGHUP outside the training loop (which stops itself
+    cleanly) stop the script as Ctrl-C does: the files it has open are closed, none is left half-written."""
+    def stop_at_once(signum, frame):
+        raise Interrupted(f"\n{signal.Signals(signum).name}: stopped; files already saved are intact", signum)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = {number: signal.signal(number, stop_at_once) for number in STOP_SIGNALS[1:]} if in_main_thread else {}
     try:
         code = entry()
         return code if isinstance(code, int) else 0
@@ -85,7 +100,7 @@ def run_cli(entry):
         return 2
     except Interrupted as e:
         print(e, file=sys.stderr)
-        return 130
+        return 128 + e.signal_number
     except KeyboardInterrupt:  # outside the training loop, which stops itself cleanly: loading data, say
         print("\ninterrupted; files already saved are intact", file=sys.stderr)
         return 130
@@ -94,6 +109,9 @@ def run_cli(entry):
         return 1
     except SystemExit as e:  # --help, which argparse ends with an exit of its own
         return e.code if isinstance(e.code, int) else 0
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def exit_process(code):

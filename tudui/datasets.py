@@ -126,6 +126,9 @@ def list_folder_split(root, split, classes=None, evaluating=False):
             if not name.isprintable():
                 raise DataError(f"class folder {str(split_dir / name)!r} has a name that is not printable text "
                                 "(bytes that are not UTF-8, or control characters); rename it")
+            if not (split_dir / name).resolve().is_relative_to(Path(root).resolve()):
+                raise DataError(f"class folder {split_dir / name} leads outside {root} (a link to "
+                                f"{(split_dir / name).resolve()}); a folder dataset's classes must be inside it")
         if not found:
             raise DataError(f"{split_dir} holds no class folders with images; expected {split_dir}/<class>/*.jpg")
         lacking = sorted(set(classes or found) - set(found)) if not evaluating else []

@@ -20,5 +20,10 @@ class CheckpointError(TuduiError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C (or a notebook's interrupt) stopped a run cleanly between two steps; the message says how
-    to resume it. A KeyboardInterrupt, so that `except Exception` does not swallow it."""
+    """Ctrl-C (or a notebook's interrupt), SIGTERM or SIGHUP, whose number is SIGNAL_NUMBER, stopped a run
+    cleanly; the message says how to resume it. A KeyboardInterrupt, so that `except Exception` does not
+    swallow it."""
+
+    def __init__(self, message="", signal_number=2):  # 2: SIGINT, Ctrl-C's
+        super().__init__(message)
+        self.signal_number = signal_number

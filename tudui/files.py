@@ -2,6 +2,7 @@
 written. Why not a library: it is ten lines of os.replace and fsync, which no installed package offers
 with the folder's fsync."""
 import os
+import re
 from pathlib import Path
 
 from tudui.errors import SettingsError
@@ -30,6 +31,14 @@ def atomic_write(data, path):
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temporaries(folder):
+    """Delete the temporary files (.NAME.PID.tmp) that atomic_write left in FOLDER when its process was
+    killed mid-write. Only for a folder this process holds the run lock of: no other writer is there."""
+    for path in Path(folder).glob(".*.tmp"):
+        if re.fullmatch(r"\..+\.\d+\.tmp", path.name) and path.is_file():
+            path.unlink(missing_ok=True)
 
 
 def cannot_write(path, error):

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from tudui.console import shown
+
 WHITE, BLACK, GREY, RED, GREEN = (255, 255, 255), (0, 0, 0), (150, 150, 150), (210, 40, 40), (30, 150, 60)
 
 
@@ -28,11 +30,12 @@ def describe_checkpoint(path, provenance):
     """One line: what made the checkpoint at PATH, from its PROVENANCE record (None in older files)."""
     if not isinstance(provenance, dict):
         return f"checkpoint {path}: no record of what made it (an older train.py, or not train.py, wrote it)"
-    commit = provenance.get("git_commit")
-    return (f"checkpoint {path}: version {provenance.get('version')}"
-            f"{f' (git {commit[:12]}{commit[40:]})' if commit else ''}, torch {provenance.get('torch')}, "
-            f"torchvision {provenance.get('torchvision')}, trained on {provenance.get('device')} by "
-            f"`{provenance.get('command')}`")
+    field = {key: shown(provenance.get(key)) for key in ("version", "git_commit", "torch", "torchvision", "device",
+                                                          "command")}
+    commit = field["git_commit"] if provenance.get("git_commit") else ""
+    return (f"checkpoint {path}: version {field['version']}{f' (git {commit[:12]}{commit[40:]})' if commit else ''}, "
+            f"torch {field['torch']}, torchvision {field['torchvision']}, trained on {field['device']} by "
+            f"`{field['command']}`")
 
 
 def epoch_line(record):

@@ -17,8 +17,9 @@ import torch
 
 from tudui.batches import to_input
 from tudui.console import say
-from tudui.errors import SettingsError
-from tudui.files import atomic_write, cannot_write
+from tudui.checkpoints import read_checkpoint
+from tudui.errors import CheckpointError, SettingsError
+from tudui.files import atomic_write, cannot_write, remove_stale_temporaries
 from tudui.report import confusion_image, prediction_grid
 from tudui.settings import plain
 
@@ -122,15 +123,32 @@ def resumable_checkpoint(ckpt_dir):
     return next((path for path in candidates if path.exists()), None)
 
 
-def refuse_to_overwrite(ckpt_dir, resume=None):
-    """A new run never writes over the checkpoints of an earlier one; a run resumed from a checkpoint in
-    CKPT_DIR (RESUME) goes on writing there."""
+def refuse_to_overwrite(ckpt_dir, resumed=None, resume=None):
+    """A new run never writes over the checkpoints of an earlier one. A run resumed from RESUME, a
+    checkpoint in CKPT_DIR, goes on writing there, unless that folder's last.pth is of a later epoch than
+    RESUMED (its checkpoint): resuming would then overwrite newer results, so it must branch instead."""
     if resume and Path(resume).resolve().parent == Path(ckpt_dir).resolve():
+        last = Path(ckpt_dir) / "last.pth"
+        last_epoch = epoch_of(last) if last.resolve() != Path(resume).resolve() else None
+        if last_epoch is not None and last_epoch > resumed["epoch"]:
+            raise SettingsError(f"{resume} is epoch {resumed['epoch']}, but {last} is epoch {last_epoch}: resuming "
+                                f"it there would overwrite the newer epochs; resume {last}, or branch into a run "
+                                f"of its own: --resume {resume} --run-name NEW_NAME (and a new --ckpt-dir, if given)")
         return
     found = resumable_checkpoint(ckpt_dir)
     if found is not None:
         raise SettingsError(f"{ckpt_dir} already holds the checkpoints of an earlier run; continue it with "
                             f"--resume {found}, or give this run another --run-name (or --ckpt-dir)")
+
+
+def epoch_of(path):
+    """The epoch of the training checkpoint at PATH; None when it has none or cannot be read."""
+    try:
+        checkpoint = read_checkpoint(path)
+    except CheckpointError:
+        return None
+    epoch = checkpoint.get("epoch") if isinstance(checkpoint, dict) else None
+    return epoch if isinstance(epoch, int) else None
 
 
 def check_run_folders(settings, resumed):
@@ -152,7 +170,7 @@ def check_run_folders(settings, resumed):
         if (folder / ".lock").exists():
             RunLock(folder, flag).release()
     if ckpt_dir.is_dir():
-        refuse_to_overwrite(ckpt_dir, resumed and settings.resume)
+        refuse_to_overwrite(ckpt_dir, resumed, resumed and settings.resume)
     return run_dir, ckpt_dir
 
 
@@ -195,7 +213,9 @@ class RunRecorder:
                 raise
         self.writer = self.metrics_file = None
         try:
-            refuse_to_overwrite(self.ckpt_dir, resumed and settings.resume)
+            for folder in {self.run_dir, self.ckpt_dir}:
+                remove_stale_temporaries(folder)
+            refuse_to_overwrite(self.ckpt_dir, resumed, resumed and settings.resume)
             from torch.utils.tensorboard import SummaryWriter  # imported late: slow, and only training needs it
 
             self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=step + 1 if resumed else None)
@@ -250,11 +270,17 @@ class RunRecorder:
         append_metrics(self.metrics_file, record)
 
     def close(self):
-        for opened in (self.writer, self.metrics_file):
-            if opened is not None:
-                opened.close()
-        for lock in self.locks:
-            lock.release()
+        """Close the writers, then release the locks even when closing fails (a full disk), so that a
+        notebook's kernel can resume the run."""
+        try:
+            for opened in (self.writer, self.metrics_file):
+                if opened is not None:
+                    opened.close()
+        except OSError as e:
+            raise cannot_write(self.run_dir, e) from None
+        finally:
+            for lock in self.locks:
+                lock.release()
 
 
 GRID_IMAGES = 32  # test images shown with their predictions each epoch
