@@ -1,6 +1,7 @@
 """tudui/checkpoints.py: every kind of Tudui checkpoint loads, safely, into model.py's network; damaged, foreign
 or hostile ones are refused in one line and run nothing."""
 import io
+import os
 import random
 import textwrap
 import zipfile
@@ -331,3 +332,43 @@ def test_class_names_and_records_from_a_checkpoint_are_shown_with_control_charac
                                                  str(image)])) == 0
     out = capsys.readouterr().out
     assert "\x1b" not in out and len(out.splitlines()) == 2 and "git 12345" in out and "`x\\n`" in out
+
+
+def test_a_named_pipe_given_as_a_checkpoint_is_refused_at_once(tmp_path):
+    os.mkfifo(tmp_path / "pipe.pth")
+    with pytest.raises(CheckpointError, match=r"pipe.pth is a named pipe, not a file; pass a .pth checkpoint file"):
+        load_tudui(tmp_path / "pipe.pth")
+
+
+def test_a_checkpoint_larger_than_any_reasonable_network_is_refused_before_it_is_read(checkpoint, monkeypatch):
+    from tudui import integrity
+    monkeypatch.setattr(integrity, "MAX_CHECKPOINT_BYTES", 100_000)  # Tudui's weights are 0.6 MB
+    with pytest.raises(CheckpointError, match=r"is 0 MB, over the 0 MB of any reasonable network"):
+        load_tudui(checkpoint)
+
+
+@pytest.mark.slow
+def test_a_zip_bomb_checkpoint_is_refused_before_it_is_unpacked_in_bounded_memory(tmp_path):
+    """A .pth whose deflated member unpacks to 1 GiB (1 MB on disk): the peak memory of predict.py on it
+    stays that of loading a real checkpoint."""
+    bomb = tmp_path / "bomb.pth"
+    good = io.BytesIO()
+    torch.save(reference_weights(), good)
+    with zipfile.ZipFile(io.BytesIO(good.getvalue())) as real, zipfile.ZipFile(bomb, "w") as evil:
+        for item in real.infolist():
+            evil.writestr(item, real.read(item))
+        evil.compression = zipfile.ZIP_DEFLATED
+        with evil.open("archive/data/98", "w", force_zip64=True) as member:  # 1 GiB of zeros, deflated
+            for _ in range(1024):
+                member.write(bytes(1 << 20))
+    assert bomb.stat().st_size < 4 << 20
+    torch.save(reference_weights(), tmp_path / "real.pth")
+    peak = "import resource, sys, predict; from tudui import console; code = console.run_cli(lambda: predict.main(" \
+           "[\"--checkpoint\", sys.argv[1], sys.argv[2]])); print(code, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    image = tmp_path / "cat.png"
+    from PIL import Image
+    Image.new("RGB", (32, 32)).save(image)
+    real, refused = (run_script("-c", peak, path, image) for path in (tmp_path / "real.pth", bomb))
+    assert "holds a compressed member (archive/data/98), which torch.save never writes" in refused.stderr
+    (real_code, real_kb), (refused_code, refused_kb) = (map(int, r.stdout.splitlines()[-1].split()) for r in (real, refused))
+    assert (real_code, refused_code) == (0, 2) and refused_kb < real_kb + 100_000

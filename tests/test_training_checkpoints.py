@@ -22,6 +22,10 @@ def _with_two_param_groups(optimizer):
     return dict(optimizer, param_groups=optimizer["param_groups"] * 2)
 
 
+def _with_first_momentum(optimizer, buffer):
+    return dict(optimizer, state={**optimizer["state"], 0: {"momentum_buffer": buffer}})
+
+
 def test_resuming_from_weights_alone_says_what_takes_them_instead(tmp_path, train_args, capsys):
     torch.save(Tudui().state_dict(), tmp_path / "weights.pth")
     err = bad_input(capsys, train_args + ["--resume", str(tmp_path / "weights.pth")])
@@ -46,10 +50,16 @@ def test_bad_resume_file_is_one_clear_line(capsys, train_args, tmp_path, make):
     ("optimizer", _with_two_param_groups, "optimizer or RNG state does not load"),
     ("metrics", lambda metrics: dict(metrics, epoch=7), "metrics missing or malformed"),
     ("epoch", lambda epoch: -1, "epoch, metrics missing or malformed"),  # the metrics are of another epoch then
+    ("step", lambda step: 2**64, "step missing or malformed"),
+    ("metrics", lambda metrics: dict(metrics, test_loss="low"), "metrics missing or malformed"),
+    ("optimizer", lambda state: _with_first_momentum(state, torch.zeros(3)), "a momentum_buffer of shape (3,) for a "
+                                                                              "weight of (32, 3, 5, 5)"),
+    ("optimizer", lambda state: _with_first_momentum(state, torch.full((32, 3, 5, 5), float("nan"))),
+     "a momentum_buffer holds NaN or infinity"),
 ])
 def test_a_training_checkpoint_with_a_damaged_field_is_one_line_on_resume(train_args, tmp_path, capsys, field,
                                                                            damage, says):
-    train.main(train_args + ["--epochs", "1"])
+    train.main(train_args + ["--epochs", "1", "--momentum", "0.9"])
     checkpoint = torch.load(tmp_path / "logs" / "run" / "last.pth", weights_only=True)
     checkpoint[field] = damage(checkpoint[field])
     damaged = tmp_path / "damaged.pth"
@@ -158,3 +168,18 @@ def test_a_checkpoint_from_before_the_record_says_it_has_none_and_still_loads(im
     out, err = capsys.readouterr()
     assert json.loads(out)["predictions"]  # with --json, stdout holds the images' objects alone
     assert err.strip() == f"checkpoint {old}: no record of what made it (an older train.py, or not train.py, wrote it)"
+
+
+def test_a_flipped_bit_in_the_weights_is_refused_as_damage_by_resume_predict_and_evaluate(train_args, cifar_dir,
+                                                                                         tmp_path, images, capsys):
+    result = train.main(train_args + ["--epochs", "1"])
+    checkpoint = torch.load(result.last_path, weights_only=True)
+    weight = checkpoint["model"]["model.4.weight"]
+    weight.view(torch.int32)[0, 0, 0, 0] ^= 1 << 20  # one bit of one weight, as a failing disk flips it
+    torch.save(checkpoint, tmp_path / "flipped.pth")
+    says = f"checkpoint {tmp_path / 'flipped.pth'} is damaged: its weights do not match the checksum saved with them"
+    for argv in (["--resume", str(tmp_path / "flipped.pth"), "--epochs", "2"],
+                 ["--evaluate", str(tmp_path / "flipped.pth"), "--data-dir", str(cifar_dir), "--no-download"]):
+        assert says in bad_input(capsys, argv)
+    assert says in bad_input(capsys, ["--checkpoint", str(tmp_path / "flipped.pth"), str(images / "RGB.png")],
+                             predict.main)

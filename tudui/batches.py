@@ -105,7 +105,8 @@ class TestBatches:
 
     def __init__(self, images, labels, norm, world):
         share = world.share_of(len(labels))
-        self.images, self.labels, self.norm, self.world, self.total = images[share], labels[share], norm, world, len(labels)
+        self.images, self.labels, self.total = images[share], labels[share], len(labels)
+        self.norm, self.world = norm, world
 
     def first_batch(self):
         """The first TEST_BATCH_SIZE images alone (--dry-run's test)."""

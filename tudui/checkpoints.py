@@ -19,6 +19,7 @@ from tudui.batches import TUTORIAL_PREPROCESS
 from tudui.console import shown
 from tudui.datasets import class_names
 from tudui.errors import CheckpointError, SettingsError
+from tudui.integrity import checkpoint_size_problem, regular_file_problem, weights_checksum
 
 
 class _PickledModule:
@@ -77,7 +78,21 @@ def unreadable(path, reason):
 
 def read_checkpoint(path, map_location="cpu"):
     """torch.load(path, weights_only=True), with the tutorial's whole-model pickles allowed through
-    inert stand-ins. Any other global in the pickle is refused by torch before it can run."""
+    inert stand-ins. Any other global in the pickle is refused by torch before it can run; a file that is
+    no regular file, or too large once unpacked, is refused before torch reads it. A train.py checkpoint's
+    weights must match the checksum stored with them."""
+    problem = regular_file_problem(path) or checkpoint_size_problem(path)
+    if problem:
+        raise CheckpointError(f"checkpoint {path} {problem}; pass a .pth checkpoint file")
+    checkpoint = torch_load(path, map_location)
+    if isinstance(checkpoint, dict) and "weights_sha256" in checkpoint and isinstance(checkpoint.get("model"), dict):
+        if checkpoint["weights_sha256"] != weights_checksum(checkpoint["model"]):
+            raise CheckpointError(f"checkpoint {path} is damaged: its weights do not match the checksum saved with "
+                                  "them; use another copy (last.pth, best.pth or an epoch file)")
+    return checkpoint
+
+
+def torch_load(path, map_location):
     try:
         with torch.serialization.safe_globals(_WHOLE_MODEL_GLOBALS), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns about odd pickle protocols; errors below say it all
@@ -244,8 +259,8 @@ def load_weights(net, state_dict, path, network=None):
     are not finite."""
     problem = mismatch(net, state_dict)
     if problem:
-        raise CheckpointError(f"model.py has changed since {path} was trained ({problem}){first_difference(network, net)}"
-                              "; use the model.py it was trained with, or train anew")
+        raise CheckpointError(f"model.py has changed since {path} was trained ({problem})"
+                              f"{first_difference(network, net)}; use the model.py it was trained with, or train anew")
     for key, tensor in state_dict.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise CheckpointError(f"{path} has non-finite weights (NaN or infinity) in {key}, saved from a run that "

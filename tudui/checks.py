@@ -1,6 +1,7 @@
 """Runs that check instead of training: --dry-run (what the real run would fail on, in seconds, writing
 nothing) and --evaluate (a checkpoint's score on the test split); and the checks of a run: nothing left
-to train, and a diverged run, stopped before it saves. train.py hands them its own training and test functions, so they run the real code.
+to train, and a diverged run, stopped before it saves. train.py hands them its own training and test
+functions, so that they run the real code.
 """
 import math
 import sys

@@ -17,6 +17,7 @@ import torch
 
 from tudui.errors import DataError, SettingsError
 from tudui.files import atomic_write
+from tudui.integrity import regular_file_problem
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 def class_names(count):
@@ -161,6 +162,8 @@ def decode_image(path):
     if not str(path):  # Path("") is the current folder, which would be named instead
         raise DataError("an image path is empty; pass image files")
     path = Path(path)
+    if regular_file_problem(path):  # a named pipe would block the read forever
+        raise DataError(f"image {path} {regular_file_problem(path)}; pass image files")
     try:
         with Image.open(path) as im:
             if im.width * im.height > MAX_IMAGE_PIXELS:
@@ -273,7 +276,7 @@ def decode_folder(files):
         results = list(pool.map(decoded, [p for p, _ in files]))
     good = [i for i, result in enumerate(results) if not isinstance(result, str)]
     bad = [(str(files[i][0]), result) for i, result in enumerate(results) if isinstance(result, str)]
-    images = torch.from_numpy(np.stack([results[i] for i in good])) if good else torch.zeros(0, 3, 32, 32, dtype=torch.uint8)
+    images = torch.from_numpy(np.stack([results[i] for i in good]) if good else np.zeros((0, 3, 32, 32), np.uint8))
     return images, torch.tensor([files[i][1] for i in good], dtype=torch.int64), bad
 
 

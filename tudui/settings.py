@@ -99,7 +99,8 @@ def build_parser():
         shown = f" (default: {f.default})" if f.default is not None and f.type is not bool else ""
         options = dict(help=f.metadata["help"] + shown)
         if f.type is bool:
-            options["action"] = argparse.BooleanOptionalAction if name in ON_OFF_BY_RECIPE or f.default else "store_true"
+            on_off = name in ON_OFF_BY_RECIPE or f.default  # --augment / --no-augment
+            options["action"] = argparse.BooleanOptionalAction if on_off else "store_true"
         else:
             options.update(type=f.type, choices=f.metadata["choices"], metavar=f.metadata["metavar"])
         p.add_argument("--" + name.replace("_", "-"), **options)

@@ -10,6 +10,7 @@ import torch
 from tudui import __version__
 from tudui.checkpoints import _unwrapped, checked_preprocess, load_weights, read_checkpoint
 from tudui.errors import CheckpointError, SettingsError
+from tudui.integrity import weights_checksum
 from tudui.settings import plain
 
 CHECKPOINT_FORMAT = "tudui-train-checkpoint/1"
@@ -31,7 +32,14 @@ def load_training_checkpoint(path):
 def damaged_fields(checkpoint):
     """The fields of a train.py checkpoint that resuming relies on and that are missing or malformed."""
     def count(value):
-        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**62
+
+    def number(value):
+        return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+    def record(value):
+        return (isinstance(value, dict) and value.get("epoch") == checkpoint.get("epoch")
+                and all(number(v) or (isinstance(v, list) and all(map(number, v))) for v in value.values()))
 
     checks = {
         "model": lambda v: isinstance(v, dict),
@@ -40,8 +48,8 @@ def damaged_fields(checkpoint):
         "step": count,
         "config": lambda v: isinstance(v, dict),
         "classes": lambda v: isinstance(v, list) and all(isinstance(name, str) for name in v),
-        "best_accuracy": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-        "metrics": lambda v: isinstance(v, dict) and v.get("epoch") == checkpoint.get("epoch"),
+        "best_accuracy": lambda v: number(v) and v is not None,
+        "metrics": record,
         "rng": lambda v: isinstance(v, dict) and torch.is_tensor(v.get("torch")),
     }
     return [name for name, fine in checks.items() if not fine(checkpoint.get(name))]
@@ -55,7 +63,9 @@ def damaged_checkpoint(path, what):
 def training_checkpoint(model, optimizer, settings, data, record, best_accuracy, device, made_by):
     """A training checkpoint: a plain dict, which torch.load(path, weights_only=True) reads, with what a
     resumed run needs and RECORD, the epoch's metrics.jsonl line."""
-    return {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer_state(optimizer),
+    weights = model.state_dict()
+    return {"format": CHECKPOINT_FORMAT, "model": weights, "weights_sha256": weights_checksum(weights),
+            "optimizer": optimizer_state(optimizer),
             "epoch": record["epoch"], "step": record["step"], "config": plain(settings), "classes": data.classes,
             "network": str(model),
             "preprocess": data.preprocess, "test_accuracy": record["test_accuracy"],
@@ -80,6 +90,12 @@ def load_optimizer_state(optimizer, state):
     optimizer.load_state_dict(state)
     for group, settings in zip(optimizer.param_groups, own):
         group.update(settings)
+        for p in group["params"]:
+            for name, value in optimizer.state[p].items():  # load_state_dict checks neither
+                if torch.is_tensor(value) and value.dim() and value.shape != p.shape:
+                    raise ValueError(f"a {name} of shape {tuple(value.shape)} for a weight of {tuple(p.shape)}")
+                if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all():
+                    raise ValueError(f"a {name} holds NaN or infinity")
 
 
 def restore(checkpoint, path, model, optimizer, device, classes):
