@@ -154,3 +154,22 @@ def random_or_mutated(valid):
     """Hypothesis strategy: arbitrary bytes, or VALID with up to 8 bytes overwritten."""
     edits = st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=8)
     return st.binary(max_size=2048) | edits.map(lambda e: mutate(valid, e))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A function that mounts a tmpfs of SIZE bytes at tmp_path/NAME and returns its path: a real disk
+    that fills up. Skips the test where mounting is not allowed (not root, no tmpfs)."""
+    mounted = []
+
+    def mount(name, size):
+        folder = tmp_path / name
+        folder.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
+        if done.returncode:
+            pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.decode().strip()[:80]})")
+        mounted.append(folder)
+        return folder
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)

@@ -261,3 +261,13 @@ def test_a_class_folder_that_links_outside_the_data_folder_is_refused(tmp_path, 
         (root / split / "evil").symlink_to(tmp_path)
     err = bad_input(capsys, ["--dataset", "folder", "--data-dir", str(root), "--logdir", str(tmp_path / "logs")])
     assert f"class folder {root / 'train' / 'evil'} leads outside {root}" in err
+
+
+def test_an_image_cache_that_does_not_fit_is_skipped_with_a_note_and_no_temporary_file(tmp_path, capsys, small_disk):
+    data = small_disk("data", 400_000)
+    write_image_folder(data, train_per_class=4, test_per_class=1)
+    (data / "filler").write_bytes(bytes(300_000))  # what is left is too little for the cache
+    images, _, _ = datasets.load_folder(data, "train")
+    assert len(images) == 12
+    assert "note: the decoded images could not be cached in" in capsys.readouterr().err
+    assert not list((data / ".tudui-cache").glob(".*.tmp"))

@@ -330,3 +330,26 @@ def test_a_run_removes_the_temporary_files_a_save_killed_midway_left(train_args,
     (run_dir / ".notes.tmp").write_text("not ours")  # no process id: not a name atomic_write gives
     train.main(["--resume", str(run_dir / "last.pth"), "--epochs", "2", "--quiet", "--device", "cpu"])
     assert sorted(p.name for p in run_dir.glob(".*.tmp")) == [".notes.tmp"]
+
+
+def test_a_full_disk_under_the_tensorboard_files_is_one_line_releases_the_lock_and_the_run_resumes_once_freed(
+        train_args, tmp_path, capsys, small_disk):
+    logs = small_disk("logs", 150_000)  # room for the run's folder, not for five epochs of TensorBoard pictures
+    flags = train_args[:train_args.index("--logdir")] + train_args[train_args.index("--logdir") + 2:]
+    argv = flags + ["--logdir", str(logs), "--ckpt-dir", str(tmp_path / "weights"), "--epochs", "5"]
+    err = bad_input(capsys, argv)
+    assert f"cannot write {logs / 'run'} (No space left on device)" in err
+    saved = {p.name: p.read_bytes() for p in (tmp_path / "weights").glob("*.pth")}
+    assert saved and all(torch.load(tmp_path / "weights" / name, weights_only=True) for name in saved)
+    subprocess.run(["mount", "-o", "remount,size=20m", str(logs)], check=True)  # space freed: the same process
+    result = train.main(["--resume", str(tmp_path / "weights" / "last.pth"), "--epochs", "5", "--quiet"])
+    assert result.epoch == 4  # resumed: the failed run released its lock
+
+
+def test_a_full_disk_under_the_checkpoints_is_one_line_and_leaves_the_saved_ones_whole(train_args, tmp_path, capsys,
+                                                                                      small_disk):
+    weights = small_disk("weights", 1_500_000)  # two checkpoints of 0.6 MB fit, not a third
+    err = bad_input(capsys, train_args + ["--ckpt-dir", str(weights), "--epochs", "3"])
+    assert f"cannot write {weights}" in err and "(No space left on device)" in err
+    assert_every_final_file_loads(weights)
+    assert not list(weights.glob(".*.tmp"))

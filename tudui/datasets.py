@@ -9,6 +9,7 @@ pixels, where the network needs 32 x 32 RGB on the 0-255 scale.
 import hashlib
 import io
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -287,7 +288,8 @@ def write_cache_file(path, payload):
         path.parent.mkdir(exist_ok=True)
         atomic_write(buffer.getvalue(), path)
     except (OSError, SettingsError):  # a read-only or full data folder just means no cache
-        pass
+        print(f"note: the decoded images could not be cached in {path.parent} (it is full or read-only); the next "
+              "run decodes them again", file=sys.stderr)
 
 
 def load_dataset(kind, data_dir, download=True, dry_run=False, skipped=None):

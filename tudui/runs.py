@@ -4,10 +4,12 @@ stopped. Decides nothing about training.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import json
 import tempfile
+import threading
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -212,6 +214,8 @@ class RunRecorder:
                 self.locks[0].release()
                 raise
         self.writer = self.metrics_file = None
+        # TensorBoard's writer thread hits a full disk first; the run reports it, as one line, at its next write
+        self.thread_hook, threading.excepthook = threading.excepthook, self.quiet_disk_errors
         try:
             for folder in {self.run_dir, self.ckpt_dir}:
                 remove_stale_temporaries(folder)
@@ -229,9 +233,23 @@ class RunRecorder:
                 append_metrics(self.metrics_file, resumed["metrics"])
             config = plain(settings) | ({"skipped_images": list(skipped_images)} if settings.skip_bad_images else {})
             atomic_write(json.dumps(config, indent=2).encode(), self.run_dir / "config.json")
-        except BaseException:  # a full disk here must not leave the lock or files open (notebooks go on)
+        except BaseException as e:  # a full disk here must not leave the lock or files open (notebooks go on)
             self.close()
+            if isinstance(e, OSError):
+                raise cannot_write(self.run_dir, e) from None
             raise
+
+    def quiet_disk_errors(self, args):
+        if not issubclass(args.exc_type, OSError):
+            self.thread_hook(args)
+
+    @contextlib.contextmanager
+    def writing(self):
+        """TensorBoard's files are written as a with-block: a full disk there is one line, SettingsError."""
+        try:
+            yield
+        except OSError as e:
+            raise cannot_write(self.run_dir, e) from None
 
     def run_started(self, model, settings, resumed, example, device, world, data):
         """The run's first line: its folders, device and data. Then, once per run (not again on resume),
@@ -245,28 +263,32 @@ class RunRecorder:
                             f"{len(data.train_y)} train / {len(data.test_y)} test images, {len(data.classes)} classes")
         if resumed:
             return
-        with warnings.catch_warnings():  # add_graph traces with torch.jit, which warns that it is deprecated
-            warnings.simplefilter("ignore", FutureWarning)
+        with warnings.catch_warnings(), self.writing():  # add_graph traces with torch.jit, which warns that it is
+            warnings.simplefilter("ignore", FutureWarning)  # deprecated
             self.writer.add_graph(model, example)
         config = {k: ("none" if v is None else v) for k, v in plain(settings).items()
                   if isinstance(v, (int, float, str, bool)) or v is None}
         metrics = ["test_accuracy", "test_loss"] + (["val_accuracy", "val_loss"] if settings.val_split else [])
-        for summary in hparams(config, dict.fromkeys(metrics, 0.0)):
-            self.writer._get_file_writer().add_summary(summary)
+        with self.writing():
+            for summary in hparams(config, dict.fromkeys(metrics, 0.0)):
+                self.writer._get_file_writer().add_summary(summary)
 
     def train_loss(self, step, loss, lr):
-        self.writer.add_scalar("train_loss", loss, step)
-        self.writer.add_scalar("lr", lr, step)
+        with self.writing():
+            self.writer.add_scalar("train_loss", loss, step)
+            self.writer.add_scalar("lr", lr, step)
 
     def epoch_done(self, checkpoint, is_best, confusion, grid):
         """Save the epoch's checkpoints, then log it: TensorBoard scalars and pictures, one metrics.jsonl line."""
         record, classes = checkpoint["metrics"], checkpoint["classes"]
         save_checkpoints(checkpoint, self.ckpt_dir, record["epoch"], is_best)
-        log_epoch_scalars(self.writer, record, classes)
-        self.writer.add_image("confusion_matrix", confusion_image(confusion, classes), record["epoch"],
-                              dataformats="HWC")
-        self.writer.add_image("test_predictions", prediction_grid(*grid, classes), record["epoch"], dataformats="HWC")
-        self.writer.flush()
+        with self.writing():
+            log_epoch_scalars(self.writer, record, classes)
+            self.writer.add_image("confusion_matrix", confusion_image(confusion, classes), record["epoch"],
+                                  dataformats="HWC")
+            self.writer.add_image("test_predictions", prediction_grid(*grid, classes), record["epoch"],
+                                  dataformats="HWC")
+            self.writer.flush()
         append_metrics(self.metrics_file, record)
 
     def close(self):
@@ -279,6 +301,7 @@ class RunRecorder:
         except OSError as e:
             raise cannot_write(self.run_dir, e) from None
         finally:
+            threading.excepthook = self.thread_hook
             for lock in self.locks:
                 lock.release()
 
