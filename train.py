@@ -196,7 +196,7 @@ def start(given, from_command_line):
     with distributed.start(s) as (world, device):
         if s.evaluate:
             return checks.evaluate_checkpoint(s, device, test)
-        with device_settings(device, s.deterministic, s.quiet):
+        with device_settings(device, s.deterministic, s.quiet, s.amp):
             result = train(s, resumed, device, world, partial(as_command, given, from_command_line))
     if s.quiet and world.rank == 0 and not s.dry_run:
         print(f"test accuracy {result.test_accuracy:.2%}, checkpoints in {result.ckpt_dir}")

@@ -72,3 +72,19 @@ def test_on_a_gpu_deterministic_turns_on_deterministic_algorithms_and_off_tf32_a
     with devices.device_settings(torch.device("cuda")):
         assert cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()  # cuDNN picks the fastest
     assert cudnn.benchmark == before[0]
+
+
+@pytest.mark.parametrize("native, warned", [(False, True), (True, False), (None, False)])
+def test_amp_on_a_cpu_without_native_bfloat16_says_at_the_start_what_it_costs(train_args, capsys, monkeypatch, native,
+                                                                               warned):
+    monkeypatch.setattr(devices, "native_bfloat16", lambda: native)
+    train.main(train_args + ["--epochs", "1", "--amp"])
+    err = capsys.readouterr().err
+    assert ("--amp: this CPU has no native bfloat16 (no AVX-512 BF16 or AMX), where bf16 autocast ran over 10x slower "
+            "than fp32" in err) is warned
+
+
+def test_native_bfloat16_is_read_from_this_cpus_flags():
+    flags = open("/proc/cpuinfo").read() if platform.system() == "Linux" else None
+    expected = None if flags is None else ("avx512_bf16" in flags or "amx_bf16" in flags)
+    assert devices.native_bfloat16() is expected

@@ -353,3 +353,20 @@ def test_a_full_disk_under_the_checkpoints_is_one_line_and_leaves_the_saved_ones
     assert f"cannot write {weights}" in err and "(No space left on device)" in err
     assert_every_final_file_loads(weights)
     assert not list(weights.glob(".*.tmp"))
+
+
+def test_an_epochs_checkpoint_is_written_once_and_last_and_best_pth_are_the_same_file(finished_run):
+    ckpt_dir = finished_run.ckpt_dir
+    best_epoch = torch.load(ckpt_dir / "best.pth", weights_only=True)["epoch"]
+    assert os.stat(ckpt_dir / "last.pth").st_ino == os.stat(ckpt_dir / "tudui_epoch_1.pth").st_ino
+    assert os.stat(ckpt_dir / "best.pth").st_ino == os.stat(ckpt_dir / f"tudui_epoch_{best_epoch}.pth").st_ino
+
+
+def test_where_the_file_system_has_no_hard_links_last_pth_is_written_as_a_copy(train_args, tmp_path, monkeypatch):
+    def no_links(source, target):
+        raise OSError(1, "Operation not permitted")  # as on FAT or some network drives
+    monkeypatch.setattr(os, "link", no_links)
+    result = train.main(train_args + ["--epochs", "1"])
+    last, epoch_file = result.ckpt_dir / "last.pth", result.ckpt_dir / "tudui_epoch_0.pth"
+    assert os.stat(last).st_ino != os.stat(epoch_file).st_ino and last.read_bytes() == epoch_file.read_bytes()
+    assert not list(result.ckpt_dir.glob(".*.tmp"))

@@ -4,6 +4,7 @@ import contextlib
 import ctypes
 import os
 import platform
+import sys
 
 import torch
 
@@ -33,14 +34,35 @@ def keep_freed_memory():
     mallopt(m_trim_threshold, 256 << 20)  # and up to 256 MB of freed heap is kept for reuse
 
 
+def native_bfloat16():
+    """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX), from its flags in /proc/cpuinfo;
+    None where there is no such file (macOS, Windows)."""
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return None
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def amp_note(device):
+    """One line on what --amp costs on DEVICE, where that is worth saying: on a CPU without native bf16."""
+    if device.type == "cpu" and native_bfloat16() is False:
+        return ("--amp: this CPU has no native bfloat16 (no AVX-512 BF16 or AMX), where bf16 autocast ran over 10x "
+                "slower than fp32 (920 against 68 ms a step, docs/speed.md); leave --amp out here")
+    return None
+
+
 @contextlib.contextmanager
-def device_settings(device, deterministic=False, quiet=True):
+def device_settings(device, deterministic=False, quiet=True, amp=False):
     """cuDNN picks the fastest algorithm for each convolution (cudnn.benchmark), or with DETERMINISTIC
     only deterministic algorithms, with TF32 off and torch's deterministic mode on, so that two runs of
-    one seed give equal weights; unless QUIET, a line says what that costs. Restored on exit, for a
-    notebook that goes on. Nothing changes on a CPU, whose runs are bit-exact anyway."""
+    one seed give equal weights; unless QUIET, a line says what that costs, and what AMP costs where it is
+    slow. Restored on exit, for a notebook that goes on. Nothing changes on a CPU, whose runs are
+    bit-exact anyway."""
     if deterministic and not quiet:
         print(deterministic_note(device), flush=True)
+    if amp and amp_note(device):
+        print(amp_note(device), file=sys.stderr, flush=True)
     if device.type != "cuda":
         yield
         return

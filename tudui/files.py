@@ -1,6 +1,6 @@
-"""Writing a file so that a crash never leaves it half-written, and the one-line error when it cannot be
-written. Why not a library: it is ten lines of os.replace and fsync, which no installed package offers
-with the folder's fsync."""
+"""Writing a file so that a crash never leaves it half-written (or a second name for a file, as a hard
+link), and the one-line error when it cannot be written. Why not a library: it is ten lines of
+os.replace and fsync, which no installed package offers with the folder's fsync."""
 import os
 import re
 from pathlib import Path
@@ -19,18 +19,46 @@ def atomic_write(data, path):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        if hasattr(os, "O_DIRECTORY"):  # POSIX: sync the folder too, so that the rename survives a power cut
-            dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)  # (Windows cannot open a folder)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+        sync_folder(path.parent)
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise cannot_write(path, e) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def replace_with_link(source, path):
+    """Make PATH name SOURCE's file, a hard link, so that its bytes are not written twice; as atomic as
+    atomic_write: PATH is always either its old file or SOURCE's. Where the file system has no hard links
+    (FAT, some network drives), SOURCE's bytes are written again instead."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.unlink(missing_ok=True)
+        os.link(source, tmp)
+    except OSError:
+        atomic_write(Path(source).read_bytes(), path)
+        return
+    try:
+        os.replace(tmp, path)
+        sync_folder(path.parent)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise cannot_write(path, e) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def sync_folder(folder):
+    """fsync FOLDER, so that a rename in it survives a power cut (POSIX; Windows cannot open a folder)."""
+    if hasattr(os, "O_DIRECTORY"):
+        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
 
 def remove_stale_temporaries(folder):

@@ -10,6 +10,7 @@ import itertools
 import json
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,7 +22,7 @@ from tudui.batches import to_input
 from tudui.console import say
 from tudui.checkpoints import read_checkpoint
 from tudui.errors import CheckpointError, SettingsError
-from tudui.files import atomic_write, cannot_write, remove_stale_temporaries
+from tudui.files import atomic_write, cannot_write, remove_stale_temporaries, replace_with_link
 from tudui.report import confusion_image, prediction_grid
 from tudui.settings import plain
 
@@ -92,10 +93,14 @@ def append_metrics(metrics_file, record):
 
 
 def save_checkpoints(state, ckpt_dir, epoch, is_best):
+    """The epoch's checkpoint, written once as tudui_epoch_N.pth; last.pth and, for a best epoch,
+    best.pth become the same file (hard links), each switched over atomically."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    for name in [f"tudui_epoch_{epoch}.pth", "last.pth"] + (["best.pth"] if is_best else []):
-        atomic_write(buffer.getvalue(), Path(ckpt_dir) / name)
+    epoch_file = Path(ckpt_dir) / f"tudui_epoch_{epoch}.pth"
+    atomic_write(buffer.getvalue(), epoch_file)
+    for name in ["last.pth"] + (["best.pth"] if is_best else []):
+        replace_with_link(epoch_file, Path(ckpt_dir) / name)
 
 
 def truncate_metrics(path, last_epoch):
@@ -214,6 +219,7 @@ class RunRecorder:
                 self.locks[0].release()
                 raise
         self.writer = self.metrics_file = None
+        self.painter, self.painting = ThreadPoolExecutor(1), None  # draws each epoch's pictures beside training
         # TensorBoard's writer thread hits a full disk first; the run reports it, as one line, at its next write
         self.thread_hook, threading.excepthook = threading.excepthook, self.quiet_disk_errors
         try:
@@ -284,20 +290,34 @@ class RunRecorder:
         save_checkpoints(checkpoint, self.ckpt_dir, record["epoch"], is_best)
         with self.writing():
             log_epoch_scalars(self.writer, record, classes)
-            self.writer.add_image("confusion_matrix", confusion_image(confusion, classes), record["epoch"],
-                                  dataformats="HWC")
-            self.writer.add_image("test_predictions", prediction_grid(*grid, classes), record["epoch"],
-                                  dataformats="HWC")
-            self.writer.flush()
         append_metrics(self.metrics_file, record)
+        self.pictures_done()
+        self.painting = self.painter.submit(self.draw_pictures, confusion, grid, classes, record["epoch"])
+
+    def draw_pictures(self, confusion, grid, classes, epoch):
+        """The epoch's confusion matrix and predictions in TensorBoard, drawn on the painter's thread."""
+        self.writer.add_image("confusion_matrix", confusion_image(confusion, classes), epoch, dataformats="HWC")
+        self.writer.add_image("test_predictions", prediction_grid(*grid, classes), epoch, dataformats="HWC")
+        self.writer.flush()
+
+    def pictures_done(self):
+        """Wait for the pictures of the epoch before; a full disk they met is one line here."""
+        if self.painting is not None:
+            with self.writing():
+                self.painting.result()
+            self.painting = None
 
     def close(self):
         """Close the writers, then release the locks even when closing fails (a full disk), so that a
         notebook's kernel can resume the run."""
         try:
-            for opened in (self.writer, self.metrics_file):
-                if opened is not None:
-                    opened.close()
+            try:
+                self.pictures_done()
+            finally:
+                self.painter.shutdown()
+                for opened in (self.writer, self.metrics_file):
+                    if opened is not None:
+                        opened.close()
         except OSError as e:
             raise cannot_write(self.run_dir, e) from None
         finally:
