@@ -1,4 +1,5 @@
 """model.py: the tutorial's network, unchanged; and any network a user writes there works with all the rest."""
+import json
 import shutil
 
 import pytest
@@ -102,6 +103,15 @@ class Tudui(nn.Module):
 '''
 
 
+EACH_COMMAND = """import json, sys
+import predict, train
+from tudui.console import run_cli
+for argv in json.loads(sys.argv[1]):
+    entry = predict.main if argv[0] == "predict.py" else train.main
+    print("exit code", run_cli(lambda: entry(argv[1:])), flush=True)
+"""
+
+
 def copy_of_the_project(folder, model_source):
     """The project's scripts and package in FOLDER, with MODEL_SOURCE as its model.py."""
     for name in ("train.py", "predict.py"):
@@ -122,25 +132,22 @@ def test_a_network_written_in_model_py_trains_resumes_bit_exactly_predicts_evalu
     common = ["--data-dir", cifar_dir, "--no-download", "--device", "cpu", "--quiet", "--recipe", "tuned",
               "--schedule", "constant", "--lr", "0.02", "--batch-size", "64", "--logdir", tmp_path / "logs"]
 
-    def script(*args):
-        result = run_script(*args, cwd=project)
-        assert result.returncode == 0, result.stderr
-        return result.stdout
-    script(project / "train.py", *common, "--dry-run")
-    script(project / "train.py", *common, "--epochs", "2", "--run-name", "straight")
-    script(project / "train.py", *common, "--epochs", "1", "--run-name", "split")
-    script(project / "train.py", "--resume", tmp_path / "logs" / "split" / "last.pth", "--epochs", "2", "--quiet")
+    commands = [["train.py", *common, "--dry-run"], ["train.py", *common, "--epochs", "2", "--run-name", "straight"],
+                ["train.py", *common, "--epochs", "1", "--run-name", "split"],
+                ["train.py", "--resume", tmp_path / "logs" / "split" / "last.pth", "--epochs", "2", "--quiet"],
+                ["predict.py", "--checkpoint", tmp_path / "logs" / "straight" / "best.pth", images / "RGB.png"],
+                ["train.py", "--evaluate", tmp_path / "logs" / "straight" / "last.pth", "--data-dir", cifar_dir,
+                 "--no-download", "--device", "cpu"]]
+    (project / "each_command.py").write_text(EACH_COMMAND)  # in one process: the scripts' own entry points
+    result = run_script("each_command.py", json.dumps([[str(arg) for arg in argv] for argv in commands]), cwd=project)
+    assert result.returncode == 0 and result.stdout.count("exit code 0") == len(commands), result.stderr
     straight, resumed = (torch.load(tmp_path / "logs" / run / "last.pth", weights_only=True) for run in ("straight",
                                                                                                        "split"))
     assert straight["model"].keys() == resumed["model"].keys()
     assert all(torch.equal(straight["model"][key], resumed["model"][key]) for key in straight["model"])
     assert "ReLU" in straight["network"] or "Linear(in_features=64, out_features=10" in straight["network"]
-    predicted = script(project / "predict.py", "--checkpoint", tmp_path / "logs" / "straight" / "best.pth",
-                       images / "RGB.png")
-    assert predicted.splitlines()[-1].startswith(f"{images / 'RGB.png'}: ")
-    evaluated = script(project / "train.py", "--evaluate", tmp_path / "logs" / "straight" / "last.pth",
-                       "--data-dir", cifar_dir, "--no-download", "--device", "cpu")
-    assert f"accuracy {straight['test_accuracy']:.2%} on 100 images" in evaluated
+    assert f"\n{images / 'RGB.png'}: " in result.stdout  # predict.py's line for the image
+    assert f"accuracy {straight['test_accuracy']:.2%} on 100 images" in result.stdout  # --evaluate's
 
 
 @pytest.mark.slow

@@ -5,6 +5,9 @@ functions, so that they run the real code.
 """
 import math
 import sys
+import tempfile
+from datetime import datetime
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -17,7 +20,7 @@ from tudui.datasets import load_dataset, load_test_split
 from tudui.distributed import World
 from tudui.errors import SettingsError
 from tudui.report import Evaluation, describe_checkpoint, format_report
-from tudui.runs import check_run_folders
+from tudui.runs import RunLock, refuse_to_overwrite
 
 
 def dry_run(s, data, device, resumed, train_step, epoch, real_command, train_steps, test_batch):
@@ -41,6 +44,29 @@ def dry_run(s, data, device, resumed, train_step, epoch, real_command, train_ste
                  f"loss {', '.join(f'{loss:.4f}' for loss in losses.tolist())}")
     say(s.quiet, f"test: one batch of {int(result['confusion'].sum())} images, loss {result['loss']:.4f}")
     print(f"everything is in place; start the run with: {real_command}")
+
+
+def check_run_folders(settings, resumed):
+    """What RunRecorder would refuse, found without writing anything (--dry-run): for the run's folder and
+    the checkpoint folder, an existing one must take a new file, hold no earlier run's checkpoints and not
+    be locked by a running run; a missing one must be creatable. Returns the two folders; the run's is
+    LOGDIR/<timestamp> when no --run-name is given."""
+    run_dir = Path(settings.logdir) / (settings.run_name or datetime.now().strftime("%Y%m%d-%H%M%S"))
+    ckpt_dir = Path(settings.ckpt_dir) if settings.ckpt_dir else run_dir
+    folders = {run_dir: "--run-name", ckpt_dir: "--ckpt-dir"} if settings.ckpt_dir else {run_dir: "--run-name"}
+    for folder, flag in folders.items():
+        existing = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
+        try:
+            with tempfile.TemporaryFile(dir=existing):  # gone as soon as it is closed
+                pass
+        except OSError as e:
+            raise SettingsError(f"cannot write in {existing} ({e.strerror or e}), where {folder} would be; "
+                                f"choose another {'--logdir' if folder == run_dir else flag}") from None
+        if (folder / ".lock").exists():
+            RunLock(folder, flag).release()
+    if ckpt_dir.is_dir():
+        refuse_to_overwrite(ckpt_dir, resumed, resumed and settings.resume)
+    return run_dir, ckpt_dir
 
 
 def say_nothing_to_train(s, start_epoch):

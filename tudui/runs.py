@@ -8,7 +8,6 @@ import contextlib
 import io
 import itertools
 import json
-import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 import warnings
@@ -132,15 +131,20 @@ def resumable_checkpoint(ckpt_dir):
 
 def refuse_to_overwrite(ckpt_dir, resumed=None, resume=None):
     """A new run never writes over the checkpoints of an earlier one. A run resumed from RESUME, a
-    checkpoint in CKPT_DIR, goes on writing there, unless that folder's last.pth is of a later epoch than
-    RESUMED (its checkpoint): resuming would then overwrite newer results, so it must branch instead."""
+    checkpoint in CKPT_DIR, goes on writing there, unless that folder holds a later epoch than RESUMED
+    (its checkpoint), in last.pth or an epoch file: resuming would then overwrite newer results, so it
+    must branch instead."""
     if resume and Path(resume).resolve().parent == Path(ckpt_dir).resolve():
         last = Path(ckpt_dir) / "last.pth"
-        last_epoch = epoch_of(last) if last.resolve() != Path(resume).resolve() else None
-        if last_epoch is not None and last_epoch > resumed["epoch"]:
-            raise SettingsError(f"{resume} is epoch {resumed['epoch']}, but {last} is epoch {last_epoch}: resuming "
-                                f"it there would overwrite the newer epochs; resume {last}, or branch into a run "
-                                f"of its own: --resume {resume} --run-name NEW_NAME (and a new --ckpt-dir, if given)")
+        saved = [(epoch_of(last), last)] if last.exists() else []
+        saved += [(int(p.stem.rpartition("_")[2]), p) for p in Path(ckpt_dir).glob("tudui_epoch_*.pth")
+                  if p.stem.rpartition("_")[2].isdigit()]
+        newer = [(epoch, path == last, path) for epoch, path in saved if (epoch or -1) > resumed["epoch"]]
+        if newer:
+            epoch, _, path = max(newer)  # the latest epoch, and last.pth of files of equal epochs
+            raise SettingsError(f"{resume} is epoch {resumed['epoch']}, but {path} is epoch {epoch}: resuming it "
+                                f"there would overwrite the newer epochs; resume {path}, or branch into a run of "
+                                f"its own: --resume {resume} --run-name NEW_NAME (and a new --ckpt-dir, if given)")
         return
     found = resumable_checkpoint(ckpt_dir)
     if found is not None:
@@ -151,34 +155,10 @@ def refuse_to_overwrite(ckpt_dir, resumed=None, resume=None):
 def epoch_of(path):
     """The epoch of the training checkpoint at PATH; None when it has none or cannot be read."""
     try:
-        checkpoint = read_checkpoint(path)
-    except CheckpointError:
+        epoch = read_checkpoint(path).get("epoch")
+    except (CheckpointError, AttributeError):  # unreadable, or no dict
         return None
-    epoch = checkpoint.get("epoch") if isinstance(checkpoint, dict) else None
     return epoch if isinstance(epoch, int) else None
-
-
-def check_run_folders(settings, resumed):
-    """What RunRecorder would refuse, found without writing anything (--dry-run): for the run's folder and
-    the checkpoint folder, an existing one must take a new file, hold no earlier run's checkpoints and not
-    be locked by a running run; a missing one must be creatable. Returns the two folders; the run's is
-    LOGDIR/<timestamp> when no --run-name is given."""
-    run_dir = Path(settings.logdir) / (settings.run_name or datetime.now().strftime("%Y%m%d-%H%M%S"))
-    ckpt_dir = Path(settings.ckpt_dir) if settings.ckpt_dir else run_dir
-    folders = {run_dir: "--run-name", ckpt_dir: "--ckpt-dir"} if settings.ckpt_dir else {run_dir: "--run-name"}
-    for folder, flag in folders.items():
-        existing = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
-        try:
-            with tempfile.TemporaryFile(dir=existing):  # gone as soon as it is closed
-                pass
-        except OSError as e:
-            raise SettingsError(f"cannot write in {existing} ({e.strerror or e}), where {folder} would be; "
-                                f"choose another {'--logdir' if folder == run_dir else flag}") from None
-        if (folder / ".lock").exists():
-            RunLock(folder, flag).release()
-    if ckpt_dir.is_dir():
-        refuse_to_overwrite(ckpt_dir, resumed, resumed and settings.resume)
-    return run_dir, ckpt_dir
 
 
 def claim_run_name(logdir):
