@@ -370,3 +370,11 @@ def test_where_the_file_system_has_no_hard_links_last_pth_is_written_as_a_copy(t
     last, epoch_file = result.ckpt_dir / "last.pth", result.ckpt_dir / "tudui_epoch_0.pth"
     assert os.stat(last).st_ino != os.stat(epoch_file).st_ino and last.read_bytes() == epoch_file.read_bytes()
     assert not list(result.ckpt_dir.glob(".*.tmp"))
+
+
+def test_without_last_pth_a_later_epoch_file_still_refuses_an_older_resume(train_args, tmp_path, capsys):
+    train.main(train_args + ["--epochs", "3"])
+    run_dir = tmp_path / "logs" / "run"
+    (run_dir / "last.pth").unlink()
+    err = bad_input(capsys, ["--resume", str(run_dir / "tudui_epoch_0.pth"), "--epochs", "3", "--device", "cpu"])
+    assert f"but {run_dir / 'tudui_epoch_2.pth'} is epoch 2: resuming it there would overwrite the newer epochs" in err
