@@ -1,6 +1,7 @@
 """Writing a file so that a crash never leaves it half-written (or a second name for a file, as a hard
 link), and the one-line error when it cannot be written. Why not a library: it is ten lines of
 os.replace and fsync, which no installed package offers with the folder's fsync."""
+import contextlib
 import os
 import re
 from pathlib import Path
@@ -11,36 +12,30 @@ from tudui.errors import SettingsError
 def atomic_write(data, path):
     """Write bytes so that PATH is always either the old file or the complete new one, even after a power
     cut. A failure (full disk, read-only folder) is a SettingsError of one line, and PATH is untouched."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        sync_folder(path.parent)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise cannot_write(path, e) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with renamed_into_place(path) as tmp:
+        write_synced(tmp, data)
 
 
 def replace_with_link(source, path):
     """Make PATH name SOURCE's file, a hard link, so that its bytes are not written twice; as atomic as
     atomic_write: PATH is always either its old file or SOURCE's. Where the file system has no hard links
     (FAT, some network drives), SOURCE's bytes are written again instead."""
+    with renamed_into_place(path) as tmp:
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(source, tmp)
+        except OSError:
+            write_synced(tmp, Path(source).read_bytes())
+
+
+@contextlib.contextmanager
+def renamed_into_place(path):
+    """A temporary name beside PATH (.NAME.PID.tmp) for the block to write, renamed over PATH when the
+    block ends, and removed when it fails."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.unlink(missing_ok=True)
-        os.link(source, tmp)
-    except OSError:
-        atomic_write(Path(source).read_bytes(), path)
-        return
-    try:
+        yield tmp
         os.replace(tmp, path)
         sync_folder(path.parent)
     except OSError as e:
@@ -49,6 +44,13 @@ def replace_with_link(source, path):
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_synced(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def sync_folder(folder):
