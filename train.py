@@ -25,8 +25,8 @@ from tudui.errors import Interrupted
 from tudui.muon import Muon, hidden_weights_apart
 from tudui.report import epoch_line, per_class_accuracy
 from tudui.runs import RunRecorder, TrainResult, grid_predictions, resumable_checkpoint
-from tudui.training_checkpoints import load_training_checkpoint, provenance, restore, training_checkpoint
 from tudui.settings import as_command, check_keywords, command_line_settings, lr_at, resolve, set_lr
+from tudui.training_checkpoints import load_training_checkpoint, provenance, restore, training_checkpoint
 
 
 # -------------------------------------------------------------------------------------------- 2. model, loss, optimizer
