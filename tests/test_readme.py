@@ -39,8 +39,10 @@ def test_both_guides_name_the_same_flags():
 
 @pytest.mark.slow
 def test_every_flag_the_guides_name_is_in_the_help_of_a_script():
-    helps = " ".join(run_script(ROOT / script, "--help").stdout for script in ("train.py", "predict.py",
-                                                                             "bench/compare.py"))
+    import predict
+    from tudui import settings
+    helps = " ".join([settings.build_parser().format_help(), predict.build_parser().format_help(),
+                      run_script(ROOT / "bench" / "compare.py", "--help").stdout])
     for flag in flags(GUIDES[0]) | flags(GUIDES[1]):
         assert flag in NOT_OURS or re.search(rf"{flag}(?![\w-])", helps), flag
 
