@@ -10,7 +10,11 @@ a checkpoint holds · runs: the run folder and what is written to it · report: 
 TensorBoard's pictures · checks: --dry-run and --evaluate · console: messages, progress, Ctrl-C, exit
 codes · files: atomic writes · devices, distributed, cuda_graph, muon · errors.
 """
+from pathlib import Path
+
 __version__ = "1.0.0"
+# Trained weights that come with the project (`--recipe tuned`, 50 epochs; bench/ship_weights.py makes them)
+SHIPPED_WEIGHTS = Path(__file__).parent / "weights" / "tuned-50-epochs.pth"
 
 
 def __getattr__(name):
