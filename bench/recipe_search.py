@@ -10,7 +10,8 @@ last checkpoint. Every result is appended to --out as one JSON line as soon as i
 
 --screen K first runs every variant with the first seed only, then the best K (by test accuracy) with
 the other seeds. --jobs N runs N trainings at once (a GPU has room for many runs of this small network);
-their times are then not solo timings.
+their times are then not solo timings. --skip-done keeps the results already in --out (same variant
+name, flags, seed and epochs) and runs only the others, so a stopped search goes on where it stopped.
 """
 import argparse
 import concurrent.futures
@@ -97,6 +98,7 @@ def main():
     p.add_argument("--screen", type=int, metavar="K", help="first seed for all variants, other seeds for the best K")
     p.add_argument("--jobs", type=int, default=1, help="trainings run at once, each in its own process")
     p.add_argument("--out", default="recipe_results.jsonl")
+    p.add_argument("--skip-done", action="store_true", help="keep the results already in --out; run the others")
     args = p.parse_args()
     if args.dataset == "cifar10":  # a copy made by bench/folder_to_cifar.py is accepted by its md5s
         os.environ.update(cifar_copy_env(args.data_dir))  # in the spawned workers too
@@ -105,11 +107,16 @@ def main():
         name, _, flags = spec.partition("=")
         variants[name] = shlex.split(flags)
     results = []
+    if args.skip_done and os.path.exists(args.out):
+        with open(args.out) as f:
+            results = [r for r in map(json.loads, f)
+                       if variants.get(r["variant"]) == r["flags"] and r["epochs"] in args.epochs]
+    already = {(r["variant"], r["seed"], r["epochs"]) for r in results}
 
     def run_all(names, seeds, logdir):
         runs = {pool.submit(run_once, variants[name], seed, epochs, args.data_dir, args.dataset, logdir):
                 {"variant": name, "flags": variants[name], "seed": seed, "epochs": epochs}
-                for epochs in args.epochs for name in names for seed in seeds}
+                for epochs in args.epochs for name in names for seed in seeds if (name, seed, epochs) not in already}
         for done in concurrent.futures.as_completed(runs):
             result = runs[done] | done.result()
             results.append(result)

@@ -116,6 +116,13 @@ def test_the_order_is_drawn_from_the_seed_and_the_epoch_alone():
     assert order(0, 0) == order(0, 0) and order(0, 0) != order(0, 1) and order(0, 0) != order(1, 0)
 
 
+def test_without_shuffling_every_epoch_takes_the_images_in_the_datasets_order():
+    loader = batches.TrainBatches(random_batch(10), torch.arange(10), 4, None, tiny_settings(shuffle=False), World())
+    for epoch in (0, 1):
+        loader.set_epoch(epoch)
+        assert torch.cat([targets for _, targets, _ in loader]).tolist() == list(range(10))
+
+
 def test_under_torchrun_the_ranks_shares_make_up_each_batch_and_scale_it_by_the_world_size():
     def shares(rank):
         return list(batches.TrainBatches(random_batch(10), torch.arange(10), 4, None, tiny_settings(), World(rank, 2)))

@@ -52,14 +52,15 @@ def load_data(settings, device):
 
 class TrainBatches:
     """`for imgs, targets, scale in batches`: the training images of one epoch (set_epoch) as the
-    network's input, in an order and with an augmentation drawn from (seed, epoch) alone, so that a
+    network's input, in an order (unless --no-shuffle) and with an augmentation drawn from (seed, epoch) alone, so that a
     resumed run and every torchrun rank draw what one uninterrupted process would. SCALE makes a batch's
     summed loss its mean over the global batch: 1 / its size in one process; under torchrun each rank
     takes its share of each batch, and DDP's gradient average then gives the same mean."""
 
     def __init__(self, images, labels, batch_size, norm, settings, world):
         self.images, self.labels, self.batch_size, self.norm, self.world = images, labels, batch_size, norm, world
-        self.seed, self.augment, self.translate = settings.seed, settings.augment, settings.translate
+        self.seed, self.shuffle = settings.seed, settings.shuffle
+        self.augment, self.translate = settings.augment, settings.translate
         self.epoch, self.max_steps = 0, None
 
     def set_epoch(self, epoch):
@@ -87,7 +88,8 @@ class TrainBatches:
     def __iter__(self):
         n, device = len(self.labels), self.labels.device
         generator = epoch_generator(self.seed, self.epoch)
-        order = torch.randperm(n, generator=generator).to(device, non_blocking=True)
+        order = (torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)).to(device,
+                                                                                                  non_blocking=True)
         if self.augment:
             flips, shifts = (t.to(device) for t in augment_plan(n, generator, self.translate))
         for start, size in zip(range(0, n, self.batch_size), self.batch_sizes()):

@@ -55,6 +55,8 @@ class Settings:
     translate: int = flag(None, "with --augment: largest shift in pixels; recipe: 2")
     normalize: bool = flag(None, "per-channel mean/std normalization; recipe: off (tutorial), on (tuned)")
     label_smoothing: float = flag(None, "recipe: 0 (tutorial), 0.1 (tuned)")
+    shuffle: bool = flag(True, "reshuffle the training images every epoch; --no-shuffle takes them in the dataset's "
+                               "order every epoch, as the tutorial did (an image folder's order is class by class)")
     val_split: int = flag(0, "hold out N training images, drawn by --seed, and pick best.pth by their accuracy "
                              "(validation); the test set is still scored every epoch", metavar="N")
     dataset: str = flag("cifar10", "cifar10: torchvision's CIFAR-10 in --data-dir; folder: DIR/train/<class>/*, "
