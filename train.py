@@ -24,7 +24,7 @@ from tudui.devices import device_settings
 from tudui.errors import Interrupted
 from tudui.muon import Muon, hidden_weights_apart
 from tudui.report import epoch_line, per_class_accuracy
-from tudui.runs import RunRecorder, TrainResult, grid_predictions, resumable_checkpoint
+from tudui.runs import RunRecorder, TrainResult, resumable_checkpoint
 from tudui.settings import as_command, check_keywords, command_line_settings, lr_at, resolve, set_lr
 from tudui.training_checkpoints import load_training_checkpoint, provenance, restore, training_checkpoint
 
@@ -69,8 +69,7 @@ def train_one_epoch(model, train_loader, train_step, optimizer, first_step, s, l
     correct = torch.zeros((), dtype=torch.int64, device=device)
     lrs = []
     model.train()
-    for i, (imgs, targets, scale) in enumerate(progress_bar(f"epoch {train_loader.epoch}", not s.quiet)(
-            train_loader)):
+    for i, (imgs, targets, scale) in enumerate(progress_bar(f"epoch {train_loader.epoch}", not s.quiet)(train_loader)):
         lrs.append(lr_at(first_step + i, train_loader.steps_per_epoch * s.epochs, s))
         set_lr(optimizer, lrs[-1])
         loss_sums[i], batch_correct = train_step(imgs, targets, scale)
@@ -90,23 +89,26 @@ def train_one_epoch(model, train_loader, train_step, optimizer, first_step, s, l
 
 @torch.no_grad()
 def test(model, test_loader, num_classes, amp=False):
-    """Mean per-sample loss, accuracy and confusion matrix (rows: true class, columns: predicted), under
-    model.eval() and torch.no_grad() as in the tutorial. Under torchrun each rank scores its share."""
+    """Under model.eval() and torch.no_grad() as in the tutorial: mean per-sample loss, accuracy, confusion
+    matrix (rows: true class) and each image's predicted class and probability; per rank under torchrun."""
     device = test_loader.labels.device
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
-    confusion = torch.zeros(num_classes ** 2, dtype=torch.int64, device=device)
+    predictions = [(torch.zeros(0, device=device), test_loader.labels[:0])]  # (probability, class) of each image
     model.eval()
     for imgs, targets in test_loader:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             outputs = model(imgs).float()
         total_loss += loss_fn(outputs, targets)
-        confusion += torch.bincount(targets * num_classes + outputs.argmax(1), minlength=num_classes ** 2)
+        predictions.append(outputs.softmax(1).max(1))
     model.train()
+    confidence, predicted = (torch.cat(column) for column in zip(*predictions))
+    confusion = torch.bincount(test_loader.labels * num_classes + predicted, minlength=num_classes ** 2)
     test_loader.world.sum(total_loss, confusion)
     confusion = confusion.view(num_classes, num_classes).cpu()
     n = max(1, test_loader.total)
-    return {"loss": total_loss.item() / n, "accuracy": confusion.trace().item() / n, "confusion": confusion}
+    return {"loss": total_loss.item() / n, "accuracy": confusion.trace().item() / n, "confusion": confusion,
+            "predicted": predicted, "confidence": confidence}
 
 
 # ---------------------------------------------------------------------------------------------------------- 5. the run
@@ -160,13 +162,12 @@ def train(s, resumed, device, world, command):
                 train_seconds = time.perf_counter() - started
                 result = test(model, test_loader, len(data.classes), s.amp)                   # 4. test
                 checks.stop_if_not_finite(losses, result["loss"], step, epoch, s)
-                record = {
-                    "epoch": epoch, "step": step + len(losses), "started_at": started_at,
-                    "train_loss_mean": losses.double().mean().item(), "train_accuracy": train_accuracy,
-                    "test_loss": result["loss"], "test_accuracy": result["accuracy"],
-                    "per_class_accuracy": per_class_accuracy(result["confusion"]),
-                    "lr": lrs[-1], "epoch_seconds": time.perf_counter() - started,
-                    "train_seconds": train_seconds, "images_per_s": len(data.train_y) / train_seconds}
+                record = {"epoch": epoch, "step": step + len(losses), "started_at": started_at,
+                          "train_loss_mean": losses.double().mean().item(), "train_accuracy": train_accuracy,
+                          "test_loss": result["loss"], "test_accuracy": result["accuracy"], "lr": lrs[-1],
+                          "per_class_accuracy": per_class_accuracy(result["confusion"]),
+                          "epoch_seconds": time.perf_counter() - started, "train_seconds": train_seconds,
+                          "images_per_s": len(data.train_y) / train_seconds}
                 if s.val_split:  # best.pth is then chosen on these, not on the test set it is scored on
                     val = test(model, TestBatches(data.val_x, data.val_y, norm, world), len(data.classes), s.amp)
                     record |= {"val_loss": val["loss"], "val_accuracy": val["accuracy"]}
@@ -174,8 +175,7 @@ def train(s, resumed, device, world, command):
                 is_best, best_accuracy = chosen_by > best_accuracy, max(best_accuracy, chosen_by)
                 if recorder:                                                                 # 5. log and save
                     checkpoint = training_checkpoint(model, optimizer, s, data, record, best_accuracy, device, made_by)
-                    recorder.epoch_done(checkpoint, is_best, result["confusion"],
-                                        grid_predictions(model, data.test_x, data.test_y, norm))
+                    recorder.epoch_done(checkpoint, is_best, result)
                 step = record["step"]
                 say(s.quiet, epoch_line(record))
     except Interrupted as stopped:  # the message says how to resume; its signal makes the exit code

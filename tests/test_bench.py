@@ -2,6 +2,7 @@
 import json
 import os
 import runpy
+import shlex
 import shutil
 import subprocess
 import sys
@@ -91,3 +92,40 @@ def test_recipe_search_reports_last_pth_best_pth_and_the_validation_accuracy_per
     results = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     plain = next(r for r in results if r["variant"] == "plain")  # best.pth, chosen on the test set, beats last.pth
     assert len(results) == 2 and plain["best_test_accuracy"] >= plain["test_accuracy"] > 0
+
+
+def bench_module(name):
+    return runpy.run_path(str(ROOT / "bench" / f"{name}.py"), run_name=name)
+
+
+def test_the_ladders_first_step_trains_as_the_video_did_and_its_last_is_the_tuned_recipe(cifar_dir):
+    import dataclasses
+    from conftest import parse
+    ladder = bench_module("ladder")
+    steps, data = ladder["ladder"](), ["--data-dir", str(cifar_dir)]
+    first, last = (parse(data + shlex.split(ladder["flags"](step[1]))) for step in (steps[0], steps[-1]))
+    assert first == parse(data + ["--no-shuffle"]) and not first.shuffle
+    assert dataclasses.replace(last, recipe="tuned") == parse(data + ["--recipe", "tuned"]) != parse(data)
+
+
+def test_each_step_of_the_ladder_keeps_every_change_before_it():
+    steps = bench_module("ladder")["ladder"]()
+    for (_, before, _), (_, after, _) in zip(steps[1:], steps[2:]):
+        assert before.items() <= after.items()
+
+
+def test_the_ladders_relu_network_is_model_py_with_a_relu_after_each_hidden_layer():
+    source = bench_module("ladder")["with_relu"]((ROOT / "model.py").read_text())
+    namespace = {}
+    exec(compile(source, "model.py", "exec"), namespace)
+    layers = [type(m).__name__ for m in namespace["Tudui"]().model]
+    assert layers == ["Conv2d", "ReLU", "MaxPool2d", "Conv2d", "ReLU", "MaxPool2d", "Conv2d", "ReLU", "MaxPool2d",
+                      "Flatten", "Linear", "ReLU", "Linear"]
+
+
+def test_the_shipped_weights_file_keeps_what_predicting_needs_and_drops_what_only_resuming_needs(finished_run):
+    from tudui.checkpoints import read_checkpoint
+    shipped = bench_module("ship_weights")["shipped"](read_checkpoint(finished_run.last_path), "tiny test data")
+    assert not {"optimizer", "rng", "format"} & set(shipped)
+    assert {"model", "weights_sha256", "network", "classes", "preprocess", "config", "provenance", "test_accuracy"} \
+        <= set(shipped) and shipped["trained_on"] == "tiny test data"

@@ -50,9 +50,9 @@ def test_lr_curve_is_the_learning_rate_each_logged_step_trained_with(cifar_dir, 
     assert [value for _, value in points] == pytest.approx([value for _, value in expected], rel=1e-6)
 
 
-def test_confusion_matrix_and_prediction_grid_are_logged_as_pictures_each_epoch(finished_run):
+def test_confusion_matrix_prediction_grid_and_mistakes_are_logged_as_pictures_each_epoch(finished_run):
     accumulator = events(finished_run.run_dir)
-    for tag in ("confusion_matrix", "test_predictions"):
+    for tag in ("confusion_matrix", "test_predictions", "test_mistakes"):
         pictures = accumulator.Images(tag)
         assert [p.step for p in pictures] == [0, 1] and pictures[0].width > 300
 

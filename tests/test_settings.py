@@ -131,6 +131,8 @@ def test_a_run_saved_before_the_muon_decay_flag_resumes_without_decay(tutorial_r
     (["--label-smoothing", "1"], "--label-smoothing must be in [0, 1)"),
     (["--log-every", "0"], "--log-every must be at least 1"),
     (["--tta"], "--tta applies to --evaluate only"),
+    (["--mistakes", "m.png"], "--mistakes applies to --evaluate only"),
+    (["--evaluate", "x.pth", "--mistakes", "m.jpg"], "--mistakes names the PNG file to write, ending in .png"),
     (["--resume", ""], "--resume needs a checkpoint path (got an empty one)"),  # say, an unset shell variable
     (["--evaluate", ""], "--evaluate needs a checkpoint path (got an empty one)"),
     (["--run-name", ""], "--run-name must name a folder inside --logdir"),

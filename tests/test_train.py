@@ -313,6 +313,26 @@ def test_evaluate_with_tta_scores_the_mean_of_the_image_and_mirror_probabilities
     assert metrics.test_accuracy == pytest.approx(expected_accuracy)
 
 
+def test_the_test_pass_gives_each_images_predicted_class_and_its_probability(cifar_dir, untrained_weights):
+    from tudui.datasets import load_cifar10
+    images, labels, _ = load_cifar10(cifar_dir, "test", download=False)
+    net = load_tudui(untrained_weights)
+    result = train.test(net, TestBatches(images, labels, None, World()), 10)
+    with torch.no_grad():
+        probabilities = net(images.float() / 255).softmax(1)
+    assert torch.equal(result["predicted"], probabilities.argmax(1))
+    assert torch.allclose(result["confidence"], probabilities.amax(1))
+
+
+def test_evaluate_with_mistakes_draws_the_most_confident_mistakes_as_a_png(cifar_dir, untrained_weights, tmp_path,
+                                                                           capsys):
+    train.main(["--evaluate", str(untrained_weights), "--data-dir", str(cifar_dir), "--no-download", "--device", "cpu",
+                "--mistakes", str(tmp_path / "mistakes.png")])
+    assert (tmp_path / "mistakes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert capsys.readouterr().out.splitlines()[-1] == (f"the 24 test images it got most confidently wrong, drawn in "
+                                                        f"{tmp_path / 'mistakes.png'}")
+
+
 def test_evaluate_prints_per_class_accuracy_and_confusion_matrix(folder_dir, tmp_path, capsys):
     torch.save(Tudui(num_classes=3).state_dict(), tmp_path / "three.pth")
     metrics = train.main(["--evaluate", str(tmp_path / "three.pth"), "--dataset", "folder",

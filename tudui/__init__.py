@@ -7,8 +7,9 @@ train.py or predict.py (the network comes from model.py).
 settings: the flags, recipes and lr schedule · datasets: CIFAR-10 and image folders from disk ·
 batches: the data on the device and the batches a run loops over · checkpoints: safe loading and what
 a checkpoint holds · runs: the run folder and what is written to it · report: --evaluate's report and
-TensorBoard's pictures · checks: --dry-run and --evaluate · console: messages, progress, Ctrl-C, exit
-codes · files: atomic writes · devices, distributed, cuda_graph, muon · errors.
+TensorBoard's pictures · mistakes: the test images most confidently misclassified, drawn · checks:
+--dry-run and --evaluate · console: messages, progress, Ctrl-C, exit codes · files: atomic writes ·
+devices, distributed, cuda_graph, muon · errors. weights/: the trained weights the project ships.
 """
 from pathlib import Path
 

@@ -1,5 +1,6 @@
 """Runs that check instead of training: --dry-run (what the real run would fail on, in seconds, writing
-nothing) and --evaluate (a checkpoint's score on the test split); and the checks of a run: nothing left
+nothing) and --evaluate (a checkpoint's score on the test split, and with --mistakes its gallery of
+mistakes); and the checks of a run: nothing left
 to train, and a diverged run, stopped before it saves. train.py hands them its own training and test
 functions, so that they run the real code.
 """
@@ -14,11 +15,12 @@ from torch import nn
 
 from tudui.batches import TestBatches, hold_out
 from tudui.checkpoints import load_tudui
-from tudui.console import say
+from tudui.console import say, shown
 from tudui.cuda_graph import GraphedStep
 from tudui.datasets import load_dataset, load_test_split
 from tudui.distributed import World
 from tudui.errors import SettingsError
+from tudui.mistakes import gallery, picked, save_png
 from tudui.report import Evaluation, describe_checkpoint, format_report
 from tudui.runs import RunLock, refuse_to_overwrite
 
@@ -125,4 +127,9 @@ def evaluate_checkpoint(s, device, test):
     evaluation = Evaluation(result["loss"], result["accuracy"], result["confusion"], net.classes,
                             describe_checkpoint(s.evaluate, net.provenance), **held_out)
     print(format_report(evaluation))
+    if s.mistakes:
+        mistakes = picked(images, labels, result["predicted"].cpu(), result["confidence"].cpu())
+        save_png(gallery(*mistakes, net.classes, f"{shown(s.evaluate)}: the test images most confidently "
+                                                 "misclassified"), s.mistakes)
+        print(f"the {len(mistakes[0])} test images it got most confidently wrong, drawn in {shown(s.mistakes)}")
     return evaluation

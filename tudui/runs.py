@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-from tudui.batches import to_input
 from tudui.console import say
 from tudui.checkpoints import read_checkpoint
 from tudui.errors import CheckpointError, SettingsError
 from tudui.files import atomic_write, cannot_write, remove_stale_temporaries, replace_with_link
+from tudui.mistakes import as_array, gallery, picked
 from tudui.report import confusion_image, prediction_grid
 from tudui.settings import plain
 
@@ -244,6 +244,7 @@ class RunRecorder:
         accuracy and loss curves."""
         from torch.utils.tensorboard.summary import hparams
 
+        self.test_images, self.test_labels = data.test_x, data.test_y  # for the pictures of each epoch
         processes = f" x {world.size} processes" if world.size > 1 else ""
         say(settings.quiet, f"run {self.run_dir} | checkpoints in {self.ckpt_dir} | device {device}{processes} | "
                             f"{len(data.train_y)} train / {len(data.test_y)} test images, {len(data.classes)} classes")
@@ -264,20 +265,29 @@ class RunRecorder:
             self.writer.add_scalar("train_loss", loss, step)
             self.writer.add_scalar("lr", lr, step)
 
-    def epoch_done(self, checkpoint, is_best, confusion, grid):
-        """Save the epoch's checkpoints, then log it: TensorBoard scalars and pictures, one metrics.jsonl line."""
+    def epoch_done(self, checkpoint, is_best, tested):
+        """Save the epoch's checkpoints, then log it: TensorBoard scalars and pictures, one metrics.jsonl line.
+        TESTED: train.test's result, whose predictions are of the first test images (rank 0's share)."""
         record, classes = checkpoint["metrics"], checkpoint["classes"]
         save_checkpoints(checkpoint, self.ckpt_dir, record["epoch"], is_best)
         with self.writing():
             log_epoch_scalars(self.writer, record, classes)
         append_metrics(self.metrics_file, record)
         self.pictures_done()
-        self.painting = self.painter.submit(self.draw_pictures, confusion, grid, classes, record["epoch"])
+        predictions = tested["predicted"], tested["confidence"]
+        grid = tuple(t[:GRID_IMAGES].cpu() for t in (self.test_images, self.test_labels, tested["predicted"]))
+        self.painting = self.painter.submit(self.draw_pictures, tested["confusion"], grid,
+                                            picked(self.test_images, self.test_labels, *predictions), classes,
+                                            record["epoch"])
 
-    def draw_pictures(self, confusion, grid, classes, epoch):
-        """The epoch's confusion matrix and predictions in TensorBoard, drawn on the painter's thread."""
+    def draw_pictures(self, confusion, grid, mistakes, classes, epoch):
+        """The epoch's confusion matrix, predictions and most confident mistakes in TensorBoard, drawn on
+        the painter's thread."""
         self.writer.add_image("confusion_matrix", confusion_image(confusion, classes), epoch, dataformats="HWC")
         self.writer.add_image("test_predictions", prediction_grid(*grid, classes), epoch, dataformats="HWC")
+        self.writer.add_image("test_mistakes", as_array(gallery(*mistakes, classes, f"epoch {epoch}: the test images "
+                                                                "most confidently misclassified")), epoch,
+                              dataformats="HWC")
         self.writer.flush()
 
     def pictures_done(self):
@@ -307,16 +317,6 @@ class RunRecorder:
 
 
 GRID_IMAGES = 32  # test images shown with their predictions each epoch
-
-
-@torch.no_grad()
-def grid_predictions(model, images, labels, norm):
-    """(images, labels, predictions) on the CPU for the first GRID_IMAGES test images."""
-    images, labels = images[:GRID_IMAGES], labels[:GRID_IMAGES]
-    model.eval()
-    predictions = model(to_input(images, norm)).argmax(1)
-    model.train()
-    return images.cpu(), labels.cpu(), predictions.cpu()
 
 
 def log_epoch_scalars(writer, record, classes):

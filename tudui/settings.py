@@ -71,6 +71,8 @@ class Settings:
     resume: str = flag(None, "continue from a checkpoint written by this script", metavar="PATH")
     evaluate: str = flag(None, "only evaluate CHECKPOINT on the test split", metavar="CHECKPOINT")
     tta: bool = flag(False, "with --evaluate: average predictions over the image and its flip")
+    mistakes: str = flag(None, "with --evaluate: save the test images it got most confidently wrong, each with its "
+                               "true class, the class predicted and its probability, as a PNG", metavar="PATH")
     device: str = flag("auto", "auto: cuda, then mps, then cpu", choices=["auto", "cpu", "cuda", "mps"])
     amp: bool = flag(False, "bfloat16 autocast: fast on GPUs and on CPUs with native bf16 (AVX-512 BF16), slow on "
                             "others")
@@ -87,7 +89,7 @@ class Settings:
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 ON_OFF_BY_RECIPE = {name for name, f in FIELDS.items() if f.type is bool and f.default is None}
 # Settings of this machine and this call, which a resumed run takes from its own flags, never the checkpoint
-MACHINE_SPECIFIC = {"device", "cuda_graph", "quiet", "resume", "evaluate", "tta", "dry_run"}
+MACHINE_SPECIFIC = {"device", "cuda_graph", "quiet", "resume", "evaluate", "tta", "mistakes", "dry_run"}
 # What runs saved before these settings existed did
 OLDER_RUNS_DID = {"optimizer": "sgd", "muon_decay": 0.0, "val_split": 0}
 
@@ -210,6 +212,9 @@ def check(s):
         (s.run_name is not None and not names_a_subfolder(s.run_name),
          f"--run-name must name a folder inside --logdir, such as exp1 (got {s.run_name!r})"),
         (s.tta and not s.evaluate, "--tta applies to --evaluate only"),
+        (s.mistakes is not None and not s.evaluate, "--mistakes applies to --evaluate only"),
+        (s.mistakes is not None and not str(s.mistakes).lower().endswith(".png"),
+         f"--mistakes names the PNG file to write, ending in .png (got {s.mistakes!r})"),
         (s.resume == "", "--resume needs a checkpoint path (got an empty one)"),
         (s.evaluate == "", "--evaluate needs a checkpoint path (got an empty one)"),
     ]
