@@ -1,6 +1,7 @@
 """Classify images with any Tudui checkpoint: one written by train.py, a state_dict, or the tutorial's
 `torch.save(tudui, ...)` files. Loading never runs code from the checkpoint. Imports no training code.
 
+    python predict.py dog.png                    # with the weights that come with the project
     python predict.py --checkpoint logs_train/RUN/best.pth dog.png airplane.png
     python predict.py --checkpoint tudui_29_gpu.pth --top-k 3 --json *.png
 
@@ -19,7 +20,8 @@ from tudui.checkpoints import load_tudui
 from tudui.console import OneLineErrorParser, run_cli
 from tudui.datasets import class_names, image_pixels
 from tudui.devices import pick_device
-from tudui.errors import DataError, SettingsError
+from tudui import SHIPPED_WEIGHTS
+from tudui.errors import CheckpointError, DataError, SettingsError
 from tudui.report import describe_checkpoint
 
 
@@ -27,13 +29,22 @@ def build_parser():
     p = OneLineErrorParser(prog="predict.py", description="Classify images with a Tudui checkpoint.",
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format and size PIL reads)")
-    p.add_argument("--checkpoint", required=True, help="a .pth file: train.py checkpoint, state_dict or tutorial model")
+    p.add_argument("--checkpoint", help="a .pth file: train.py checkpoint, state_dict or tutorial model (default: "
+                                        "the weights that come with the project, --recipe tuned, 50 epochs)")
     p.add_argument("--top-k", type=int, default=1, help="how many classes to list per image")
     p.add_argument("--json", action="store_true", help="one JSON object per image, for scripts")
     p.add_argument("--tta", action="store_true", help="average the image's and its mirror image's predictions")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
                    help="auto: cuda, then mps, then cpu")
     return p
+
+
+def shipped_weights():
+    """The path of the trained weights that come with the project; CheckpointError when they are missing."""
+    if not SHIPPED_WEIGHTS.is_file():
+        raise CheckpointError(f"the shipped weights {SHIPPED_WEIGHTS} are missing from this copy of the project; "
+                              "pass --checkpoint, or make them with: python bench/ship_weights.py")
+    return SHIPPED_WEIGHTS
 
 
 @torch.no_grad()
@@ -55,16 +66,17 @@ def top_classes(net, image, device, top_k, tta=False):
     return [{"class": classes[i], "probability": round(v, 6)} for v, i in zip(values.tolist(), indices.tolist())]
 
 
-def predict(images, checkpoint, top_k=1, tta=False, device="auto"):
+def predict(images, checkpoint=None, top_k=1, tta=False, device="auto"):
     """The TOP_K most likely classes of an image, [{"class", "probability"}, ...]; of each image when
     IMAGES is a list. An image is a file path, a PIL image, or a (3, H, W) tensor, uint8 or float from 0
-    to 1 (as ToTensor gives). CHECKPOINT is any Tudui checkpoint's path, or a network: one load_tudui
-    returned, or any other, which gets the image as ToTensor gives it and is in eval mode for the call
-    alone. Raises CheckpointError, DataError or SettingsError with the command line's one-line messages."""
+    to 1 (as ToTensor gives). CHECKPOINT is any Tudui checkpoint's path (None: the shipped weights), or a
+    network: one load_tudui returned, or any other, which gets the image as ToTensor gives it and is in
+    eval mode for the call alone. Raises CheckpointError, DataError or SettingsError with the command line's one-line messages."""
     if top_k < 1:
         raise SettingsError(f"--top-k must be at least 1 (got {top_k})")
     device = pick_device(device)
-    net = checkpoint if isinstance(checkpoint, torch.nn.Module) else load_tudui(checkpoint, map_location="cpu")
+    net = checkpoint if isinstance(checkpoint, torch.nn.Module) else load_tudui(checkpoint or shipped_weights(),
+                                                                                map_location="cpu")
     was_training = net.training
     net.to(device).eval()
     try:
@@ -86,9 +98,17 @@ def main(argv=None):
     if args.top_k < 1:
         raise SettingsError(f"--top-k must be at least 1 (got {args.top_k})")
     device = pick_device(args.device)
-    net = load_tudui(args.checkpoint, map_location="cpu").to(device)
+    path = args.checkpoint or shipped_weights()
+    net = load_tudui(path, map_location="cpu").to(device)
     # what made the checkpoint; on stderr with --json, where stdout holds one JSON object per image
-    print(describe_checkpoint(args.checkpoint, net.provenance), file=sys.stderr if args.json else sys.stdout)
+    about = sys.stderr if args.json else sys.stdout
+    if args.checkpoint is None:
+        config, accuracy = net.config or {}, net.test_accuracy
+        print(f"no --checkpoint: using the weights shipped with the project, {path} (--recipe "
+              f"{config.get('recipe')}, {config.get('epochs')} epochs"
+              f"{f', {accuracy:.2%} test accuracy' if accuracy is not None else ''}); pass --checkpoint for your own",
+              file=about)
+    print(describe_checkpoint(path, net.provenance), file=about)
     failed = False
     for path in args.images:
         try:

@@ -25,8 +25,7 @@ def run_predict(capsys, *argv):
 def test_missing_arguments_are_one_line_not_the_usage_block(capsys):
     code, out, err = run_predict(capsys)
     assert code == 2 and out == ""
-    assert err.strip().splitlines() == ["error: the following arguments are required: IMAGE, --checkpoint; "
-                                        "see predict.py --help"]
+    assert err.strip().splitlines() == ["error: the following arguments are required: IMAGE; see predict.py --help"]
 
 
 def test_every_image_mode_is_classified(checkpoint, images, capsys):
@@ -132,6 +131,36 @@ def test_tutorial_checkpoint_classifies_the_tutorials_pictures():
                         folder / "airplane.png", folder / "dog.png")
     labels = [json.loads(line)["predictions"][0]["class"] for line in result.stdout.splitlines()]
     assert labels == ["airplane", "dog"]
+
+
+def test_the_shipped_weights_are_a_tuned_50_epoch_run_with_its_provenance_and_test_accuracy():
+    from tudui import SHIPPED_WEIGHTS
+    net = load_tudui(SHIPPED_WEIGHTS)  # the safe path: weights_only, the checksum, model.py's network
+    assert net.config["recipe"] == "tuned" and net.config["epochs"] == 50
+    assert net.provenance["command"].startswith("python train.py --recipe tuned --epochs 50")
+    assert 0.75 < net.test_accuracy < 1 and net.classes == list(CIFAR10_CLASSES)
+    assert SHIPPED_WEIGHTS.stat().st_size < 1_000_000
+
+
+@needs_shared("tutorial", "dog.png")
+def test_the_shipped_weights_classify_the_tutorials_dog_picture_as_a_dog():
+    assert predict.predict(SHARED / "tutorial" / "dog.png", device="cpu")[0]["class"] == "dog"
+
+
+def test_without_checkpoint_predict_uses_the_shipped_weights_and_says_so_first(images, capsys):
+    code, out, _ = run_predict(capsys, images / "RGB.png", "--device", "cpu")
+    first, made_by, result = out.splitlines()
+    assert code == 0 and first.startswith("no --checkpoint: using the weights shipped with the project, ")
+    assert "(--recipe tuned, 50 epochs, " in first and first.endswith("pass --checkpoint for your own")
+    assert made_by.startswith("checkpoint ") and result.startswith(f"{images / 'RGB.png'}: ")
+
+
+def test_missing_shipped_weights_are_one_line_naming_both_ways_out(monkeypatch, images, tmp_path, capsys):
+    monkeypatch.setattr(predict, "SHIPPED_WEIGHTS", tmp_path / "gone.pth")
+    code, out, err = run_predict(capsys, images / "RGB.png")
+    assert code == 2 and out == ""
+    assert err == (f"error: the shipped weights {tmp_path / 'gone.pth'} are missing from this copy of the project; "
+                   "pass --checkpoint, or make them with: python bench/ship_weights.py\n")
 
 
 def test_predict_from_python_takes_a_path_a_pil_image_or_a_uint8_or_float_tensor_alike(checkpoint, tmp_path):

@@ -286,7 +286,8 @@ def load_tudui(path, map_location="cpu"):
     or a tutorial `torch.save(tudui, ...)` file. It takes ToTensor's input, floats in [0, 1] of shape
     (N, 3, 32, 32), and applies its checkpoint's normalization itself. It carries `.classes` (names, one
     per output), `.preprocess` (that normalization), and from train.py's checkpoints `.config` (the run's
-    settings) and `.provenance` (what made it), else None. Raises CheckpointError."""
+    settings), `.provenance` (what made it) and `.test_accuracy` (its epoch's), else None. Raises
+    CheckpointError."""
     checkpoint = read_checkpoint(path, map_location)
     state_dict, classes, preprocess = unpack_checkpoint(checkpoint, path)
     recorded = checkpoint.get("network") if isinstance(checkpoint, dict) else None
@@ -298,4 +299,6 @@ def load_tudui(path, map_location="cpu"):
     net.preprocess = preprocess
     net.config, net.provenance = (checkpoint.get(key) if isinstance(checkpoint, dict) and isinstance(
         checkpoint.get(key), dict) else None for key in ("config", "provenance"))
+    accuracy = checkpoint.get("test_accuracy") if isinstance(checkpoint, dict) else None
+    net.test_accuracy = float(accuracy) if isinstance(accuracy, (int, float)) and 0 <= accuracy <= 1 else None
     return normalizing_input(net, preprocess).to(map_location).eval()
