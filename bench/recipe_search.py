@@ -90,8 +90,8 @@ def print_table(rows):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="folder")
-    p.add_argument("--data-dir", required=True)
+    p.add_argument("--dataset", default="cifar10", choices=["cifar10", "folder"])
+    p.add_argument("--data-dir", default="./data")
     p.add_argument("--variant", action="append", required=True, metavar="NAME=FLAGS")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, nargs="+", default=[10])
