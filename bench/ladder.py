@@ -9,6 +9,10 @@ model.py is never changed). Prints the table of docs/ladder.md and draws its pic
 
 --jobs N trains N runs at once, each with 2 / N threads (set OMP_NUM_THREADS for another count).
 Results go to OUT/ladder.jsonl as they come; run it again to finish a stopped ladder.
+
+The first step takes the images in the dataset's order, as the video did: CIFAR-10's files hold them in a
+random order, but an image folder holds them class by class, from which a run without shuffling learns
+only the last class (10%). Climb it on CIFAR-10's files (bench/folder_to_cifar.py writes them).
 """
 import argparse
 import json
