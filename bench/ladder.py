@@ -93,7 +93,8 @@ def search(root, variants, args):
 
 def rows(results, compared_with):
     """One row per name of COMPARED_WITH (name: the name its gain is over, or None): the mean test accuracy
-    of its seeds, their spread, the gain, and the seconds per epoch (training and test pass)."""
+    of its seeds, their spread, the gain, and the seconds per epoch (training and test pass; the median
+    run's, which one run slowed by other work on the machine does not move)."""
     table = {}
     for name, before in compared_with.items():
         runs = [r for r in results if r["variant"] == name]
@@ -101,13 +102,13 @@ def rows(results, compared_with):
         mean = statistics.mean(accs)
         table[name] = {"name": name, "flags": runs[0]["flags"], "seeds": len(runs), "mean": mean, "min": min(accs),
                        "max": max(accs), "gain": None if before is None else mean - table[before]["mean"],
-                       "s_per_epoch": statistics.mean(r["loop_s"] / r["epochs"] for r in runs)}
+                       "s_per_epoch": statistics.median(r["loop_s"] / r["epochs"] for r in runs)}
     return list(table.values())
 
 
 def markdown(table, added):
     """The table of docs/ladder.md; ADDED: each row's name to the flags its step adds."""
-    lines = ["| step | adds | test accuracy, mean (min–max) | gain | s/epoch |", "|---|---|---|---|---|"]
+    lines = ["| step | adds | test accuracy, mean (min–max) | gain | s/epoch, median |", "|---|---|---|---|---|"]
     for row in table:
         gain = "" if row["gain"] is None else f"{row['gain'] * 100:+.2f} points"
         lines.append(f"| {row['name']} | `{added[row['name']]}` | {row['mean']:.2%} "
