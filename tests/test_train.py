@@ -17,6 +17,7 @@ from tudui import batches, console, load_tudui, settings
 from tudui.batches import TestBatches, TrainBatches
 from tudui.distributed import World
 from tudui.errors import CheckpointError, DataError, SettingsError, TuduiError
+from tudui.mistakes import MISTAKES_SHOWN
 
 TUNED_LR = settings.RECIPES["tuned"]["lr"]
 
@@ -329,8 +330,8 @@ def test_evaluate_with_mistakes_draws_the_most_confident_mistakes_as_a_png(cifar
     train.main(["--evaluate", str(untrained_weights), "--data-dir", str(cifar_dir), "--no-download", "--device", "cpu",
                 "--mistakes", str(tmp_path / "mistakes.png")])
     assert (tmp_path / "mistakes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert capsys.readouterr().out.splitlines()[-1] == (f"the 24 test images it got most confidently wrong, drawn in "
-                                                        f"{tmp_path / 'mistakes.png'}")
+    assert capsys.readouterr().out.splitlines()[-1] == (f"the {MISTAKES_SHOWN} test images it got most confidently "
+                                                        f"wrong, drawn in {tmp_path / 'mistakes.png'}")
 
 
 def test_evaluate_prints_per_class_accuracy_and_confusion_matrix(folder_dir, tmp_path, capsys):
