@@ -100,20 +100,23 @@ def rows(results, compared_with):
     table = {}
     for name, before in compared_with.items():
         runs = [r for r in results if r["variant"] == name]
+        if not runs:  # a ladder still being climbed
+            continue
         accs = [r["test_accuracy"] for r in runs]
         mean = statistics.mean(accs)
         table[name] = {"name": name, "flags": runs[0]["flags"], "seeds": len(runs), "mean": mean, "min": min(accs),
-                       "max": max(accs), "gain": None if before is None else mean - table[before]["mean"],
+                       "max": max(accs), "gain": mean - table[before]["mean"] if before in table else None,
                        "s_per_epoch": statistics.median(r["loop_s"] / r["epochs"] for r in runs)}
     return list(table.values())
 
 
 def markdown(table, added):
     """The table of docs/ladder.md; ADDED: each row's name to the flags its step adds."""
-    lines = ["| step | adds | test accuracy, mean (min–max) | gain | s/epoch, median |", "|---|---|---|---|---|"]
+    lines = ["| step | adds | seeds | test accuracy, mean (min–max) | gain | s/epoch, median |",
+             "|---|---|---|---|---|---|"]
     for row in table:
         gain = "" if row["gain"] is None else f"{row['gain'] * 100:+.2f} points"
-        lines.append(f"| {row['name']} | `{added[row['name']]}` | {row['mean']:.2%} "
+        lines.append(f"| {row['name']} | `{added[row['name']]}` | {row['seeds']} | {row['mean']:.2%} "
                      f"({row['min']:.2%}–{row['max']:.2%}) | {gain} | {row['s_per_epoch']:.1f} |")
     return "\n".join(lines)
 
@@ -147,13 +150,20 @@ def main():
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path("ladder"), help="folder for ladder.jsonl and ladder.png")
+    p.add_argument("--report", action="store_true", help="train nothing: the table and picture of the runs in OUT")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     args.data_dir = os.path.abspath(args.data_dir)
     steps = ladder()
-    search(ROOT, steps, args)
-    with tempfile.TemporaryDirectory() as copy:
-        search(relu_project(Path(copy)), [(RELU, steps[1][1], "")], args)
+    if not args.report:
+        search(ROOT, steps, args)
+        with tempfile.TemporaryDirectory() as copy:
+            search(relu_project(Path(copy)), [(RELU, steps[1][1], "")], args)
+    report(steps, args)
+
+
+def report(steps, args):
+    """Print the table and draw the picture of the runs in OUT/ladder.jsonl."""
     wanted = {name: shlex.split(flags(settings)) for name, settings, _ in [*steps, (RELU, steps[1][1], "")]}
     results = [r for r in map(json.loads, (args.out / "ladder.jsonl").read_text().splitlines())
                if wanted.get(r["variant"]) == r["flags"] and r["epochs"] == args.epochs and r["seed"] in args.seeds]
