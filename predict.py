@@ -18,7 +18,8 @@ import torch
 from tudui.batches import to_input
 from tudui.checkpoints import load_tudui
 from tudui.console import OneLineErrorParser, run_cli
-from tudui.datasets import class_names, image_pixels
+from tudui.datasets import class_names
+from tudui.images import image_pixels
 from tudui.devices import pick_device
 from tudui import SHIPPED_WEIGHTS
 from tudui.errors import CheckpointError, DataError, SettingsError
@@ -59,7 +60,7 @@ def classify(net, image, device, tta=False):
 
 
 def top_classes(net, image, device, top_k, tta=False):
-    """[{"class", "probability"}, ...] of IMAGE (anything datasets.image_pixels takes), most likely first."""
+    """[{"class", "probability"}, ...] of IMAGE (anything images.image_pixels takes), most likely first."""
     probabilities = classify(net, image_pixels(image), device, tta)
     classes = getattr(net, "classes", None) or class_names(len(probabilities))
     values, indices = probabilities.topk(min(top_k, len(classes)))

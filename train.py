@@ -4,36 +4,70 @@
     python train.py --recipe tuned       # same network, better recipe
     tensorboard --logdir logs_train      # and from Python: train.run(epochs=3, recipe="tuned")
 
-Its sections are the tutorial's steps: 2. model, loss and optimizer; 3. the training step and the epoch
-loop; 4. the test; 5. the run, which loads the data (1.), then trains, tests, logs and saves every epoch.
-The machinery they use lives beside it, in the tudui package (README, Files).
+Its sections are the tutorial's steps: 1. the datasets; 2. the model, loss, optimizer and lr scheduler;
+3. the training step and the epoch loop; 4. the test; 5. the run, which trains, tests, logs to TensorBoard
+and saves a checkpoint every epoch. Change them here: what this file builds is what trains. The
+machinery they call (atomic saves, locks, checks, signals) lives beside it, in the tudui package.
 """
+import contextlib
 import sys
 import time
 from functools import partial
+from pathlib import Path
 
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+from torch.utils.tensorboard import SummaryWriter
+from torchvision.datasets import CIFAR10
 
+from model import Tudui
 from tudui import checks, distributed
-from tudui.batches import TestBatches, TrainBatches, load_data, normalizer
-from tudui.checkpoints import build_tudui
+from tudui.batches import TestBatches, TrainBatches, normalizer, on_device
+from tudui.checkpoints import num_classes_argument
 from tudui.console import StopOnSignal, exit_process, progress_bar, run_cli, say
 from tudui.cuda_graph import GraphedStep, uses_cuda_graph
+from tudui.datasets import ImageFolder, cifar10_errors, downloads
 from tudui.devices import device_settings
 from tudui.errors import Interrupted
 from tudui.muon import Muon, hidden_weights_apart
 from tudui.report import epoch_line, per_class_accuracy
-from tudui.runs import RunRecorder, TrainResult, resumable_checkpoint
-from tudui.settings import as_command, check_keywords, command_line_settings, lr_at, resolve, set_lr
+from tudui.runs import RunFolder, TrainResult, resumable_checkpoint
+from tudui.settings import as_command, check_keywords, command_line_settings, lr_schedule, resolve
 from tudui.training_checkpoints import load_training_checkpoint, provenance, restore, training_checkpoint
 
 
-# -------------------------------------------------------------------------------------------- 2. model, loss, optimizer
+# ------------------------------------------------------------------------------------------------------------- 1. data
 
-def build_model(num_classes, device, seed):  # model.py's Tudui: Tudui(num_classes), or Tudui() as the tutorial's
-    torch.manual_seed(seed)
-    return build_tudui(num_classes).to(device, memory_format=torch.channels_last)
+def datasets(s):
+    """The training and test sets, made as the tutorial makes them, with torchvision: CIFAR10 in --data-dir
+    (downloaded when missing), or with --dataset folder, ImageFolder's DIR/train/<class>/* and
+    DIR/test/<class>/* (tudui's ImageFolder: torchvision's, refusing in one line what a run cannot use).
+    No transform: the images go to the device whole, and batches are cut there (tudui.batches)."""
+    if s.dataset == "folder":
+        train_set = ImageFolder(Path(s.data_dir) / "train")
+        return train_set, ImageFolder(Path(s.data_dir) / "test", classes=train_set.classes)
+    download = downloads(s.data_dir, s.no_download, s.dry_run)
+    with cifar10_errors(s.data_dir, not s.no_download, s.dry_run):  # what is missing, and how to get it: one line
+        return (CIFAR10(s.data_dir, train=True, download=download),
+                CIFAR10(s.data_dir, train=False, download=download))
+
+
+# Your own augmentation: a function of one training image, uint8 (3, 32, 32) on the run's device, before
+# normalization, that draws from torch's random generators (TrainBatches seeds them from --seed, the epoch
+# and the step, so a resumed run draws what it drew). It is called on each image on its own: a
+# torchvision.transforms.v2 transform called on a whole batch draws once for all of its images. E.g.
+#     from torchvision.transforms import v2
+#     train_transform = v2.Compose([v2.RandomHorizontalFlip(), v2.ColorJitter(brightness=0.2, contrast=0.2)])
+train_transform = None
+
+
+# ------------------------------------------------------------------------------- 2. model, loss, optimizer, scheduler
+
+def build_model(num_classes, device, seed):
+    torch.manual_seed(seed)  # the initial weights
+    model = Tudui(*num_classes_argument(Tudui, num_classes))  # Tudui(num_classes), or Tudui() as the tutorial's
+    return model.to(device, memory_format=torch.channels_last)
 
 
 def build_optimizer(model, s):
@@ -43,6 +77,13 @@ def build_optimizer(model, s):
                     weight_decay=s.weight_decay, muon_decay=s.muon_decay)
     return torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum, nesterov=s.nesterov,
                            weight_decay=s.weight_decay)
+
+
+def build_scheduler(optimizer, s, steps_per_epoch):
+    """The lr of every step: --schedule after --warmup, as a factor of the optimizer's lr. It is stepped
+    after every optimizer step, so a scheduler built here instead (StepLR, OneCycleLR ...) counts steps:
+    steps_per_epoch of them to an epoch."""
+    return LambdaLR(optimizer, lr_schedule(s, total_steps=steps_per_epoch * s.epochs))
 
 
 # --------------------------------------------------------------------------------------------------------- 3. training
@@ -60,7 +101,7 @@ def make_train_step(model, loss_fn, optimizer, amp):
     return train_step
 
 
-def train_one_epoch(model, train_loader, train_step, optimizer, first_step, s, log, stop):
+def train_one_epoch(model, train_loader, train_step, optimizer, scheduler, first_step, s, log, stop):
     """One pass over TRAIN_LOADER, whose first step is FIRST_STEP of the run, showing (LOG) the train loss every
     --log-every steps: the one host sync inside the epoch. Returns each step's mean loss and lr, and the
     accuracy. Raises Interrupted once a stop was asked for (Ctrl-C, SIGTERM): the partial epoch is discarded."""
@@ -70,19 +111,21 @@ def train_one_epoch(model, train_loader, train_step, optimizer, first_step, s, l
     lrs = []
     model.train()
     for i, (imgs, targets, scale) in enumerate(progress_bar(f"epoch {train_loader.epoch}", not s.quiet)(train_loader)):
-        lrs.append(lr_at(first_step + i, train_loader.steps_per_epoch * s.epochs, s))
-        set_lr(optimizer, lrs[-1])
+        lr = optimizer.param_groups[0]["lr"]  # a device tensor under a CUDA graph: copied, not read, here
+        lrs.append(lr.clone() if torch.is_tensor(lr) else lr)
         loss_sums[i], batch_correct = train_step(imgs, targets, scale)
+        scheduler.step()
         correct += batch_correct
         step = first_step + i + 1  # the tutorial counts steps from 1 and logs when the count hits a multiple
         if step % s.log_every == 0:
             loss = loss_sums[i].clone()
             world.sum(loss)
-            log(step, (loss / batch_sizes[i]).item(), lrs[-1])
+            log(step, (loss / batch_sizes[i]).item(), float(lrs[-1]))
         if stop.requested:
             raise Interrupted("", stop.signal)
     world.sum(loss_sums, correct)
-    return loss_sums.cpu() / torch.tensor(batch_sizes), correct.item() / len(train_loader.labels), lrs
+    return (loss_sums.cpu() / torch.tensor(batch_sizes), correct.item() / len(train_loader.labels),
+            [float(lr) for lr in lrs])
 
 
 # ------------------------------------------------------------------------------------------------------------- 4. test
@@ -114,51 +157,55 @@ def test(model, test_loader, num_classes, amp=False):
 # ---------------------------------------------------------------------------------------------------------- 5. the run
 
 def train(s, resumed, device, world, command):
-    """The run: data, model, loss and optimizer (from RESUMED's checkpoint when resuming), then each epoch
-    trained, tested, saved and logged. COMMAND(**changes) says how the user starts this run, or one with
-    CHANGES. Returns a TrainResult; with --dry-run, checks instead (checks.dry_run)."""
-    data = load_data(s, device)                                                              # 1. data
+    """The run: data, model, loss, optimizer and scheduler (from RESUMED's checkpoint when resuming), then
+    each epoch trained, tested, saved and logged. COMMAND(**changes) says how the user starts this run, or
+    one with CHANGES. Returns a TrainResult; with --dry-run, checks instead (checks.dry_run)."""
+    data = on_device(*datasets(s), s, device)                                                # 1. data
     model = build_model(len(data.classes), device, s.seed)                                   # 2. model,
     loss_fn = nn.CrossEntropyLoss(reduction="sum", label_smoothing=s.label_smoothing)        #    loss,
-    optimizer = build_optimizer(model, s)                                                    #    optimizer
+    optimizer = build_optimizer(model, s)                                                    #    optimizer,
+    steps_per_epoch = -(-len(data.train_y) // s.batch_size)
+    scheduler = build_scheduler(optimizer, s, steps_per_epoch)                               #    lr scheduler
     start_epoch, step, best_accuracy = 0, 0, -1.0
-    if resumed:  # the weights, momentum buffers and RNG state, and the normalization the weights learned
-        data.preprocess, start_epoch, step, best_accuracy = restore(resumed, s.resume, model, optimizer, device,
-                                                                    data.classes)
+    if resumed:  # the weights, optimizer, scheduler and RNG state, and the normalization the weights learned
+        data.preprocess, start_epoch, step, best_accuracy = restore(resumed, s.resume, model, optimizer, scheduler,
+                                                                    device, data.classes, steps_per_epoch)
     norm = normalizer(data.preprocess, device)
-    train_loader = TrainBatches(data.train_x, data.train_y, s.batch_size, norm, s, world)
+    train_loader = TrainBatches(data.train_x, data.train_y, s.batch_size, norm, s, world, train_transform)
     test_loader = TestBatches(data.test_x, data.test_y, norm, world)
     train_step = make_train_step(world.wrap(model, device), loss_fn, optimizer, s.amp)
     if uses_cuda_graph(s, device, world):
         train_step = GraphedStep(train_step, optimizer, s.batch_size, device)
     if s.dry_run:  # a few steps and one test batch of the code below, writing nothing
         train_loader.set_epoch(start_epoch)
-        first_step = start_epoch * len(train_loader)
         return checks.dry_run(s, data, device, resumed, train_step, start_epoch, command(dry_run=None),
                               lambda n: train_one_epoch(model, train_loader.first_steps(n), train_step, optimizer,
-                                                        first_step, s, lambda *_: None, StopOnSignal())[0],
+                                                        scheduler, 0, s, lambda *_: None, StopOnSignal())[0],
                               lambda: test(model, test_loader.first_batch(), len(data.classes), s.amp))
     if start_epoch >= s.epochs and world.rank == 0:
         checks.say_nothing_to_train(s, start_epoch)
     made_by = provenance(device, command())
-    recorder = RunRecorder(s, resumed, start_epoch, step, data.skipped) if world.rank == 0 else None
-
-    def log(step, loss, lr):
-        say(s.quiet, f"step {step}, loss {loss:.4f}")
-        if recorder:
-            recorder.train_loss(step, loss, lr)
-    record = resumed["metrics"] if resumed else {}
+    run = RunFolder(s, resumed, start_epoch, step, data.skipped) if world.rank == 0 else None  # only rank 0 writes
+    record, epoch = (resumed["metrics"] if resumed else {}), start_epoch
     try:
-        if recorder:
-            recorder.run_started(model, s, resumed, next(iter(test_loader))[0][:1], device, world, data)
-        with StopOnSignal() as stop:
+        with run or contextlib.nullcontext(), StopOnSignal() as stop:
+            writer = SummaryWriter(run.dir, purge_step=step + 1 if resumed else None) if run else None
+            if run:
+                run.started(writer, model, s, resumed, next(iter(test_loader))[0][:1], device, world, data,
+                            optimizer, scheduler)
+
+            def log(step, loss, lr):
+                say(s.quiet, f"step {step}, loss {loss:.4f}")
+                if writer:
+                    writer.add_scalar("train_loss", loss, step)
+                    writer.add_scalar("lr", lr, step)
             for epoch in range(start_epoch, s.epochs):
                 started, started_at = time.perf_counter(), time.time()
                 train_loader.set_epoch(epoch)
-                # the schedule counts epochs of this batch size, not the checkpoint's step: a run
-                # resumed with another --batch-size would otherwise jump elsewhere in it
-                losses, train_accuracy, lrs = train_one_epoch(model, train_loader, train_step, optimizer,
-                                                              epoch * len(train_loader), s, log, stop)
+                # the log counts epochs of this batch size, not the checkpoint's step: a run resumed with
+                # another --batch-size would otherwise jump elsewhere in it
+                losses, train_accuracy, lrs = train_one_epoch(model, train_loader, train_step, optimizer,  # 3. train
+                                                              scheduler, epoch * len(train_loader), s, log, stop)
                 train_seconds = time.perf_counter() - started
                 result = test(model, test_loader, len(data.classes), s.amp)                   # 4. test
                 checks.stop_if_not_finite(losses, result["loss"], step, epoch, s)
@@ -173,20 +220,25 @@ def train(s, resumed, device, world, command):
                     record |= {"val_loss": val["loss"], "val_accuracy": val["accuracy"]}
                 chosen_by = record["val_accuracy" if s.val_split else "test_accuracy"]
                 is_best, best_accuracy = chosen_by > best_accuracy, max(best_accuracy, chosen_by)
-                if recorder:                                                                 # 5. log and save
-                    checkpoint = training_checkpoint(model, optimizer, s, data, record, best_accuracy, device, made_by)
-                    recorder.epoch_done(checkpoint, is_best, result)
+                if run:                                                                      # 5. save and log
+                    checkpoint = training_checkpoint(model, optimizer, scheduler, s, data, record, best_accuracy,
+                                                     device, made_by)
+                    keep_epoch = (epoch + 1) % s.save_every == 0 or epoch == s.epochs - 1
+                    with run.saving(epoch, keep_epoch, is_best) as file:  # last.pth; tudui_epoch_{epoch}.pth, best.pth
+                        torch.save(checkpoint, file)
+                    run.log_epoch(record, result, data.classes)  # the other curves, pictures, metrics.jsonl
+                    writer.add_scalar("test_loss", result["loss"], epoch)
+                    writer.add_scalar("test_accuracy", result["accuracy"], epoch)
                 step = record["step"]
                 say(s.quiet, epoch_line(record))
+            if writer:
+                writer.close()
     except Interrupted as stopped:  # the message says how to resume; its signal makes the exit code
-        last = resumable_checkpoint(recorder.ckpt_dir) if recorder else None
+        last = resumable_checkpoint(run.ckpt_dir) if run else None
         how = f"resume with: {command(resume=str(last), only=True)}" if last else "nothing saved yet"
         stopped.args = (f"interrupted in epoch {epoch}; its partial progress is discarded. {how}",)
         raise
-    finally:
-        if recorder:
-            recorder.close()
-    return TrainResult.of(recorder, record, step, best_accuracy)
+    return TrainResult.of(run, record, step, best_accuracy)
 
 
 def start(given, from_command_line):

@@ -7,11 +7,12 @@ is a slice of a permutation of it (as in airbench), with no worker processes and
 `images.float() / 255` is numerically what the tutorial's ToTensor gives.
 """
 import copy
+import hashlib
 from dataclasses import dataclass
 
 import torch
 
-from tudui.datasets import load_dataset
+from tudui.datasets import dataset_tensors
 from tudui.errors import SettingsError
 
 # How raw pixels become network input: x / 255, then (x - mean) / std when mean and std are set.
@@ -36,10 +37,13 @@ class Data:
     skipped: list
 
 
-def load_data(settings, device):
+def on_device(train_set, test_set, settings, device):
+    """The datasets train.py made (torchvision's CIFAR10, tudui.datasets.ImageFolder, or any dataset of
+    (image, label) pairs) as a run's Data on DEVICE: whole uint8 tensors, with --val-split's images held
+    out and --normalize's statistics taken."""
     skipped = [] if settings.skip_bad_images else None
-    train_x, train_y, test_x, test_y, classes = load_dataset(settings.dataset, settings.data_dir,
-                                                             not settings.no_download, settings.dry_run, skipped)
+    (train_x, train_y, classes), (test_x, test_y, _) = (dataset_tensors(dataset, not settings.dry_run, skipped)
+                                                        for dataset in (train_set, test_set))
     val_x = val_y = None
     if settings.val_split:
         train_x, train_y, val_x, val_y = hold_out(train_x, train_y, settings.val_split, settings.seed)
@@ -52,14 +56,17 @@ def load_data(settings, device):
 
 class TrainBatches:
     """`for imgs, targets, scale in batches`: the training images of one epoch (set_epoch) as the
-    network's input, in an order (unless --no-shuffle) and with an augmentation drawn from (seed, epoch) alone, so that a
-    resumed run and every torchrun rank draw what one uninterrupted process would. SCALE makes a batch's
-    summed loss its mean over the global batch: 1 / its size in one process; under torchrun each rank
-    takes its share of each batch, and DDP's gradient average then gives the same mean."""
+    network's input, in an order (unless --no-shuffle) and with --augment's flips and shifts drawn from
+    (seed, epoch) alone, so that a resumed run and every torchrun rank draw what one uninterrupted process
+    would. TRANSFORM, when given, is called on each image on its own, uint8 (3, H, W) before normalization,
+    with torch's random generators seeded from (seed, epoch, step, rank) for the call: a resumed run draws
+    again what it drew. SCALE makes a batch's summed loss its mean over the global batch: 1 / its size in
+    one process; under torchrun each rank takes its share of each batch, and DDP's gradient average then
+    gives the same mean."""
 
-    def __init__(self, images, labels, batch_size, norm, settings, world):
+    def __init__(self, images, labels, batch_size, norm, settings, world, transform=None):
         self.images, self.labels, self.batch_size, self.norm, self.world = images, labels, batch_size, norm, world
-        self.seed, self.shuffle = settings.seed, settings.shuffle
+        self.seed, self.shuffle, self.transform = settings.seed, settings.shuffle, transform
         self.augment, self.translate = settings.augment, settings.translate
         self.epoch, self.max_steps = 0, None
 
@@ -92,11 +99,13 @@ class TrainBatches:
                                                                                                   non_blocking=True)
         if self.augment:
             flips, shifts = (t.to(device) for t in augment_plan(n, generator, self.translate))
-        for start, size in zip(range(0, n, self.batch_size), self.batch_sizes()):
+        for step, (start, size) in enumerate(zip(range(0, n, self.batch_size), self.batch_sizes())):
             idx = self.world.share_of_batch(order[start:start + size])
             batch = self.images[idx]
             if self.augment:
                 batch = augment_batch(batch, flips[idx], shifts[idx])
+            if self.transform is not None:
+                batch = each_image(self.transform, batch, (self.seed, self.epoch, step, self.world.rank))
             yield to_input(batch, self.norm), self.labels[idx], self.world.size / size
 
 
@@ -123,6 +132,22 @@ class TestBatches:
 def epoch_generator(seed, epoch):
     """Each epoch's randomness (order, augmentation) depends only on (seed, epoch)."""
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def each_image(transform, batch, draw):
+    """TRANSFORM applied to each image of BATCH on its own, so that each draws its own randomness (a
+    torchvision.transforms.v2 transform given the whole batch draws once for all of it), with torch's
+    generators seeded from DRAW, a tuple of numbers, and put back as they were afterwards."""
+    on_cpu = batch.device.type == "cpu"
+    with torch.random.fork_rng(devices=[] if on_cpu else [batch.device], device_type="cuda" if on_cpu else
+                               batch.device.type):
+        torch.manual_seed(int.from_bytes(hashlib.sha256(repr(draw).encode()).digest()[:8], "little"))
+        changed = [transform(image) for image in batch]
+    if any(image.shape != batch.shape[1:] for image in changed):
+        raise SettingsError(f"train.py's transform changed an image's shape from {tuple(batch.shape[1:])} to "
+                            f"{tuple(next(i.shape for i in changed if i.shape != batch.shape[1:]))}; it must keep "
+                            "the shape (crop with padding, as v2.RandomCrop(32, padding=4) does)")
+    return torch.stack(changed)
 
 
 def hold_out(images, labels, size, seed):

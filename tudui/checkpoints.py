@@ -177,16 +177,21 @@ def _finite_shape(value):
     return tuple(numbers.shape) if torch.isfinite(numbers).all() else None
 
 
-def build_tudui(num_classes):
-    """model.py's Tudui with NUM_CLASSES outputs: Tudui(num_classes), or Tudui() for 10 classes when its
-    __init__ takes no argument (as the tutorial's own model.py)."""
-    if inspect.signature(Tudui).parameters:
-        return Tudui(num_classes)
+def num_classes_argument(network, num_classes):
+    """The arguments that give NETWORK (model.py's Tudui) NUM_CLASSES outputs: (num_classes,), or () for 10
+    classes when its __init__ takes no argument (as the tutorial's own model.py)."""
+    if inspect.signature(network).parameters:
+        return (num_classes,)
     if num_classes != 10:
         raise SettingsError(f"model.py's Tudui takes no num_classes argument, so it has CIFAR-10's 10 outputs, but "
                             f"this data has {num_classes} classes; give it one: def __init__(self, num_classes=10), "
                             "used as the last layer's outputs")
-    return Tudui()
+    return ()
+
+
+def build_tudui(num_classes):
+    """model.py's Tudui with NUM_CLASSES outputs."""
+    return Tudui(*num_classes_argument(Tudui, num_classes))
 
 
 class TutorialTudui(nn.Module):

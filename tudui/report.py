@@ -42,7 +42,8 @@ def epoch_line(record):
     """The line a run prints after each epoch, from its metrics.jsonl RECORD."""
     val_part = f"val accuracy {record['val_accuracy']:.2%}, " if "val_accuracy" in record else ""
     return (f"epoch {record['epoch']}: train loss {record['train_loss_mean']:.4f}, {val_part}test loss "
-            f"{record['test_loss']:.4f}, test accuracy {record['test_accuracy']:.2%}, {record['epoch_seconds']:.1f} s, "
+            f"{record['test_loss']:.4f}, test accuracy {record['test_accuracy']:.2%}, lr {record['lr']:.4g}, "
+            f"{record['epoch_seconds']:.1f} s, "
             f"{record['images_per_s']:.0f} images/s")
 
 

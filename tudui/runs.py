@@ -1,6 +1,7 @@
-"""The run folder and everything written to it: its name, its lock, checkpoints,
-metrics.jsonl, config.json, the TensorBoard writer, and the bookkeeping that lets a run resume where it
-stopped. Decides nothing about training.
+"""The run folder and everything written to it beside train.py's own lines: its name, its lock, the
+checkpoint files train.py saves into, metrics.jsonl, config.json, TensorBoard's pictures and scalars
+beyond the tutorial's, and the bookkeeping that lets a run resume where it stopped. Decides nothing
+about training.
 """
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import io
 import itertools
 import json
 import threading
-from concurrent.futures import ThreadPoolExecutor
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -21,7 +22,7 @@ from tudui.console import say
 from tudui.checkpoints import read_checkpoint
 from tudui.errors import CheckpointError, SettingsError
 from tudui.files import atomic_write, cannot_write, remove_stale_temporaries, replace_with_link
-from tudui.mistakes import as_array, gallery, picked
+from tudui.mistakes import gallery, picked
 from tudui.report import confusion_image, prediction_grid
 from tudui.settings import plain
 
@@ -41,13 +42,12 @@ class TrainResult:
     history: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def of(cls, recorder, record, step, best_accuracy):
-        """The result of a run that RECORDER wrote (None on the ranks that write nothing); RECORD is the
-        last epoch's metrics."""
-        return cls(run_dir=recorder and recorder.run_dir, ckpt_dir=recorder and recorder.ckpt_dir,
-                   epoch=record.get("epoch"), step=step, test_loss=record.get("test_loss"),
-                   test_accuracy=record.get("test_accuracy"), best_accuracy=best_accuracy,
-                   history=read_history(recorder.run_dir / "metrics.jsonl") if recorder else {})
+    def of(cls, run, record, step, best_accuracy):
+        """The result of a run written to RUN, a RunFolder (None on the ranks that write nothing); RECORD is
+        the last epoch's metrics."""
+        return cls(run_dir=run and run.dir, ckpt_dir=run and run.ckpt_dir, epoch=record.get("epoch"), step=step,
+                   test_loss=record.get("test_loss"), test_accuracy=record.get("test_accuracy"),
+                   best_accuracy=best_accuracy, history=read_history(run.dir / "metrics.jsonl") if run else {})
 
     @property
     def best_path(self):
@@ -89,17 +89,6 @@ def append_metrics(metrics_file, record):
         metrics_file.flush()
     except OSError as e:
         raise cannot_write(metrics_file.name, e) from None
-
-
-def save_checkpoints(state, ckpt_dir, epoch, is_best):
-    """The epoch's checkpoint, written once as tudui_epoch_N.pth; last.pth and, for a best epoch,
-    best.pth become the same file (hard links), each switched over atomically."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    epoch_file = Path(ckpt_dir) / f"tudui_epoch_{epoch}.pth"
-    atomic_write(buffer.getvalue(), epoch_file)
-    for name in ["last.pth"] + (["best.pth"] if is_best else []):
-        replace_with_link(epoch_file, Path(ckpt_dir) / name)
 
 
 def truncate_metrics(path, last_epoch):
@@ -175,103 +164,108 @@ def claim_run_name(logdir):
             continue
 
 
-class RunRecorder:
-    """Everything a run writes: its folder, lock, TensorBoard writer, metrics.jsonl, config.json (with
-    --skip-bad-images, the SKIPPED_IMAGES too) and checkpoints. Under torchrun only rank 0 has one; the
-    other ranks write nothing."""
+class RunFolder:
+    """The folder a run writes to, as a with-block: its lock, metrics.jsonl, config.json (with
+    --skip-bad-images, the SKIPPED_IMAGES too), the checkpoints train.py saves through saving(), and a
+    SummaryWriter of its own for TensorBoard's pictures and the curves beyond train.py's (STEP: the resumed
+    checkpoint's, after which its events are purged). Leaving the block, however it is left, waits for the
+    last pictures, closes the files and both writers, and releases the lock; a full disk met inside it is
+    one line (SettingsError). Under torchrun only rank 0 has one."""
 
     def __init__(self, settings, resumed, start_epoch, step, skipped_images=()):
         try:
             if settings.run_name is None:
                 settings.run_name = claim_run_name(Path(settings.logdir))
-            self.run_dir = Path(settings.logdir) / settings.run_name
-            self.ckpt_dir = Path(settings.ckpt_dir) if settings.ckpt_dir else self.run_dir
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.dir = Path(settings.logdir) / settings.run_name
+            self.ckpt_dir = Path(settings.ckpt_dir) if settings.ckpt_dir else self.dir
+            self.dir.mkdir(parents=True, exist_ok=True)
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise SettingsError(f"cannot create {e.filename} ({e.strerror}); choose another --logdir or "
                                 "--ckpt-dir") from None
-        self.locks = [RunLock(self.run_dir, "--run-name")]
-        if self.ckpt_dir.resolve() != self.run_dir.resolve():  # a shared --ckpt-dir needs its own lock
+        self.locks = [RunLock(self.dir, "--run-name")]
+        if self.ckpt_dir.resolve() != self.dir.resolve():  # a shared --ckpt-dir needs its own lock
             try:
                 self.locks.append(RunLock(self.ckpt_dir, "--ckpt-dir"))
             except SettingsError:
                 self.locks[0].release()
                 raise
-        self.writer = self.metrics_file = None
+        self.writer = self.train_writer = self.metrics_file = None
         self.painter, self.painting = ThreadPoolExecutor(1), None  # draws each epoch's pictures beside training
         # TensorBoard's writer thread hits a full disk first; the run reports it, as one line, at its next write
         self.thread_hook, threading.excepthook = threading.excepthook, self.quiet_disk_errors
         try:
-            for folder in {self.run_dir, self.ckpt_dir}:
+            for folder in {self.dir, self.ckpt_dir}:
                 remove_stale_temporaries(folder)
             refuse_to_overwrite(self.ckpt_dir, resumed, resumed and settings.resume)
-            from torch.utils.tensorboard import SummaryWriter  # imported late: slow, and only training needs it
+            from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=step + 1 if resumed else None)
-            metrics_path = self.run_dir / "metrics.jsonl"
-            logged_epochs = truncate_metrics(metrics_path, start_epoch - 1)
+            self.writer = SummaryWriter(self.dir, purge_step=step + 1 if resumed else None, filename_suffix=".tudui")
+            metrics_path = self.dir / "metrics.jsonl"
+            self.logged_epochs = truncate_metrics(metrics_path, start_epoch - 1)
             self.metrics_file = open(metrics_path, "a")
-            if resumed and resumed["epoch"] not in logged_epochs:
-                # killed between saving the checkpoint and logging its epoch: log the epoch from the checkpoint
-                log_epoch_scalars(self.writer, resumed["metrics"], resumed["classes"])
-                self.writer.flush()
-                append_metrics(self.metrics_file, resumed["metrics"])
             config = plain(settings) | ({"skipped_images": list(skipped_images)} if settings.skip_bad_images else {})
-            atomic_write(json.dumps(config, indent=2).encode(), self.run_dir / "config.json")
+            atomic_write(json.dumps(config, indent=2).encode(), self.dir / "config.json")
         except BaseException as e:  # a full disk here must not leave the lock or files open (notebooks go on)
-            self.close()
+            self.__exit__(type(e), e, None)
             if isinstance(e, OSError):
-                raise cannot_write(self.run_dir, e) from None
+                raise cannot_write(self.dir, e) from None
             raise
+
+    def __enter__(self):
+        return self
 
     def quiet_disk_errors(self, args):
         if not issubclass(args.exc_type, OSError):
             self.thread_hook(args)
 
-    @contextlib.contextmanager
-    def writing(self):
-        """TensorBoard's files are written as a with-block: a full disk there is one line, SettingsError."""
-        try:
-            yield
-        except OSError as e:
-            raise cannot_write(self.run_dir, e) from None
-
-    def run_started(self, model, settings, resumed, example, device, world, data):
-        """The run's first line: its folders, device and data. Then, once per run (not again on resume),
-        the network graph, traced on EXAMPLE, and the settings in the HPARAMS tab, written into the run's
-        own folder (add_hparams would make a stray extra run) and tied to its test (and validation)
-        accuracy and loss curves."""
+    def started(self, writer, model, settings, resumed, example, device, world, data, optimizer, scheduler):
+        """The run's first line: its folders, device, data, optimizer and lr scheduler. Then, on a resume
+        killed between saving its checkpoint and logging its epoch, that epoch logged from the checkpoint;
+        on a new run (not again on resume), the network graph, traced on EXAMPLE, and the settings in the
+        HPARAMS tab, written into the run's own folder (add_hparams would make a stray extra run) and tied
+        to its test (and validation) accuracy and loss curves."""
         from torch.utils.tensorboard.summary import hparams
 
-        self.test_images, self.test_labels = data.test_x, data.test_y  # for the pictures of each epoch
+        self.train_writer, self.test_images, self.test_labels = writer, data.test_x, data.test_y
         processes = f" x {world.size} processes" if world.size > 1 else ""
-        say(settings.quiet, f"run {self.run_dir} | checkpoints in {self.ckpt_dir} | device {device}{processes} | "
-                            f"{len(data.train_y)} train / {len(data.test_y)} test images, {len(data.classes)} classes")
+        say(settings.quiet, f"run {self.dir} | checkpoints in {self.ckpt_dir} | device {device}{processes} | "
+                            f"{len(data.train_y)} train / {len(data.test_y)} test images, {len(data.classes)} classes | "
+                            f"{type(optimizer).__name__}, lr {optimizer.param_groups[0]['lr']:.4g}, "
+                            f"{type(scheduler).__name__}")
+        if resumed and resumed["epoch"] not in self.logged_epochs:
+            log_epoch_scalars(self.writer, resumed["metrics"], resumed["classes"], also=THE_TUTORIALS)
+            self.writer.flush()
+            append_metrics(self.metrics_file, resumed["metrics"])
         if resumed:
             return
-        with warnings.catch_warnings(), self.writing():  # add_graph traces with torch.jit, which warns that it is
-            warnings.simplefilter("ignore", FutureWarning)  # deprecated
+        with warnings.catch_warnings():  # add_graph traces with torch.jit, which warns that it is deprecated
+            warnings.simplefilter("ignore", FutureWarning)
             self.writer.add_graph(model, example)
         config = {k: ("none" if v is None else v) for k, v in plain(settings).items()
                   if isinstance(v, (int, float, str, bool)) or v is None}
         metrics = ["test_accuracy", "test_loss"] + (["val_accuracy", "val_loss"] if settings.val_split else [])
-        with self.writing():
-            for summary in hparams(config, dict.fromkeys(metrics, 0.0)):
-                self.writer._get_file_writer().add_summary(summary)
+        for summary in hparams(config, dict.fromkeys(metrics, 0.0)):
+            self.writer.file_writer.add_summary(summary)
 
-    def train_loss(self, step, loss, lr):
-        with self.writing():
-            self.writer.add_scalar("train_loss", loss, step)
-            self.writer.add_scalar("lr", lr, step)
+    @contextlib.contextmanager
+    def saving(self, epoch, keep_epoch, is_best):
+        """`with run.saving(...) as file: torch.save(checkpoint, file)`: last.pth, switched over atomically
+        once written whole (a crash or a full disk leaves the old one). Then tudui_epoch_EPOCH.pth when
+        KEEP_EPOCH, and best.pth when IS_BEST, become the same file (hard links), switched over atomically
+        too."""
+        buffer = io.BytesIO()
+        yield buffer
+        last = self.ckpt_dir / "last.pth"
+        atomic_write(buffer.getvalue(), last)
+        for name in ([f"tudui_epoch_{epoch}.pth"] if keep_epoch else []) + (["best.pth"] if is_best else []):
+            replace_with_link(last, self.ckpt_dir / name)
 
-    def epoch_done(self, checkpoint, is_best, tested):
-        """Save the epoch's checkpoints, then log it: TensorBoard scalars and pictures, one metrics.jsonl line.
-        TESTED: train.test's result, whose predictions are of the first test images (rank 0's share)."""
-        record, classes = checkpoint["metrics"], checkpoint["classes"]
-        save_checkpoints(checkpoint, self.ckpt_dir, record["epoch"], is_best)
-        with self.writing():
-            log_epoch_scalars(self.writer, record, classes)
+    def log_epoch(self, record, tested, classes):
+        """The epoch's other scalars in TensorBoard, its metrics.jsonl line, and its pictures, drawn on the
+        painter's thread. TESTED: train.test's result, whose predictions are of the first test images
+        (rank 0's share)."""
+        log_epoch_scalars(self.writer, record, classes)
         append_metrics(self.metrics_file, record)
         self.pictures_done()
         predictions = tested["predicted"], tested["confidence"]
@@ -281,48 +275,53 @@ class RunRecorder:
                                             record["epoch"])
 
     def draw_pictures(self, confusion, grid, mistakes, classes, epoch):
-        """The epoch's confusion matrix, predictions and most confident mistakes in TensorBoard, drawn on
-        the painter's thread."""
+        """The epoch's confusion matrix, predictions and most confident mistakes in TensorBoard."""
         self.writer.add_image("confusion_matrix", confusion_image(confusion, classes), epoch, dataformats="HWC")
         self.writer.add_image("test_predictions", prediction_grid(*grid, classes), epoch, dataformats="HWC")
-        self.writer.add_image("test_mistakes", as_array(gallery(*mistakes, classes, f"epoch {epoch}: the test images "
-                                                                "most confidently misclassified")), epoch,
-                              dataformats="HWC")
+        self.writer.add_figure("test_mistakes", gallery(*mistakes, classes, f"epoch {epoch}: the test images most "
+                                                        "confidently misclassified"), epoch, close=False)
         self.writer.flush()
 
     def pictures_done(self):
-        """Wait for the pictures of the epoch before; a full disk they met is one line here."""
+        """Wait for the pictures of the epoch before; a full disk they met raises here."""
         if self.painting is not None:
-            with self.writing():
-                self.painting.result()
-            self.painting = None
+            painting, self.painting = self.painting, None
+            painting.result()
 
-    def close(self):
-        """Close the writers, then release the locks even when closing fails (a full disk), so that a
-        notebook's kernel can resume the run."""
+    def __exit__(self, kind, error, traceback):
+        """Close the files, then release the locks even when closing fails (a full disk), so that a
+        notebook's kernel can resume the run. An OSError from the block or the closing is one line."""
         try:
             try:
                 self.pictures_done()
             finally:
                 self.painter.shutdown()
-                for opened in (self.writer, self.metrics_file):
+                for opened in (self.writer, self.train_writer, self.metrics_file):
                     if opened is not None:
                         opened.close()
         except OSError as e:
-            raise cannot_write(self.run_dir, e) from None
+            raise cannot_write(self.dir, e) from None
         finally:
             threading.excepthook = self.thread_hook
             for lock in self.locks:
                 lock.release()
+        if isinstance(error, OSError):
+            raise cannot_write(self.dir, error) from None
+        return False
 
 
 GRID_IMAGES = 32  # test images shown with their predictions each epoch
 
 
-def log_epoch_scalars(writer, record, classes):
+THE_TUTORIALS = ("test_loss", "test_accuracy")  # which train.py logs itself
+
+
+def log_epoch_scalars(writer, record, classes, also=()):
+    """An epoch's scalars beyond the tutorial's (and ALSO): validation, train loss and accuracy, speed, and
+    each class's accuracy."""
     epoch = record["epoch"]
-    for key in ("test_loss", "test_accuracy", "val_loss", "val_accuracy", "train_loss_mean", "train_accuracy",
-                "images_per_s", "epoch_seconds"):
+    for key in (*also, "val_loss", "val_accuracy", "train_loss_mean", "train_accuracy", "images_per_s",
+                "epoch_seconds"):
         if key in record:  # checkpoints from older versions lack some
             writer.add_scalar(key, record[key], epoch)
     for name, acc in zip(classes, record.get("per_class_accuracy", [])):

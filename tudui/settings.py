@@ -1,6 +1,6 @@
 """A run's settings, in one place: the Settings dataclass, whose fields are train.py's flags and
 train.run's keywords, the two recipes, what a resumed run takes from its checkpoint, the checks, and
-the learning rate of each step. Turns flags into settings; runs nothing.
+the factor of the learning rate at each step (--schedule, --warmup). Turns flags into settings; runs nothing.
 """
 import argparse
 import dataclasses
@@ -81,6 +81,8 @@ class Settings:
                                       "weights, at a cost in speed; CPU runs are bit-exact without it")
     seed: int = flag(0, "seeds the initial weights, data order and augmentation")
     log_every: int = flag(100, "log the train loss every N steps")
+    save_every: int = flag(1, "keep tudui_epoch_N.pth every N epochs, and the last epoch's; last.pth and best.pth "
+                              "are saved every epoch", metavar="N")
     quiet: bool = flag(False, "print only errors and the final line")
     dry_run: bool = flag(False, "check the data, the device, the folders and a few training steps in seconds, "
                                 "writing nothing")
@@ -207,6 +209,7 @@ def check(s):
         (not 0 <= s.label_smoothing < 1, f"--label-smoothing must be in [0, 1) (got {s.label_smoothing})"),
         (not 0 <= s.seed < 2**32, f"--seed must be 0 to {2**32 - 1} (got {s.seed})"),
         (s.log_every < 1, f"--log-every must be at least 1 (got {s.log_every})"),
+        (s.save_every < 1, f"--save-every must be at least 1 (got {s.save_every})"),
         (s.val_split < 0, f"--val-split must be 0 or more images (got {s.val_split})"),
         (s.dry_run and s.evaluate, "--dry-run checks a training run; leave it out with --evaluate"),
         (s.run_name is not None and not names_a_subfolder(s.run_name),
@@ -245,29 +248,24 @@ def as_command(given, from_command_line, only=False, **changes):
     return shlex.join(["python", "train.py", *argv])
 
 
-def lr_at(step, total_steps, s):
-    """The learning rate for a 0-based step: a pure function of the step, so resuming needs no scheduler state."""
+def lr_schedule(s, total_steps):
+    """--schedule after --warmup as the factor of the optimizer's lr at each 0-based step, for LambdaLR: a
+    pure function of the step, which a resumed run recomputes for its own --epochs and --batch-size."""
     warmup = int(s.warmup * total_steps)
-    if step < warmup:
-        return s.lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total_steps - warmup)
-    if s.schedule == "cosine":
-        return s.lr * 0.5 * (1 + math.cos(math.pi * progress))
-    if s.schedule == "onecycle":  # torch.optim.lr_scheduler.OneCycleLR's defaults, cosine both ways
-        start, end = s.lr / 25, s.lr / 25 / 1e4
-        if progress < 0.3:
-            return start + (s.lr - start) * (1 - math.cos(math.pi * progress / 0.3)) / 2
-        return end + (s.lr - end) * (1 + math.cos(math.pi * (progress - 0.3) / 0.7)) / 2
-    return s.lr
 
-
-def set_lr(optimizer, lr):
-    """Every param group's lr, in place where it is a tensor (as torch's LR schedulers write it)."""
-    for group in optimizer.param_groups:
-        if isinstance(group["lr"], torch.Tensor):
-            group["lr"].fill_(lr)
-        else:
-            group["lr"] = lr
+    def factor(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        if s.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        if s.schedule == "onecycle":  # torch.optim.lr_scheduler.OneCycleLR's defaults, cosine both ways
+            start, end = 1 / 25, 1 / 25 / 1e4
+            if progress < 0.3:
+                return start + (1 - start) * (1 - math.cos(math.pi * progress / 0.3)) / 2
+            return end + (1 - end) * (1 + math.cos(math.pi * (progress - 0.3) / 0.7)) / 2
+        return 1.0
+    return factor
 
 
 def plain(settings):

@@ -1,6 +1,6 @@
 """What a training checkpoint holds so that a run can resume from it: its fields and their checks, the
-building of its dict, the optimizer's and RNG's state, restoring a run from it, and the record of what
-made it. Reading files safely is checkpoints.py's job; writing them, runs.py's.
+building of its dict, the optimizer's, lr scheduler's and RNG's state, restoring a run from it, and the
+record of what made it. Reading files safely is checkpoints.py's job; writing them, runs.py's.
 """
 import subprocess
 from pathlib import Path
@@ -9,6 +9,7 @@ import torch
 
 from tudui import __version__
 from tudui.checkpoints import _unwrapped, checked_preprocess, load_weights, read_checkpoint
+from tudui.console import shown
 from tudui.errors import CheckpointError, SettingsError
 from tudui.integrity import weights_checksum
 from tudui.settings import plain
@@ -51,6 +52,7 @@ def damaged_fields(checkpoint):
         "best_accuracy": lambda v: number(v) and v is not None,
         "metrics": record,
         "rng": lambda v: isinstance(v, dict) and torch.is_tensor(v.get("torch")),
+        "scheduler": lambda v: v is None or isinstance(v, dict),  # None: saved before schedulers were
     }
     return [name for name, fine in checks.items() if not fine(checkpoint.get(name))]
 
@@ -60,12 +62,14 @@ def damaged_checkpoint(path, what):
                            "from another of the run's checkpoints (last.pth, best.pth or an epoch file)")
 
 
-def training_checkpoint(model, optimizer, settings, data, record, best_accuracy, device, made_by):
+def training_checkpoint(model, optimizer, scheduler, settings, data, record, best_accuracy, device, made_by):
     """A training checkpoint: a plain dict, which torch.load(path, weights_only=True) reads, with what a
-    resumed run needs and RECORD, the epoch's metrics.jsonl line."""
+    resumed run needs (the optimizer's and the lr scheduler's state, and their classes) and RECORD, the
+    epoch's metrics.jsonl line."""
     weights = model.state_dict()
     return {"format": CHECKPOINT_FORMAT, "model": weights, "weights_sha256": weights_checksum(weights),
-            "optimizer": optimizer_state(optimizer),
+            "optimizer": optimizer_state(optimizer), "optimizer_class": type(optimizer).__name__,
+            "scheduler": plain_numbers(scheduler.state_dict()), "scheduler_class": type(scheduler).__name__,
             "epoch": record["epoch"], "step": record["step"], "config": plain(settings), "classes": data.classes,
             "network": str(model),
             "preprocess": data.preprocess, "test_accuracy": record["test_accuracy"],
@@ -83,10 +87,21 @@ def optimizer_state(optimizer):
     return state
 
 
+def plain_numbers(state):
+    """A scheduler's state_dict with its 0-dim tensors (the lrs of a CUDA graph's optimizer) as numbers."""
+    if isinstance(state, dict):
+        return {key: plain_numbers(value) for key, value in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(plain_numbers(value) for value in state)
+    return float(state) if torch.is_tensor(state) and state.dim() == 0 else state
+
+
 def load_optimizer_state(optimizer, state):
-    """Momentum buffers from a checkpoint. The settings stay this run's own (load_state_dict would put
-    the checkpoint's back): they are the checkpoint's unless a flag such as --weight-decay changed them."""
-    own = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    """Momentum buffers and the lr from a checkpoint. The other settings stay this run's own
+    (load_state_dict would put the checkpoint's back): they are the checkpoint's unless a flag such as
+    --weight-decay changed them."""
+    own = [{k: v for k, v in group.items() if k not in ("params", "lr", "initial_lr")}
+           for group in optimizer.param_groups]
     optimizer.load_state_dict(state)
     for group, settings in zip(optimizer.param_groups, own):
         group.update(settings)
@@ -98,21 +113,41 @@ def load_optimizer_state(optimizer, state):
                     raise ValueError(f"a {name} holds NaN or infinity")
 
 
-def restore(checkpoint, path, model, optimizer, device, classes):
-    """Put a training CHECKPOINT's weights, momentum buffers and RNG state into this run's MODEL and
-    OPTIMIZER, for a dataset of CLASSES. Returns its input normalization (which the weights learned), the
-    first epoch left to train, its step and its best accuracy."""
+def restore(checkpoint, path, model, optimizer, scheduler, device, classes, steps_per_epoch):
+    """Put a training CHECKPOINT's weights, optimizer and lr scheduler state and RNG state into this run's
+    MODEL, OPTIMIZER and SCHEDULER, for a dataset of CLASSES. Returns its input normalization (which the
+    weights learned), the first epoch left to train, its step and its best accuracy."""
     if checkpoint["classes"] != classes:
         raise SettingsError(f"{path} was trained on classes {checkpoint['classes']}, but this dataset has "
                             f"{classes}; resume with the same --dataset and --data-dir")
     load_weights(model, _unwrapped(checkpoint["model"]), path, checkpoint.get("network"))
+    for what, built in (("optimizer", optimizer), ("scheduler", scheduler)):
+        saved = checkpoint.get(f"{what}_class", type(built).__name__)  # older checkpoints record none
+        if saved != type(built).__name__:
+            raise SettingsError(f"{path} was trained with the {what} {shown(saved)}, but train.py now builds "
+                                f"{type(built).__name__}, which its saved state does not fit; build {shown(saved)} "
+                                f"in train.py to resume, or start a new run")
     try:
         load_optimizer_state(optimizer, checkpoint["optimizer"])
+        restore_schedule(scheduler, checkpoint.get("scheduler"), (checkpoint["epoch"] + 1) * steps_per_epoch)
         restore_rng_state(checkpoint["rng"], device)
     except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:
         raise damaged_checkpoint(path, f"its optimizer or RNG state does not load: {e}") from None
     return (checked_preprocess(checkpoint.get("preprocess"), path), checkpoint["epoch"] + 1, checkpoint["step"],
             checkpoint["best_accuracy"])
+
+
+def restore_schedule(scheduler, state, first_step):
+    """A scheduler's saved STATE (None in checkpoints saved before schedulers were). A LambdaLR, such as
+    --schedule's, is then put at FIRST_STEP, the first step left, with this run's base lrs and function: a
+    pure function of the step, so a resumed run's --lr, --epochs and --batch-size take effect."""
+    base_lrs = list(scheduler.base_lrs)
+    if state is not None:
+        scheduler.load_state_dict(state)
+    if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        scheduler.base_lrs, scheduler.last_epoch = base_lrs, first_step
+        for group, base_lr, factor in zip(scheduler.optimizer.param_groups, base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base_lr * factor(first_step)
 
 
 def provenance(device, command):
