@@ -41,7 +41,8 @@ def build_parser():
 
 
 def shipped_weights():
-    """The path of the trained weights that come with the project; CheckpointError when they are missing."""
+    """The path of the trained weights that come with the project, the tutorial network's (loaded into it
+    whatever model.py holds); CheckpointError when they are missing."""
     if not SHIPPED_WEIGHTS.is_file():
         raise CheckpointError(f"the shipped weights {SHIPPED_WEIGHTS} are missing from this copy of the project; "
                               "pass --checkpoint, or make them with: python bench/ship_weights.py")
@@ -76,8 +77,8 @@ def predict(images, checkpoint=None, top_k=1, tta=False, device="auto"):
     if top_k < 1:
         raise SettingsError(f"--top-k must be at least 1 (got {top_k})")
     device = pick_device(device)
-    net = checkpoint if isinstance(checkpoint, torch.nn.Module) else load_tudui(checkpoint or shipped_weights(),
-                                                                                map_location="cpu")
+    net = checkpoint if isinstance(checkpoint, torch.nn.Module) else load_tudui(
+        checkpoint or shipped_weights(), map_location="cpu", tutorials=checkpoint is None)
     was_training = net.training
     net.to(device).eval()
     try:
@@ -100,7 +101,7 @@ def main(argv=None):
         raise SettingsError(f"--top-k must be at least 1 (got {args.top_k})")
     device = pick_device(args.device)
     path = args.checkpoint or shipped_weights()
-    net = load_tudui(path, map_location="cpu").to(device)
+    net = load_tudui(path, map_location="cpu", tutorials=args.checkpoint is None).to(device)
     # what made the checkpoint; on stderr with --json, where stdout holds one JSON object per image
     about = sys.stderr if args.json else sys.stdout
     if args.checkpoint is None:

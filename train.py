@@ -138,13 +138,14 @@ def test(model, test_loader, num_classes, amp=False):
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     predictions = [(torch.zeros(0, device=device), test_loader.labels[:0])]  # (probability, class) of each image
+    was_training = model.training
     model.eval()
     for imgs, targets in test_loader:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             outputs = model(imgs).float()
         total_loss += loss_fn(outputs, targets)
         predictions.append(outputs.softmax(1).max(1))
-    model.train()
+    model.train(was_training)
     confidence, predicted = (torch.cat(column) for column in zip(*predictions))
     confusion = torch.bincount(test_loader.labels * num_classes + predicted, minlength=num_classes ** 2)
     test_loader.world.sum(total_loss, confusion)

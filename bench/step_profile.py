@@ -45,6 +45,7 @@ class Step:
                                       torch.randint(0, 10, (n,), device=device), s.batch_size, norm, s, World())
         model = train.build_model(10, device, s.seed)
         self.optimizer = train.build_optimizer(model, s)
+        self.scheduler = train.build_scheduler(self.optimizer, s, len(loader))
         loss_fn = nn.CrossEntropyLoss(reduction="sum", label_smoothing=s.label_smoothing)
         self.step = train.make_train_step(model, loss_fn, self.optimizer, s.amp)
         if graphed:
@@ -54,12 +55,13 @@ class Step:
         self.loader, self.batches, self.steps, self.s = loader, iter(loader), steps, s
 
     def __call__(self):
-        train.set_lr(self.optimizer, self.s.lr)
         batch = next(self.batches, None)
         if batch is None:  # a new epoch
             self.batches = iter(self.loader)
             batch = next(self.batches)
-        return self.step(*batch)
+        result = self.step(*batch)
+        self.scheduler.step()
+        return result
 
 
 def ms_per_step(step, device):

@@ -65,6 +65,31 @@ def run_script(*args, cwd=ROOT, timeout=240, env=None):
                           timeout=timeout, env=environment)
 
 
+def copy_of_the_project(folder, model_source=None, train_edits=()):
+    """The project's scripts and package in FOLDER, with MODEL_SOURCE as its model.py (None: the shipped one)
+    and train.py edited as a learner would: each (old, new) of TRAIN_EDITS replaces a line that must be there."""
+    import shutil
+
+    for name in ("train.py", "predict.py", "model.py"):
+        shutil.copy(ROOT / name, folder / name)
+    shutil.copytree(ROOT / "tudui", folder / "tudui", ignore=shutil.ignore_patterns("__pycache__"))
+    if model_source is not None:
+        (folder / "model.py").write_text(model_source)
+    source = (folder / "train.py").read_text()
+    for old, new in train_edits:
+        assert old in source, f"train.py no longer has {old!r}"
+        source = source.replace(old, new)
+    (folder / "train.py").write_text(source)
+    return folder
+
+
+def run_in_copy(project, code, *args, timeout=240):
+    """CODE, a Python script, run in PROJECT's folder (its train.py, model.py and tudui) in a process of its
+    own; the CompletedProcess."""
+    (project / "driver.py").write_text(code)
+    return run_script("driver.py", *args, cwd=project, timeout=timeout)
+
+
 def bad_input(capsys, argv, entry=None):
     """ARGV given to train.py's main (or ENTRY's) as the command line runs it must exit 2 with one line on
     stderr, 'error: ...'; returns that line."""
@@ -107,10 +132,21 @@ def random_batch(n=8, seed=0):
 
 
 def reference_weights():
-    """A freshly initialised Tudui's state_dict (seed 1)."""
-    from model import Tudui
+    """A freshly initialised tutorial network's state_dict (seed 1): the keys and shapes of its files."""
+    from tudui.checkpoints import TutorialTudui
     torch.manual_seed(1)
-    return Tudui().state_dict()
+    return TutorialTudui().state_dict()
+
+
+@pytest.fixture
+def tutorial_network(monkeypatch):
+    """For a test about the tutorial's own network (its layers, its checkpoints' keys and shapes): model.py's
+    Tudui is, for the test, the tutorial's (tudui.checkpoints.TutorialTudui), whatever model.py holds."""
+    import train
+    from tudui import checkpoints
+    monkeypatch.setattr(checkpoints, "Tudui", checkpoints.TutorialTudui)
+    monkeypatch.setattr(train, "Tudui", checkpoints.TutorialTudui)
+    return checkpoints.TutorialTudui
 
 
 @pytest.fixture(scope="module")

@@ -155,3 +155,40 @@ def test_test_batches_hold_the_images_in_order_and_each_rank_scores_its_share():
     assert torch.equal(torch.cat([targets for _, targets in alone]), labels)
     shares = [torch.cat([t for _, t in batches.TestBatches(images, labels, None, World(rank, 2))]) for rank in (0, 1)]
     assert torch.equal(torch.cat(shares), labels)
+
+
+def batches_with(transform, images, seed=0):
+    from types import SimpleNamespace
+    settings = SimpleNamespace(seed=seed, shuffle=False, augment=False, translate=0)
+    return batches.TrainBatches(images, torch.zeros(len(images), dtype=torch.int64), len(images), None, settings,
+                                World(), transform)
+
+
+def test_a_v2_transform_given_a_whole_batch_draws_once_but_train_batches_draw_for_each_image():
+    from torchvision.transforms import v2
+    images = random_batch(64)
+    flip = v2.RandomHorizontalFlip()
+    whole = flip(images)
+    assert torch.equal(whole, images) or torch.equal(whole, images.flip(3))  # one draw for all 64
+    (out, _, _), = batches_with(flip, images)
+    flipped = [torch.equal(o, batches.to_input(i.flip(2)[None])[0]) for o, i in zip(out, images)]
+    assert 10 < sum(flipped) < 54
+
+
+def test_a_transforms_draws_depend_on_seed_and_epoch_and_leave_torchs_generator_as_it_was():
+    from torchvision.transforms import v2
+    images, jitter = random_batch(16), v2.ColorJitter(brightness=0.5, contrast=0.5)
+    first = batches_with(jitter, images)
+    state = torch.get_rng_state()
+    (a, _, _), = first
+    assert torch.equal(torch.get_rng_state(), state)
+    (again, _, _), = batches_with(jitter, images)
+    other = batches_with(jitter, images)
+    other.set_epoch(1)
+    (b, _, _), = other
+    assert torch.equal(a, again) and not torch.equal(a, b)
+
+
+def test_a_transform_that_changes_an_images_shape_is_one_line():
+    with pytest.raises(SettingsError, match=r"transform changed an image's shape from \(3, 32, 32\) to \(3, 28, 28\)"):
+        next(iter(batches_with(lambda image: image[:, 2:30, 2:30], random_batch(4))))

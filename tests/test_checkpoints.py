@@ -1,5 +1,7 @@
 """tudui/checkpoints.py: every kind of Tudui checkpoint loads, safely, into model.py's network; damaged, foreign
-or hostile ones are refused in one line and run nothing."""
+or hostile ones are refused in one line and run nothing. The checkpoints here are the tutorial network's (its
+keys and shapes, as its own files have them), so model.py's Tudui is the tutorial's in these tests
+(conftest's tutorial_network), whatever model.py holds."""
 import io
 import os
 import random
@@ -13,10 +15,12 @@ from hypothesis import example, given
 import train
 from conftest import (FUZZ, ROOT, SHARED, bad_input, mutate, needs_shared, random_or_mutated, reference_weights,
                       run_script)
-from model import Tudui
+from tudui.checkpoints import TutorialTudui as Tudui
 from tudui import load_tudui
 from tudui.datasets import CIFAR10_CLASSES
 from tudui.errors import CheckpointError
+
+pytestmark = pytest.mark.usefixtures("tutorial_network")
 
 TUTORIAL_MODEL_SOURCE = textwrap.dedent("""
     import torch

@@ -37,7 +37,7 @@ def test_orthogonalizing_weights_zero_padded_into_one_batch_gives_each_its_own_r
         assert matrix.count_nonzero() == weight.count_nonzero()  # the padding stayed zero
 
 
-def test_muon_moves_hidden_weights_by_their_orthogonalized_gradient_and_the_rest_as_sgd():
+def test_muon_moves_hidden_weights_by_their_orthogonalized_gradient_and_the_rest_as_sgd(tutorial_network):
     args = parse(["--recipe", "tuned", "--muon-decay", "0"])  # the decay has a test of its own
     model = train.build_model(10, torch.device("cpu"), 0)
     sgd_twin = train.build_model(10, torch.device("cpu"), 0)
@@ -60,7 +60,7 @@ def test_muon_moves_hidden_weights_by_their_orthogonalized_gradient_and_the_rest
             torch.testing.assert_close(p.detach(), twin.detach())
 
 
-def test_muon_decay_shrinks_only_the_hidden_weights_by_muons_lr_times_the_rate_before_each_step():
+def test_muon_decay_shrinks_only_the_hidden_weights_by_muons_lr_times_the_rate_before_each_step(tutorial_network):
     """Zero gradients: Muon's own step and the SGD part then move nothing, so only the decay shows."""
     args = parse(["--recipe", "tuned", "--weight-decay", "0", "--lr", "0.2", "--muon-decay", "0.5"])
     model = train.build_model(10, torch.device("cpu"), 0)

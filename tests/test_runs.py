@@ -102,6 +102,7 @@ def test_resuming_from_an_epoch_older_than_last_pth_in_its_folder_is_refused_and
     run_dir = tmp_path / "logs" / "run"
     best = torch.load(run_dir / "best.pth", weights_only=True)
     if best["epoch"] == 2:  # make best.pth older than last.pth, as a run whose best epoch came first has it
+        (run_dir / "best.pth").unlink()  # a hard link to last.pth: written through, it would change that too
         torch.save(torch.load(run_dir / "tudui_epoch_0.pth", weights_only=True), run_dir / "best.pth")
     before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
     epoch = torch.load(run_dir / older, weights_only=True)["epoch"]
@@ -347,8 +348,10 @@ def test_a_full_disk_under_the_tensorboard_files_is_one_line_releases_the_lock_a
 
 
 def test_a_full_disk_under_the_checkpoints_is_one_line_and_leaves_the_saved_ones_whole(train_args, tmp_path, capsys,
+                                                                                      finished_run,
                                                                                       small_disk):
-    weights = small_disk("weights", 1_500_000)  # two checkpoints of 0.6 MB fit, not a third
+    size = finished_run.last_path.stat().st_size
+    weights = small_disk("weights", int(size * 2.5) // 4096 * 4096)  # two checkpoints fit, not a third
     err = bad_input(capsys, train_args + ["--ckpt-dir", str(weights), "--epochs", "3"])
     assert f"cannot write {weights}" in err and "(No space left on device)" in err
     assert_every_final_file_loads(weights)

@@ -11,7 +11,8 @@ import torch
 
 import predict
 import train
-from conftest import CLASSES, write_cifar_batches, ROOT, SHARED, bad_input, class_images, cosine_lrs, needs_shared, parse, run_script
+from conftest import (CLASSES, ROOT, SHARED, bad_input, class_images, copy_of_the_project, cosine_lrs, needs_shared, parse,
+                      run_in_copy, run_script, write_cifar_batches)
 from model import Tudui
 from tudui import batches, console, load_tudui, settings
 from tudui.batches import TestBatches, TrainBatches
@@ -69,7 +70,7 @@ def test_last_partial_batch_is_trained_on(train_args, tmp_path):
 
 def test_test_loss_is_the_mean_per_sample_loss_whatever_the_batch_size(monkeypatch):
     images, labels = (torch.from_numpy(a) for a in class_images(30, 10, seed=1))
-    net = Tudui()
+    net = Tudui().eval()
     expected = torch.nn.functional.cross_entropy(net(batches.to_input(images)), labels).item()
     for batch in (7, 500):
         monkeypatch.setattr(batches, "TEST_BATCH_SIZE", batch)
@@ -77,7 +78,7 @@ def test_test_loss_is_the_mean_per_sample_loss_whatever_the_batch_size(monkeypat
         assert result["loss"] == pytest.approx(expected, rel=1e-5)
 
 
-def test_amp_on_the_cpu_trains_in_bfloat16_close_to_fp32_with_fp32_weights(train_args, tmp_path):
+def test_amp_on_the_cpu_trains_in_bfloat16_close_to_fp32_with_fp32_weights(train_args, tmp_path, tutorial_network):
     train.main(train_args + ["--epochs", "1", "--run-name", "fp32"])
     train.main(train_args + ["--epochs", "1", "--run-name", "amp", "--amp"])
     fp32, amp = (torch.load(tmp_path / "logs" / name / "last.pth", weights_only=True)["model"] for name in ("fp32", "amp"))
@@ -130,7 +131,7 @@ def plain_epoch(images, labels, lrs, translate=None, normalize=False, label_smoo
     shifted through torch's reflect padding and a crop; with NORMALIZE, the mean and std of all training
     pixels are applied. Returns the network and the last step's loss."""
     torch.manual_seed(0)
-    plain = Tudui()
+    plain = train.Tudui()
     optimizer = torch.optim.SGD(plain.parameters(), lr=lrs[0], **sgd)
     generator = batches.epoch_generator(0, 0)
     order = torch.randperm(len(labels), generator=generator)
@@ -174,8 +175,9 @@ def fast_epoch(images, labels, flags):
     return fast, losses
 
 
-def test_fast_epoch_matches_a_plain_eager_loop_within_float_tolerance(cifar_train):
-    """Equal within float tolerance, not bit-equal, because channels_last convolutions sum in another order."""
+def test_fast_epoch_matches_a_plain_eager_loop_within_float_tolerance(cifar_train, tutorial_network):
+    """Equal within float tolerance, not bit-equal, because channels_last convolutions sum in another order:
+    on the tutorial's network, where that stays small (a deep BatchNorm network magnifies it)."""
     images, labels = cifar_train
     plain, last_loss = plain_epoch(images, labels, [0.01] * 4)
     fast, losses = fast_epoch(images, labels, [])
@@ -184,7 +186,7 @@ def test_fast_epoch_matches_a_plain_eager_loop_within_float_tolerance(cifar_trai
         torch.testing.assert_close(fast.state_dict()[key], tensor, rtol=1e-4, atol=1e-5)
 
 
-def test_each_step_uses_the_scheduled_lr_and_the_flags_sgd_settings(cifar_train):
+def test_each_step_uses_the_scheduled_lr_and_the_flags_sgd_settings(cifar_train, tutorial_network):
     images, labels = cifar_train
     plain, _ = plain_epoch(images, labels, cosine_lrs(0.05, 4), momentum=0.9, nesterov=True, weight_decay=0.05)
     fast, _ = fast_epoch(images, labels, ["--lr", "0.05", "--schedule", "cosine", "--momentum", "0.9", "--nesterov",
@@ -194,8 +196,9 @@ def test_each_step_uses_the_scheduled_lr_and_the_flags_sgd_settings(cifar_train)
 
 
 def test_tuned_recipe_trains_as_a_textbook_loop_with_flips_shifts_normalization_and_smoothing(train_args, tmp_path,
-                                                                                               cifar_train):
-    """With SGD, which the textbook loop has (Muon's update has a test of its own)."""
+                                                                                               cifar_train,
+                                                                                               tutorial_network):
+    """With SGD, which the textbook loop has (Muon's update has a test of its own), on the tutorial's network."""
     images, labels = cifar_train
     train.main(train_args + ["--recipe", "tuned", "--optimizer", "sgd", "--epochs", "1"])  # batch 64: 4 steps
     plain, _ = plain_epoch(images, labels, cosine_lrs(TUNED_LR, 4), translate=2, normalize=True, label_smoothing=0.1,
@@ -331,6 +334,7 @@ def test_the_test_pass_gives_each_images_predicted_class_and_its_probability(cif
     images, labels, _ = load_cifar10(cifar_dir, "test", download=False)
     net = load_tudui(untrained_weights)
     result = train.test(net, TestBatches(images, labels, None, World()), 10)
+    assert not net.training  # as it was
     with torch.no_grad():
         probabilities = net(images.float() / 255).softmax(1)
     assert torch.equal(result["predicted"], probabilities.argmax(1))
@@ -557,3 +561,129 @@ def test_a_dry_run_fails_on_each_part_with_one_line_and_writes_nothing(tmp_path,
     err = bad_input(capsys, argv)
     assert says.replace("{tmp}", str(work)) in err
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+
+
+# ------------------------------------------------------- what a learner changes in train.py is what trains
+
+SGD_LINE = ("    return torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum, nesterov=s.nesterov,\n"
+            "                           weight_decay=s.weight_decay)")
+SCHEDULER_LINE = "    return LambdaLR(optimizer, lr_schedule(s, total_steps=steps_per_epoch * s.epochs))"
+TRANSFORM_LINE = "train_transform = None"
+
+STRAIGHT_AND_RESUMED = """import json, sys
+import train
+common = json.loads(sys.argv[1])
+train.main(common + ["--epochs", "3", "--run-name", "straight"])
+split = train.main(common + ["--epochs", "2", "--run-name", "split"])
+train.main(["--resume", str(split.last_path), "--epochs", "3", "--quiet", "--device", "cpu"])
+"""
+
+
+def straight_and_resumed(project, cifar_dir, *flags):
+    """3 epochs straight, and 2 then resumed to 3, in PROJECT; their last.pth and metrics.jsonl lines."""
+    common = ["--data-dir", str(cifar_dir), "--no-download", "--device", "cpu", "--quiet", "--logdir",
+              str(project / "logs"), *flags]
+    done = run_in_copy(project, STRAIGHT_AND_RESUMED, json.dumps(common))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [(torch.load(project / "logs" / run / "last.pth", weights_only=True),
+             [json.loads(line) for line in (project / "logs" / run / "metrics.jsonl").read_text().splitlines()])
+            for run in ("straight", "split")]
+
+
+@pytest.mark.slow
+def test_an_adam_built_in_train_py_trains_at_its_own_lr_and_its_checkpoint_says_adam(tmp_path, cifar_dir, capsys):
+    project = copy_of_the_project(tmp_path, train_edits=[(SGD_LINE, "    return torch.optim.Adam(model.parameters(), "
+                                                                    "lr=1e-3)")])
+    done = run_in_copy(project, "import sys, train\ntrain.main(sys.argv[1:])", "--data-dir", cifar_dir,
+                       "--no-download", "--device", "cpu", "--epochs", "1", "--log-every", "1", "--logdir",
+                       tmp_path / "logs", "--run-name", "adam")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Adam, lr 0.001, LambdaLR" in done.stdout and "lr 0.001, " in done.stdout.splitlines()[-1]
+    checkpoint = torch.load(tmp_path / "logs" / "adam" / "last.pth", weights_only=True)
+    assert checkpoint["optimizer_class"] == "Adam" and checkpoint["metrics"]["lr"] == 1e-3
+    assert [group["lr"] for group in checkpoint["optimizer"]["param_groups"]] == [1e-3]
+    assert "exp_avg_sq" in next(iter(checkpoint["optimizer"]["state"].values()))  # Adam's own state
+    err = bad_input(capsys, ["--resume", str(tmp_path / "logs" / "adam" / "last.pth"), "--epochs", "2"])
+    assert "was trained with the optimizer Adam, but train.py now builds SGD" in err
+
+
+@pytest.mark.slow
+def test_a_step_lr_built_in_train_py_steps_and_a_resumed_run_continues_it_bit_exactly(tmp_path, cifar_dir):
+    project = copy_of_the_project(tmp_path, train_edits=[(SCHEDULER_LINE, "    return torch.optim.lr_scheduler.StepLR("
+                                                                          "optimizer, step_size=3, gamma=0.5)")])
+    (straight, straight_log), (resumed, resumed_log) = straight_and_resumed(project, cifar_dir, "--batch-size", "64")
+    # 200 images: 4 steps an epoch; each epoch records the lr of its last step, halved every 3 steps
+    assert [record["lr"] for record in straight_log] == [0.01 / 2, 0.01 / 4, 0.01 / 8]
+    assert [record["lr"] for record in resumed_log] == [record["lr"] for record in straight_log]
+    assert straight["scheduler_class"] == "StepLR" and resumed["scheduler"]["last_epoch"] == 12
+    assert all(torch.equal(straight["model"][key], resumed["model"][key]) for key in straight["model"])
+
+
+TRANSFORM_PROBE = '''import torch
+from torchvision.transforms import v2
+
+flip = v2.RandomHorizontalFlip()
+seen = []  # (image given, image returned) of every call
+
+
+def train_transform(image):
+    out = flip(image)
+    seen.append((image.clone(), out))
+    return out
+'''
+
+PROBED_RUN = """import json, sys, torch, probe, train
+inputs = []
+torch.nn.modules.module.register_module_forward_pre_hook(lambda module, args: inputs.append(args[0].detach().clone())
+                                                          if module.training and args[0].shape[0] == 64 else None)
+result = train.main(sys.argv[1:])
+first = [out for _, out in probe.seen[:64]]
+flipped = [not torch.equal(given, out) for given, out in probe.seen]
+mean, std = (torch.tensor(result_value).view(1, 3, 1, 1) for result_value in
+             torch.load(result.last_path, weights_only=True)["preprocess"].values())
+expected = ((torch.stack(first).float() / 255 - mean) / std)
+print(json.dumps({"calls": len(probe.seen), "dtype": str(probe.seen[0][0].dtype), "shape": list(probe.seen[0][0].shape),
+                  "first_batch_flipped": sum(flipped[:64]), "min_input": inputs[0].min().item(),
+                  "normalized_after": torch.allclose(inputs[0], expected, atol=1e-6)}))
+"""
+
+
+@pytest.mark.slow
+def test_a_per_image_transform_in_train_py_draws_for_each_image_before_normalization(tmp_path, cifar_dir):
+    project = copy_of_the_project(tmp_path, train_edits=[(TRANSFORM_LINE, "from probe import train_transform")])
+    (project / "probe.py").write_text(TRANSFORM_PROBE)
+    done = run_in_copy(project, PROBED_RUN, "--data-dir", cifar_dir, "--no-download", "--device", "cpu", "--quiet",
+                       "--epochs", "1", "--batch-size", "64", "--normalize", "--logdir", tmp_path / "logs")
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["calls"] == 200 and seen["dtype"] == "torch.uint8" and seen["shape"] == [3, 32, 32]
+    assert 10 < seen["first_batch_flipped"] < 54  # each image drew its own flip: not all or none of a batch
+    assert seen["min_input"] < 0 and seen["normalized_after"]  # normalized after the transform, negatives kept
+
+
+@pytest.mark.slow
+def test_a_run_with_a_transform_in_train_py_resumes_bit_exactly(tmp_path, cifar_dir):
+    project = copy_of_the_project(tmp_path, train_edits=[(TRANSFORM_LINE, "from probe import train_transform")])
+    jitter = "v2.Compose([v2.RandomHorizontalFlip(), v2.ColorJitter(brightness=0.5)])"
+    (project / "probe.py").write_text(TRANSFORM_PROBE.replace("v2.RandomHorizontalFlip()", jitter))
+    (straight, _), (resumed, _) = straight_and_resumed(project, cifar_dir, "--batch-size", "64", "--normalize")
+    assert all(torch.equal(straight["model"][key], resumed["model"][key]) for key in straight["model"])
+
+
+def test_save_every_keeps_every_nth_epoch_file_and_the_last_and_always_last_and_best(train_args, tmp_path):
+    result = train.main(train_args + ["--epochs", "5", "--save-every", "2"])
+    assert sorted(p.name for p in result.ckpt_dir.glob("*.pth")) == ["best.pth", "last.pth", "tudui_epoch_1.pth",
+                                                                     "tudui_epoch_3.pth", "tudui_epoch_4.pth"]
+    assert torch.load(result.last_path, weights_only=True)["epoch"] == 4
+
+
+def test_a_run_saving_every_second_epoch_resumes_bit_exactly_and_still_refuses_a_stale_resume(train_args, tmp_path,
+                                                                                               capsys):
+    flags = ["--momentum", "0.9", "--save-every", "2"]
+    straight = train.main(train_args + flags + ["--epochs", "4", "--run-name", "straight"])
+    split = train.main(train_args + flags + ["--epochs", "3", "--run-name", "split"])  # epoch files 1 and 2
+    err = bad_input(capsys, ["--resume", str(split.ckpt_dir / "tudui_epoch_1.pth"), "--epochs", "4"])
+    assert "is epoch 1, but" in err and "last.pth is epoch 2" in err
+    resumed = train.main(["--resume", str(split.last_path), "--epochs", "4", "--quiet", "--device", "cpu"])
+    a, b = (torch.load(r.last_path, weights_only=True)["model"] for r in (straight, resumed))
+    assert all(torch.equal(a[key], b[key]) for key in a)

@@ -58,6 +58,7 @@ def test_bad_resume_file_is_one_clear_line(capsys, train_args, tmp_path, make):
      "a momentum_buffer holds NaN or infinity"),
 ])
 def test_a_training_checkpoint_with_a_damaged_field_is_one_line_on_resume(train_args, tmp_path, capsys, field,
+                                                                           tutorial_network,
                                                                            damage, says):
     train.main(train_args + ["--epochs", "1", "--momentum", "0.9"])
     checkpoint = torch.load(tmp_path / "logs" / "run" / "last.pth", weights_only=True)
@@ -92,7 +93,8 @@ def test_checkpoints_hold_a_plain_lr_whatever_optimizer_wrote_them(optimizer):
 
 
 @pytest.mark.parametrize("name", ["tutorial_epoch_0_v516887d.pth", "tuned_epoch_0_v516887d.pth"])
-def test_a_checkpoint_written_before_the_split_into_modules_loads_and_resumes(cifar_dir, tmp_path, name):
+def test_a_checkpoint_written_before_the_split_into_modules_loads_and_resumes(cifar_dir, tmp_path, name,
+                                                                              tutorial_network):
     """Epoch 0 of a 2-epoch run (`--epochs 2`, and `--recipe tuned --batch-size 64` for the Muon one) on
     the tests' tiny CIFAR-10 folder, which conftest builds the same way every time."""
     run_dir = tmp_path / "logs" / "run"
@@ -110,7 +112,7 @@ def test_a_checkpoint_written_before_the_split_into_modules_loads_and_resumes(ci
     assert {k: resumed["config"][k] for k in kept} == kept  # settings added since take their defaults
 
 
-def test_an_old_muon_checkpoint_resumes_to_the_weights_the_old_code_reached(cifar_dir, tmp_path):
+def test_an_old_muon_checkpoint_resumes_to_the_weights_the_old_code_reached(cifar_dir, tmp_path, tutorial_network):
     """Its epoch 1 as the old code trained it, on this project's AVX-512 CPU: another CPU's convolutions add
     in another order, hence the tolerance."""
     run_dir = tmp_path / "logs" / "run"
@@ -174,8 +176,8 @@ def test_a_flipped_bit_in_the_weights_is_refused_as_damage_by_resume_predict_and
                                                                                          tmp_path, images, capsys):
     result = train.main(train_args + ["--epochs", "1"])
     checkpoint = torch.load(result.last_path, weights_only=True)
-    weight = checkpoint["model"]["model.4.weight"]
-    weight.view(torch.int32)[0, 0, 0, 0] ^= 1 << 20  # one bit of one weight, as a failing disk flips it
+    bias = next(tensor for tensor in checkpoint["model"].values() if tensor.dtype == torch.float32 and tensor.dim() == 1)
+    bias.view(torch.int32)[0] ^= 1 << 20  # one bit of one weight, as a failing disk flips it
     torch.save(checkpoint, tmp_path / "flipped.pth")
     says = f"checkpoint {tmp_path / 'flipped.pth'} is damaged: its weights do not match the checksum saved with them"
     for argv in (["--resume", str(tmp_path / "flipped.pth"), "--epochs", "2"],

@@ -240,15 +240,16 @@ def first_difference(recorded, net):
     return ""
 
 
-def build_from_state_dict(state_dict, path="checkpoint", classes=None, network=None):
+def build_from_state_dict(state_dict, path="checkpoint", classes=None, network=None, tutorials=False):
     """model.py's Tudui with these weights, loaded strictly; the tutorial's network instead for a file that
-    records no NETWORK (its printed structure) when only that fits. A CheckpointError names a mismatch."""
+    records no NETWORK (its printed structure) when only that fits, or always when TUTORIALS says the file
+    is the tutorial network's. A CheckpointError names a mismatch."""
     counts = output_counts(state_dict, classes)
     if counts[0] == 0:
         raise CheckpointError(f"{path} has a final layer with no outputs, so it can predict no class; "
                               "use another copy of the checkpoint")
     try:
-        nets = [build_tudui(count) for count in counts]
+        nets = [TutorialTudui(count) if tutorials else build_tudui(count) for count in counts]
     except SettingsError as e:
         raise CheckpointError(f"{path} predicts {counts[0]} classes, and {str(e).split(', but ')[0]}; give it a "
                               "num_classes argument: def __init__(self, num_classes=10)") from None
@@ -286,7 +287,7 @@ def normalizing_input(net, preprocess):
     return net
 
 
-def load_tudui(path, map_location="cpu"):
+def load_tudui(path, map_location="cpu", tutorials=False):
     """Load a Tudui in eval mode from any Tudui checkpoint: one written by train.py, a bare state_dict,
     or a tutorial `torch.save(tudui, ...)` file. It takes ToTensor's input, floats in [0, 1] of shape
     (N, 3, 32, 32), and applies its checkpoint's normalization itself. It carries `.classes` (names, one
@@ -296,7 +297,7 @@ def load_tudui(path, map_location="cpu"):
     checkpoint = read_checkpoint(path, map_location)
     state_dict, classes, preprocess = unpack_checkpoint(checkpoint, path)
     recorded = checkpoint.get("network") if isinstance(checkpoint, dict) else None
-    net = build_from_state_dict(state_dict, path, classes, recorded)
+    net = build_from_state_dict(state_dict, path, classes, recorded, tutorials)
     with torch.no_grad():
         num_classes = net.eval()(torch.zeros(1, 3, 32, 32)).shape[1]
     net.classes = [shown(name) for name in classes] if classes and len(classes) == num_classes else class_names(
