@@ -17,7 +17,7 @@ import torch
 
 from tudui.batches import to_input
 from tudui.checkpoints import load_tudui
-from tudui.console import OneLineErrorParser, run_cli
+from tudui.console import OneLineErrorParser, run_cli, shown
 from tudui.datasets import class_names
 from tudui.images import image_pixels
 from tudui.devices import pick_device
@@ -123,7 +123,7 @@ def main(argv=None):
         if args.json:
             print(json.dumps({"path": path, "predictions": predictions}))
         else:
-            print(f"{path}: " + ", ".join(f"{p['class']} {p['probability']:.1%}" for p in predictions))
+            print(f"{shown(path)}: " + ", ".join(f"{p['class']} {p['probability']:.1%}" for p in predictions))
     return 1 if failed else 0
 
 

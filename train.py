@@ -25,16 +25,17 @@ from model import Tudui
 from tudui import checks, distributed
 from tudui.batches import TestBatches, TrainBatches, normalizer, on_device
 from tudui.checkpoints import num_classes_argument
-from tudui.console import StopOnSignal, exit_process, progress_bar, run_cli, say
+from tudui.console import StopOnSignal, exit_process, keep_the_resume_call, progress_bar, run_cli, say
 from tudui.cuda_graph import GraphedStep, uses_cuda_graph
 from tudui.datasets import ImageFolder, cifar10_errors, downloads
 from tudui.devices import device_settings
 from tudui.errors import Interrupted
 from tudui.muon import Muon, hidden_weights_apart
 from tudui.report import epoch_line, per_class_accuracy
-from tudui.runs import RunFolder, TrainResult, resumable_checkpoint
+from tudui.runs import RunFolder, TrainResult
 from tudui.settings import as_command, check_keywords, command_line_settings, lr_schedule, resolve
-from tudui.training_checkpoints import load_training_checkpoint, provenance, restore, training_checkpoint
+from tudui.training_checkpoints import (auto_resume, load_training_checkpoint, provenance, restore,
+                                        resumable_checkpoint, training_checkpoint)
 
 
 # ------------------------------------------------------------------------------------------------------------- 1. data
@@ -121,8 +122,9 @@ def train_one_epoch(model, train_loader, train_step, optimizer, scheduler, first
             loss = loss_sums[i].clone()
             world.sum(loss)
             log(step, (loss / batch_sizes[i]).item(), float(lrs[-1]))
-        if stop.requested:
-            raise Interrupted("", stop.signal)
+        if world.size == 1 or device.type == "cpu" or step % s.log_every == 0 or i == len(batch_sizes) - 1:
+            if world.agree_to_stop(stop, device):  # under torchrun every rank stops after the same step
+                raise stop.interrupted()
     world.sum(loss_sums, correct)
     return (loss_sums.cpu() / torch.tensor(batch_sizes), correct.item() / len(train_loader.labels),
             [float(lr) for lr in lrs])
@@ -157,10 +159,11 @@ def test(model, test_loader, num_classes, amp=False):
 
 # ---------------------------------------------------------------------------------------------------------- 5. the run
 
-def train(s, resumed, device, world, command):
+def train(s, resumed, device, world, command, same_command_resumes=False):
     """The run: data, model, loss, optimizer and scheduler (from RESUMED's checkpoint when resuming), then
     each epoch trained, tested, saved and logged. COMMAND(**changes) says how the user starts this run, or
-    one with CHANGES. Returns a TrainResult; with --dry-run, checks instead (checks.dry_run)."""
+    one with CHANGES (SAME_COMMAND_RESUMES: with --resume auto, it goes on as it is). Returns a TrainResult;
+    with --dry-run, checks instead (checks.dry_run)."""
     data = on_device(*datasets(s), s, device)                                                # 1. data
     model = build_model(len(data.classes), device, s.seed)                                   # 2. model,
     loss_fn = nn.CrossEntropyLoss(reduction="sum", label_smoothing=s.label_smoothing)        #    loss,
@@ -188,8 +191,8 @@ def train(s, resumed, device, world, command):
     made_by = provenance(device, command())
     run = RunFolder(s, resumed, start_epoch, step, data.skipped) if world.rank == 0 else None  # only rank 0 writes
     record, epoch = (resumed["metrics"] if resumed else {}), start_epoch
-    try:
-        with run or contextlib.nullcontext(), StopOnSignal() as stop:
+    try:  # once a stop is under way, more signals wait for the files to close (StopOnSignal)
+        with StopOnSignal(world.rank == 0, at_once=world.size == 1) as stop, run or contextlib.nullcontext():
             writer = SummaryWriter(run.dir, purge_step=step + 1 if resumed else None) if run else None
             if run:
                 run.started(writer, model, s, resumed, next(iter(test_loader))[0][:1], device, world, data,
@@ -234,23 +237,27 @@ def train(s, resumed, device, world, command):
                 say(s.quiet, epoch_line(record))
             if writer:
                 writer.close()
-    except Interrupted as stopped:  # the message says how to resume; its signal makes the exit code
+    except Interrupted as stopped:  # the message says how to resume (rank 0's alone); its signal, the exit code
         last = resumable_checkpoint(run.ckpt_dir) if run else None
-        how = f"resume with: {command(resume=str(last), only=True)}" if last else "nothing saved yet"
-        stopped.args = (f"interrupted in epoch {epoch}; its partial progress is discarded. {how}",)
+        how = (f"run the same command to go on: {command()}" if last and same_command_resumes else
+               f"resume with: {command(resume=str(last), only=True)}" if last else "nothing saved yet")
+        stopped.args = (f"interrupted in epoch {epoch}; its partial progress is discarded. {how}" if run else "",)
+        stopped.resume_call = bool(run)
         raise
     return TrainResult.of(run, record, step, best_accuracy)
 
 
 def start(given, from_command_line):
     """Train (or check) as the settings GIVEN say; the rest of main and run."""
-    resumed = load_training_checkpoint(given["resume"]) if given.get("resume") else None
-    s = resolve(given, resumed)
-    with distributed.start(s) as (world, device):
+    checkpoint = auto_resume(given) if given.get("resume") == "auto" else given.get("resume")
+    resumed = load_training_checkpoint(checkpoint) if checkpoint else None
+    s = resolve({**given, "resume": checkpoint}, resumed)
+    with keep_the_resume_call(), distributed.start(s) as (world, device):
         if s.evaluate:
             return checks.evaluate_checkpoint(s, device, test)
         with device_settings(device, s.deterministic, s.quiet, s.amp):
-            result = train(s, resumed, device, world, partial(as_command, given, from_command_line))
+            result = train(s, resumed, device, world, partial(as_command, given, from_command_line, world.size),
+                           same_command_resumes=given.get("resume") == "auto")
     if s.quiet and world.rank == 0 and not s.dry_run:
         print(f"test accuracy {result.test_accuracy:.2%}, checkpoints in {result.ckpt_dir}")
     return result

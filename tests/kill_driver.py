@@ -1,4 +1,4 @@
-"""Kill -9 a training run at random moments, resuming from last.pth each time, until it finishes.
+"""Kill -9 a training run at random moments, starting the same command (--resume auto) again each time, until it finishes.
 
     python tests/kill_driver.py SNAPSHOT_DIR KILLS SEED FIRST_SAVE_SECONDS -- TRAIN_ARGS...
 
@@ -46,11 +46,9 @@ def main():
     rng = random.Random(seed)
     killed, torn_temporaries, first_save_seconds = 0, 0, None
     while True:
-        last = runs.resumable_checkpoint(run_dir)  # as a user would, told so when starting afresh is refused
-        resume = ["--resume", str(last)] if last else []
         saved_before, first_save_seconds = last_saved(run_dir), None
         started = time.monotonic()
-        pid = start(argv + resume)
+        pid = start(argv + ["--resume", "auto"])  # the same command every time, as a requeued job runs it
         # half the kills at random before the run's first save, half around it, where the writes are
         around_save = rng.uniform(0.9, 1.2) if rng.random() < 0.5 else rng.uniform(0.1, 1.0)
         deadline = started + (around_save * to_first_save if killed < kills else 600)

@@ -17,7 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import train
 from conftest import ROOT, assert_every_final_file_loads, bad_input, cosine_lrs, run_script
-from tudui import runs, settings
+from tudui import runs, settings, training_checkpoints
 
 
 def events(run_dir):
@@ -200,10 +200,10 @@ def test_a_new_run_never_writes_over_an_earlier_runs_checkpoints(train_args, tmp
 
 
 def test_the_checkpoint_to_resume_from_is_last_then_the_latest_epoch_then_best(tmp_path):
-    assert runs.resumable_checkpoint(tmp_path) is None
+    assert training_checkpoints.resumable_checkpoint(tmp_path) is None
     for name in ("best.pth", "tudui_epoch_2.pth", "tudui_epoch_10.pth", "last.pth"):
         (tmp_path / name).touch()
-        assert runs.resumable_checkpoint(tmp_path) == tmp_path / name  # each outranks those before it (10 > 2)
+        assert training_checkpoints.resumable_checkpoint(tmp_path) == tmp_path / name  # each outranks those before it (10 > 2)
 
 
 def test_the_lock_is_filelocks_and_is_released_for_the_same_process_to_take_again(tmp_path):
@@ -268,7 +268,7 @@ def test_full_disk_at_the_metrics_line_is_one_clear_line_after_the_epoch_is_save
 
 
 @pytest.mark.slow
-def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_weights(cifar_dir, tmp_path):
+def test_kill_9_at_random_moments_and_the_same_command_again_give_the_uninterrupted_weights(cifar_dir, tmp_path):
     flags = ["--data-dir", str(cifar_dir), "--no-download", "--device", "cpu", "--run-name", "run", "--quiet",
              "--recipe", "tuned", "--lr", "0.01", "--batch-size", "64", "--epochs", "12"]
 

@@ -22,7 +22,8 @@ from tudui.distributed import World
 from tudui.errors import SettingsError
 from tudui.mistakes import gallery, picked, save_png
 from tudui.report import Evaluation, describe_checkpoint, format_report
-from tudui.runs import RunLock, refuse_to_overwrite
+from tudui.runs import RunLock
+from tudui.training_checkpoints import refuse_to_overwrite
 
 
 def dry_run(s, data, device, resumed, train_step, epoch, real_command, train_steps, test_batch):
@@ -34,8 +35,9 @@ def dry_run(s, data, device, resumed, train_step, epoch, real_command, train_ste
     counts = torch.bincount(data.train_y.cpu(), minlength=len(data.classes)).tolist()
     per_class = ", ".join(f"{name} {count}" for name, count in zip(data.classes, counts))
     held_out = f", {len(data.val_y)} held out for validation" if s.val_split else ""
-    say(s.quiet, f"data: {len(data.train_y)} training images{held_out}, {len(data.test_y)} test images in "
-                 f"{s.data_dir}; training images per class: {per_class}")
+    skipped = f", {len(data.skipped)} that cannot be read skipped" if data.skipped else ""
+    say(s.quiet, f"data: {len(data.train_y)} training images{held_out}, {len(data.test_y)} test images{skipped} in "
+                 f"{shown(s.data_dir)}; training images per class: {per_class}")
     say(s.quiet, f"device: {device}{' (each full batch replayed as a CUDA graph)' if graphed else ''}")
     folders = sorted({str(folder) for folder in check_run_folders(s, resumed)})
     say(s.quiet, f"folders: {' and '.join(folders)} can be created and written")
@@ -105,7 +107,11 @@ def evaluate_checkpoint(s, device, test):
     TEST (train.py's), and on the images its run held out when it had --val-split. Prints the report and
     returns a report.Evaluation."""
     net = load_tudui(s.evaluate, map_location="cpu").to(device, memory_format=torch.channels_last)
-    images, labels, classes = load_test_split(s.dataset, s.data_dir, not s.no_download, net.classes)
+    skipped = [] if s.skip_bad_images else None
+    images, labels, classes = load_test_split(s.dataset, s.data_dir, not s.no_download, net.classes, skipped)
+    if skipped:
+        print(f"--skip-bad-images: skipped {len(skipped)} test image{'s' * (len(skipped) != 1)} that cannot be read: "
+              f"{', '.join(skipped[:3])}{' ...' if len(skipped) > 3 else ''}", file=sys.stderr)
     if len(classes) != len(net.classes):
         raise SettingsError(f"{s.evaluate} predicts {len(net.classes)} classes but the dataset has "
                             f"{len(classes)}; evaluate it on the dataset it was trained for")

@@ -2,6 +2,7 @@
 and the progress bar, Ctrl-C, run_cli, the one place where the project's exceptions become exit codes,
 and the end of the process. Holds no training code."""
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -56,12 +57,16 @@ STOP_SIGNALS = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(sig
 class StopOnSignal:
     """The first Ctrl-C (a notebook's interrupt is one too), SIGTERM (SLURM, Kubernetes, docker stop,
     timeout) or SIGHUP (a closed terminal) asks the loop to stop after the current step; SIGNAL is then
-    its number. A second one raises Interrupted at once, which still closes the run's files and releases
-    its lock, so a notebook's kernel can resume the run. Installed from the main thread only, where
-    signal handlers can be set."""
+    its number, and a line says so when ANNOUNCE. A second one, while that step still runs, raises
+    Interrupted AT_ONCE, which still closes the run's files and releases its lock, so a notebook's kernel
+    can resume the run (not under torchrun, whose ranks must stop after the same step, and whose agent
+    passes the scheduler's SIGTERM on a second time). Once the loop has stopped (interrupted()), more
+    signals are ignored: the files close and the message that says how to resume comes through.
+    Installed from the main thread only, where signal handlers can be set."""
 
-    def __init__(self):
-        self.requested, self.signal, self.previous = False, None, {}
+    def __init__(self, announce=True, at_once=True):
+        self.requested, self.signal, self.previous, self.stopping = False, None, {}, False
+        self.announce, self.at_once = announce, at_once
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -69,17 +74,40 @@ class StopOnSignal:
         return self
 
     def _handle(self, signum, frame):
+        if self.stopping or (self.requested and not self.at_once):
+            return
         if self.requested:
             raise Interrupted(f"stopped at once by a second {signal.Signals(signum).name}; files already saved are "
                               "intact", signum)
         self.requested, self.signal = True, signum
         again = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        print(f"\n{signal.Signals(signum).name}: stopping after this step ({again} again to stop at once)",
-              file=sys.stderr, flush=True)
+        if self.announce:
+            print(f"\n{signal.Signals(signum).name}: stopping after this step ({again} again to stop at once)",
+                  file=sys.stderr, flush=True)
+
+    def interrupted(self):
+        """The Interrupted error that stops the loop: from now on, signals wait for the closing."""
+        self.stopping = True
+        return Interrupted("", self.signal)
 
     def __exit__(self, *exc):
         for number, previous in self.previous.items():
             signal.signal(number, previous)
+
+
+@contextlib.contextmanager
+def keep_the_resume_call():
+    """A with-block in which an interrupt that lands while a stopped run closes its files (a second Ctrl-C
+    in a notebook) still ends in the Interrupted error that says how to resume."""
+    try:
+        yield
+    except KeyboardInterrupt as error:
+        earlier = error
+        while earlier is not None and not getattr(earlier, "resume_call", False):
+            earlier = earlier.__context__
+        if earlier is None or earlier is error:
+            raise
+        raise earlier from None
 
 
 def run_cli(entry):
@@ -99,7 +127,8 @@ def run_cli(entry):
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Interrupted as e:
-        print(e, file=sys.stderr)
+        if str(e):  # under torchrun, rank 0 alone says how to resume
+            print(e, file=sys.stderr)
         return 128 + e.signal_number
     except KeyboardInterrupt:  # outside the training loop, which stops itself cleanly: loading data, say
         print("\ninterrupted; files already saved are intact", file=sys.stderr)

@@ -10,8 +10,8 @@ class GraphedStep:
 
     A graph replays the kernels of STEP on the tensors it was captured with, so:
     - each batch is copied into this class's own input tensors;
-    - the OPTIMIZER's lr becomes a 0-dim device tensor, which settings.set_lr writes in place, and its
-      SGD groups run torch's fused kernel, which reads the lr there;
+    - the OPTIMIZER's lr becomes a 0-dim device tensor, which torch's lr schedulers write in place, and
+      its SGD groups run torch's fused kernel, which reads the lr there;
     - SCALE must be the same for every full batch (it is recorded as a number).
     Smaller batches, such as an epoch's last, run eagerly. Returns what STEP returns: with a graph, the
     same tensors each time, so copy them before the next call."""

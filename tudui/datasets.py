@@ -277,11 +277,11 @@ def load_dataset(kind, data_dir, download=True, dry_run=False, skipped=None):
     return train_x, train_y, test_x, test_y, classes
 
 
-def load_test_split(kind, data_dir, download=True, classes=None):
+def load_test_split(kind, data_dir, download=True, classes=None, skipped=None):
     """The test split alone, labelled in the order of CLASSES (a checkpoint's class names) when its
-    folders are among them, else in sorted folder order as training uses."""
+    folders are among them, else in sorted folder order as training uses. SKIPPED: as folder_tensors'."""
     if kind == "cifar10":
         return load_cifar10(data_dir, "test", download)
     found = ImageFolder(Path(data_dir) / "test", evaluating=True).classes
     named = classes and set(found) <= set(classes)
-    return load_folder(data_dir, "test", classes if named else found, evaluating=True)
+    return load_folder(data_dir, "test", classes if named else found, evaluating=True, skipped=skipped)

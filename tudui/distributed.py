@@ -30,6 +30,16 @@ class World:
             for tensor in tensors:
                 torch.distributed.all_reduce(tensor)
 
+    def agree_to_stop(self, stop, device):
+        """Whether a stop was asked for (StopOnSignal STOP), on any rank under torchrun: each rank calls it
+        after the same steps, so that all stop after the same one, with the signal of one that got it."""
+        if self.size > 1:
+            asked = torch.tensor([stop.signal or 0], device=device)
+            torch.distributed.all_reduce(asked, torch.distributed.ReduceOp.MAX)
+            if asked.item():
+                stop.requested, stop.signal = True, int(asked.item())
+        return stop.requested
+
     def wrap(self, model, device):
         """MODEL for training: under DistributedDataParallel when there are several processes."""
         if self.size == 1:

@@ -29,11 +29,11 @@ def _font(size):
 def describe_checkpoint(path, provenance):
     """One line: what made the checkpoint at PATH, from its PROVENANCE record (None in older files)."""
     if not isinstance(provenance, dict):
-        return f"checkpoint {path}: no record of what made it (an older train.py, or not train.py, wrote it)"
+        return f"checkpoint {shown(path)}: no record of what made it (an older train.py, or not train.py, wrote it)"
     field = {key: shown(provenance.get(key)) for key in ("version", "git_commit", "torch", "torchvision", "device",
                                                           "command")}
     commit = field["git_commit"] if provenance.get("git_commit") else ""
-    return (f"checkpoint {path}: version {field['version']}{f' (git {commit[:12]}{commit[40:]})' if commit else ''}, "
+    return (f"checkpoint {shown(path)}: version {field['version']}{f' (git {commit[:12]}{commit[40:]})' if commit else ''}, "
             f"torch {field['torch']}, torchvision {field['torchvision']}, trained on {field['device']} by "
             f"`{field['command']}`")
 

@@ -9,6 +9,7 @@ import contextlib
 import io
 import itertools
 import json
+import sys
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -18,13 +19,13 @@ from pathlib import Path
 
 import torch
 
-from tudui.console import say
-from tudui.checkpoints import read_checkpoint
-from tudui.errors import CheckpointError, SettingsError
+from tudui.console import say, shown
+from tudui.errors import SettingsError
 from tudui.files import atomic_write, cannot_write, remove_stale_temporaries, replace_with_link
 from tudui.mistakes import gallery, picked
 from tudui.report import confusion_image, prediction_grid
 from tudui.settings import plain
+from tudui.training_checkpoints import refuse_to_overwrite
 
 
 @dataclass(frozen=True)
@@ -108,48 +109,6 @@ def truncate_metrics(path, last_epoch):
     return {record["epoch"] for record in kept}
 
 
-def resumable_checkpoint(ckpt_dir):
-    """The checkpoint in CKPT_DIR to resume its run from: last.pth, else the latest epoch's, else best.pth;
-    None when it holds none."""
-    ckpt_dir = Path(ckpt_dir)
-    epochs = [p for p in ckpt_dir.glob("tudui_epoch_*.pth") if p.stem.rpartition("_")[2].isdigit()]
-    candidates = [ckpt_dir / "last.pth", *sorted(epochs, key=lambda p: -int(p.stem.rpartition("_")[2])),
-                  ckpt_dir / "best.pth"]
-    return next((path for path in candidates if path.exists()), None)
-
-
-def refuse_to_overwrite(ckpt_dir, resumed=None, resume=None):
-    """A new run never writes over the checkpoints of an earlier one. A run resumed from RESUME, a
-    checkpoint in CKPT_DIR, goes on writing there, unless that folder holds a later epoch than RESUMED
-    (its checkpoint), in last.pth or an epoch file: resuming would then overwrite newer results, so it
-    must branch instead."""
-    if resume and Path(resume).resolve().parent == Path(ckpt_dir).resolve():
-        last = Path(ckpt_dir) / "last.pth"
-        saved = [(epoch_of(last), last)] if last.exists() else []
-        saved += [(int(p.stem.rpartition("_")[2]), p) for p in Path(ckpt_dir).glob("tudui_epoch_*.pth")
-                  if p.stem.rpartition("_")[2].isdigit()]
-        newer = [(epoch, path == last, path) for epoch, path in saved if (epoch or -1) > resumed["epoch"]]
-        if newer:
-            epoch, _, path = max(newer)  # the latest epoch, and last.pth of files of equal epochs
-            raise SettingsError(f"{resume} is epoch {resumed['epoch']}, but {path} is epoch {epoch}: resuming it "
-                                f"there would overwrite the newer epochs; resume {path}, or branch into a run of "
-                                f"its own: --resume {resume} --run-name NEW_NAME (and a new --ckpt-dir, if given)")
-        return
-    found = resumable_checkpoint(ckpt_dir)
-    if found is not None:
-        raise SettingsError(f"{ckpt_dir} already holds the checkpoints of an earlier run; continue it with "
-                            f"--resume {found}, or give this run another --run-name (or --ckpt-dir)")
-
-
-def epoch_of(path):
-    """The epoch of the training checkpoint at PATH; None when it has none or cannot be read."""
-    try:
-        epoch = read_checkpoint(path).get("epoch")
-    except (CheckpointError, AttributeError):  # unreadable, or no dict
-        return None
-    return epoch if isinstance(epoch, int) else None
-
-
 def claim_run_name(logdir):
     """A new folder in LOGDIR named for the current time, -2, -3, ... added when runs start in the same
     second: made here, at once, so that runs started together never share one."""
@@ -229,10 +188,13 @@ class RunFolder:
 
         self.train_writer, self.test_images, self.test_labels = writer, data.test_x, data.test_y
         processes = f" x {world.size} processes" if world.size > 1 else ""
-        say(settings.quiet, f"run {self.dir} | checkpoints in {self.ckpt_dir} | device {device}{processes} | "
+        say(settings.quiet, f"run {shown(self.dir)} | checkpoints in {shown(self.ckpt_dir)} | device {device}{processes} | "
                             f"{len(data.train_y)} train / {len(data.test_y)} test images, {len(data.classes)} classes | "
                             f"{type(optimizer).__name__}, lr {optimizer.param_groups[0]['lr']:.4g}, "
                             f"{type(scheduler).__name__}")
+        if data.skipped:
+            print(f"--skip-bad-images: skipped {len(data.skipped)} image{'s' * (len(data.skipped) != 1)} that cannot "
+                  f"be read, listed in {shown(self.dir / 'config.json')}", file=sys.stderr)
         if resumed and resumed["epoch"] not in self.logged_epochs:
             log_epoch_scalars(self.writer, resumed["metrics"], resumed["classes"], also=THE_TUTORIALS)
             self.writer.flush()

@@ -68,7 +68,9 @@ class Settings:
     logdir: str = flag("./logs_train", "TensorBoard folder; each run gets LOGDIR/RUN_NAME")
     run_name: str = flag(None, "default: a timestamp, or the resumed run's name")
     ckpt_dir: str = flag(None, "default: the run's folder, LOGDIR/RUN_NAME")
-    resume: str = flag(None, "continue from a checkpoint written by this script", metavar="PATH")
+    resume: str = flag(None, "continue from a checkpoint written by this script; auto, with --run-name: from that "
+                             "run's newest checkpoint, or start it if it has none (the same command goes on after a "
+                             "preemption)", metavar="PATH")
     evaluate: str = flag(None, "only evaluate CHECKPOINT on the test split", metavar="CHECKPOINT")
     tta: bool = flag(False, "with --evaluate: average predictions over the image and its flip")
     mistakes: str = flag(None, "with --evaluate: save the test images it got most confidently wrong, each with its "
@@ -231,10 +233,10 @@ def names_a_subfolder(name):
     return name.strip() not in ("", ".") and not path.anchor and ".." not in path.parts
 
 
-def as_command(given, from_command_line, only=False, **changes):
+def as_command(given, from_command_line, processes=1, only=False, **changes):
     """How the user would start a run of the settings GIVEN with CHANGES (None drops one; ONLY: CHANGES
-    alone): `python train.py --flag value ...` for the command line, `train.run(name=value, ...)` from
-    Python."""
+    alone): `python train.py --flag value ...` for the command line (`torchrun --nproc_per_node=N train.py
+    ...` for a run of N PROCESSES), `train.run(name=value, ...)` from Python."""
     given = {k: v for k, v in {**({} if only else given), **changes}.items() if v is not None}
     if not from_command_line:
         return "train.run(" + ", ".join(f"{k}={v!r}" for k, v in given.items()) + ")"
@@ -245,7 +247,11 @@ def as_command(given, from_command_line, only=False, **changes):
             argv.append(option if value else "--no-" + option[2:])
         else:
             argv += [option, str(value)]
-    return shlex.join(["python", "train.py", *argv])
+    if processes == 1:
+        return shlex.join(["python", "train.py", *argv])
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", processes))
+    nodes = [f"--nnodes={processes // per_node}"] if per_node != processes else []
+    return shlex.join(["torchrun", *nodes, f"--nproc_per_node={per_node}", "train.py", *argv])
 
 
 def lr_schedule(s, total_steps):

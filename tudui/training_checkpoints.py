@@ -12,7 +12,7 @@ from tudui.checkpoints import _unwrapped, checked_preprocess, load_weights, read
 from tudui.console import shown
 from tudui.errors import CheckpointError, SettingsError
 from tudui.integrity import weights_checksum
-from tudui.settings import plain
+from tudui.settings import FIELDS, plain
 
 CHECKPOINT_FORMAT = "tudui-train-checkpoint/1"
 
@@ -135,6 +135,70 @@ def restore(checkpoint, path, model, optimizer, scheduler, device, classes, step
         raise damaged_checkpoint(path, f"its optimizer or RNG state does not load: {e}") from None
     return (checked_preprocess(checkpoint.get("preprocess"), path), checkpoint["epoch"] + 1, checkpoint["step"],
             checkpoint["best_accuracy"])
+
+
+def resumable_checkpoint(ckpt_dir):
+    """The checkpoint in CKPT_DIR to resume its run from: last.pth, else the latest epoch's, else best.pth;
+    None when it holds none."""
+    ckpt_dir = Path(ckpt_dir)
+    epochs = [p for p in ckpt_dir.glob("tudui_epoch_*.pth") if p.stem.rpartition("_")[2].isdigit()]
+    candidates = [ckpt_dir / "last.pth", *sorted(epochs, key=lambda p: -int(p.stem.rpartition("_")[2])),
+                  ckpt_dir / "best.pth"]
+    return next((path for path in candidates if path.exists()), None)
+
+
+def auto_resume(given):
+    """--resume auto: the newest whole checkpoint of the run that --run-name names (in --ckpt-dir, when
+    given), last.pth, else the newest epoch file that loads; None when the run has saved none yet, so that
+    it starts. The same command thus goes on after a preemption, however the process was stopped."""
+    if given.get("run_name") is None:
+        raise SettingsError("--resume auto needs --run-name: the run it goes on with, or starts when it has none")
+    ckpt_dir = Path(given.get("ckpt_dir") or Path(given.get("logdir", FIELDS["logdir"].default)) / given["run_name"])
+    epochs = sorted(ckpt_dir.glob("tudui_epoch_*.pth"), key=lambda p: -int(p.stem.rpartition("_")[2])
+                    if p.stem.rpartition("_")[2].isdigit() else 1)
+    found = [path for path in [ckpt_dir / "last.pth", *epochs] if path.is_file()]
+    problems = []
+    for path in found:
+        try:
+            load_training_checkpoint(path)
+            return str(path)
+        except CheckpointError as e:
+            problems.append(str(e))
+    if problems:
+        raise CheckpointError(f"--resume auto found no whole checkpoint in {ckpt_dir}: {problems[0]}")
+    return None
+
+
+def refuse_to_overwrite(ckpt_dir, resumed=None, resume=None):
+    """A new run never writes over the checkpoints of an earlier one. A run resumed from RESUME, a
+    checkpoint in CKPT_DIR, goes on writing there, unless that folder holds a later epoch than RESUMED
+    (its checkpoint), in last.pth or an epoch file: resuming would then overwrite newer results, so it
+    must branch instead."""
+    if resume and Path(resume).resolve().parent == Path(ckpt_dir).resolve():
+        last = Path(ckpt_dir) / "last.pth"
+        saved = [(epoch_of(last), last)] if last.exists() else []
+        saved += [(int(p.stem.rpartition("_")[2]), p) for p in Path(ckpt_dir).glob("tudui_epoch_*.pth")
+                  if p.stem.rpartition("_")[2].isdigit()]
+        newer = [(epoch, path == last, path) for epoch, path in saved if (epoch or -1) > resumed["epoch"]]
+        if newer:
+            epoch, _, path = max(newer)  # the latest epoch, and last.pth of files of equal epochs
+            raise SettingsError(f"{resume} is epoch {resumed['epoch']}, but {path} is epoch {epoch}: resuming it "
+                                f"there would overwrite the newer epochs; resume {path}, or branch into a run of "
+                                f"its own: --resume {resume} --run-name NEW_NAME (and a new --ckpt-dir, if given)")
+        return
+    found = resumable_checkpoint(ckpt_dir)
+    if found is not None:
+        raise SettingsError(f"{ckpt_dir} already holds the checkpoints of an earlier run; continue it with "
+                            f"--resume {found}, or give this run another --run-name (or --ckpt-dir)")
+
+
+def epoch_of(path):
+    """The epoch of the training checkpoint at PATH; None when it has none or cannot be read."""
+    try:
+        epoch = read_checkpoint(path).get("epoch")
+    except (CheckpointError, AttributeError):  # unreadable, or no dict
+        return None
+    return epoch if isinstance(epoch, int) else None
 
 
 def restore_schedule(scheduler, state, first_step):
