@@ -134,3 +134,47 @@ def test_a_notebook_is_an_ipython_shell_run_by_a_kernel_app_and_a_terminal_ipyth
     shell = types.SimpleNamespace(config=config)
     monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: shell))
     assert console.in_notebook() is is_kernel
+
+
+def stopped_after_epoch_0(monkeypatch, while_closing):
+    """train.py's run gets SIGTERM after saving epoch 0, and WHILE_CLOSING() runs as it closes its files."""
+    import train  # noqa: F401  (the module whose run is patched)
+    from tudui import runs
+    real_log_epoch, real_exit = runs.RunFolder.log_epoch, runs.RunFolder.__exit__
+
+    def then_sigterm(self, *args):
+        real_log_epoch(self, *args)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def closing(self, *exc):
+        while_closing()
+        return real_exit(self, *exc)
+    monkeypatch.setattr(runs.RunFolder, "log_epoch", then_sigterm)
+    monkeypatch.setattr(runs.RunFolder, "__exit__", closing)
+
+
+def test_a_second_sigterm_while_the_run_closes_its_files_keeps_the_resume_call(train_args, tmp_path, monkeypatch,
+                                                                                 capsys):
+    import train
+    stopped_after_epoch_0(monkeypatch, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    assert console.run_cli(lambda: train.main(train_args + ["--epochs", "3"])) == 143
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.endswith(f"resume with: python train.py --resume {tmp_path / 'logs' / 'run' / 'last.pth'}")
+
+
+def test_a_notebook_interrupt_while_the_run_closes_still_raises_interrupted_with_the_resume_call(cifar_dir, tmp_path,
+                                                                                               monkeypatch):
+    import train
+    from tudui import distributed
+    from tudui.errors import Interrupted
+    real_leave = distributed.World.leave
+
+    def interrupted_again(self, finished):  # the kernel's second interrupt, after the loop's handlers are gone
+        real_leave(self, finished)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(distributed.World, "leave", interrupted_again)
+    stopped_after_epoch_0(monkeypatch, lambda: None)
+    with pytest.raises(Interrupted, match=r"resume with: train\.run\(resume=") as raised:
+        train.run(data_dir=cifar_dir, no_download=True, logdir=tmp_path, run_name="run", device="cpu", quiet=True,
+                  epochs=3)
+    assert raised.value.signal_number == signal.SIGTERM

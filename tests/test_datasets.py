@@ -233,3 +233,47 @@ def test_an_image_cache_that_does_not_fit_is_skipped_with_a_note_and_no_temporar
     assert len(images) == 12
     assert "note: the decoded images could not be cached in" in capsys.readouterr().err
     assert not list((data / ".tudui-cache").glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("flags", [[], ["--dry-run"]], ids=["run", "dry run"])
+def test_a_link_back_into_a_class_folder_is_refused_in_one_line_naming_it(tmp_path, capsys, flags):
+    root = write_image_folder(tmp_path / "data", train_per_class=2, test_per_class=1)
+    (root / "train" / "cat" / "loop").symlink_to(root / "train" / "cat")  # train/cat/loop -> .
+    err = bad_input(capsys, ["--dataset", "folder", "--data-dir", str(root), "--logdir", str(tmp_path / "logs"),
+                             *flags])
+    assert f"{root / 'train' / 'cat' / 'loop'} is a link back to {root / 'train' / 'cat'}, a folder already listed" in err
+
+
+NOT_UTF8 = os.fsdecode(b"ca\xeft.png")  # Latin-1 bytes in a file name, as an old camera or archive writes them
+
+
+def test_an_image_name_whose_bytes_are_not_utf8_trains_and_a_broken_one_is_named_escaped(tmp_path, capsys):
+    root = write_image_folder(tmp_path / "data", train_per_class=2, test_per_class=1)
+    shutil.copy(next((root / "train" / "cat").iterdir()), root / "train" / "cat" / NOT_UTF8)
+    train.main(["--dataset", "folder", "--data-dir", str(root), "--logdir", str(tmp_path / "logs"), "--device", "cpu",
+                "--epochs", "1", "--quiet"])
+    (root / "train" / "dog" / NOT_UTF8).write_bytes(b"not an image")
+    err = bad_input(capsys, ["--dataset", "folder", "--data-dir", str(root), "--logdir", str(tmp_path / "logs")])
+    assert f"{root / 'train' / 'dog'}/ca\\udceft.png" in err
+
+
+def test_skip_bad_images_says_how_many_it_skipped_and_where_the_list_is(tmp_path, capsys):
+    root = write_image_folder(tmp_path / "data", train_per_class=2, test_per_class=1)
+    (root / "train" / "dog" / NOT_UTF8).write_bytes(b"not an image")
+    (root / "train" / "cat" / "truncated.png").write_bytes(b"\x89PNG\r\n")
+    capsys.readouterr()
+    result = train.main(["--dataset", "folder", "--data-dir", str(root), "--logdir", str(tmp_path / "logs"),
+                         "--device", "cpu", "--epochs", "1", "--quiet", "--skip-bad-images"])
+    assert (f"--skip-bad-images: skipped 2 images that cannot be read, listed in {result.run_dir / 'config.json'}"
+            in capsys.readouterr().err)
+    assert len(json.loads((result.run_dir / "config.json").read_text())["skipped_images"]) == 2
+
+
+def test_evaluate_honours_skip_bad_images_on_the_folder_its_run_trained_on(tmp_path, capsys):
+    root = write_image_folder(tmp_path / "data", train_per_class=2, test_per_class=1)
+    (root / "test" / "dog" / "truncated.png").write_bytes(b"\x89PNG\r\n")
+    flags = ["--dataset", "folder", "--data-dir", str(root), "--skip-bad-images"]
+    result = train.main(flags + ["--logdir", str(tmp_path / "logs"), "--device", "cpu", "--epochs", "1", "--quiet"])
+    capsys.readouterr()
+    evaluation = train.main(flags + ["--evaluate", str(result.last_path), "--device", "cpu"])
+    assert evaluation.confusion.sum() == 3 and "skipped 1 test image that cannot be read" in capsys.readouterr().err

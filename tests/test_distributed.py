@@ -1,10 +1,17 @@
 """train.py under torchrun: DistributedDataParallel on CPU (gloo) computes what one process computes."""
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
 import pytest
 import torch
 
 import train
-from conftest import ROOT, bad_input, run_script
+from conftest import ROOT, bad_input, run_script, tiny_cifar_env
 
 FLAGS = ["--no-download", "--device", "cpu", "--quiet", "--epochs", "1", "--batch-size", "64",
          "--momentum", "0.9", "--augment", "--normalize", "--run-name", "run"]
@@ -68,3 +75,34 @@ def test_a_world_size_set_outside_torchrun_is_one_clear_line(monkeypatch, capsys
 def test_plain_python_run_never_touches_torch_distributed(train_args):
     train.main(train_args + ["--epochs", "1"])
     assert not torch.distributed.is_initialized()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_to_the_whole_process_group_stops_both_ranks_after_one_step_and_rank_0_alone_says_how_to_resume(
+        cifar_dir, tmp_path, stop):
+    """As a scheduler preempts a job: the signal reaches every rank at once (the two processes are started as
+    torchrun starts them, in a process group of their own). Each exits 128 + the signal, none prints a
+    traceback, and rank 0's last line is the torchrun command that resumes the run."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    logdir = tmp_path / "logs"
+    argv = [sys.executable, str(ROOT / "train.py"), "--data-dir", str(cifar_dir), "--no-download", "--device", "cpu",
+            "--batch-size", "64", "--epochs", "100000", "--log-every", "1", "--logdir", str(logdir), "--run-name", "run"]
+    ranks = []
+    for rank in (0, 1):
+        env = dict(os.environ, **tiny_cifar_env(), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                   LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), PYTHONUNBUFFERED="1")
+        ranks.append(subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      env=env, process_group=0 if rank == 0 else ranks[0].pid))
+    deadline = time.time() + 120
+    while not (logdir / "run" / "last.pth").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.3)  # mid-epoch
+    os.killpg(ranks[0].pid, stop)
+    (_, err0), (_, err1) = (rank.communicate(timeout=120) for rank in ranks)
+    assert [rank.returncode for rank in ranks] == [128 + stop] * 2, err0[-2000:] + err1[-2000:]
+    assert "Traceback" not in err0 + err1 and "nothing saved yet" not in err1 and "resume" not in err1
+    assert err0.strip().splitlines()[-1].endswith(
+        f"resume with: torchrun --nproc_per_node=2 train.py --resume {logdir / 'run' / 'last.pth'}")

@@ -225,3 +225,26 @@ def test_load_tudui_on_to_tensor_input_agrees_with_predict_for_the_tuned_recipe(
         as_pil = Image.fromarray(image.permute(1, 2, 0).numpy())
         by_hand = net.classes[net(to_tensor(as_pil)[None]).argmax(1).item()]
         assert by_hand == predict.predict(as_pil, result.last_path)[0]["class"]
+
+
+def test_control_characters_in_an_image_name_are_printed_escaped_and_forge_no_line(images, tmp_path, capsys):
+    forged = tmp_path / "dog.png\nforged: airplane 99%\x1b[2J.png"
+    forged.write_bytes((images / "RGB.png").read_bytes())
+    (tmp_path / "bad\n.png").write_bytes(b"not an image")
+    code, out, err = run_predict(capsys, forged, tmp_path / "bad\n.png", "--device", "cpu")
+    assert code == 1 and "\x1b" not in out + err
+    assert not any(line.startswith("forged") for line in out.splitlines())
+    assert f"{tmp_path}/dog.png\\nforged: airplane 99%\\x1b[2J.png: " in out
+    assert err.strip().splitlines() == [f"error: image {tmp_path}/bad\\n.png is not an image format PIL can read; "
+                                        "convert it to PNG or JPEG"]
+
+
+def test_a_phone_photo_stored_turned_is_classified_as_it_is_shown(tmp_path):
+    upright = Image.fromarray(random_batch(1, seed=4)[0].permute(1, 2, 0).numpy()).resize((64, 48))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation 6: the camera stored it turned; viewers turn it back clockwise
+    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "phone.png", exif=exif.tobytes())
+    upright.save(tmp_path / "upright.png")
+    as_stored, as_shown = (predict.predict(tmp_path / name, top_k=10, device="cpu") for name in ("phone.png",
+                                                                                                 "upright.png"))
+    assert as_stored == as_shown

@@ -3,7 +3,10 @@ each, checkpoints of earlier versions still resume, and each records what made i
 import json
 import math
 import re
+import os
+import shlex
 import shutil
+import signal
 
 import pytest
 import torch
@@ -12,7 +15,7 @@ import predict
 import train
 from conftest import ROOT, bad_input, parse
 from model import Tudui
-from tudui import console, load_tudui, training_checkpoints
+from tudui import console, load_tudui, runs, settings, training_checkpoints
 from tudui.cuda_graph import GraphedStep
 
 OLD_CHECKPOINTS = ROOT / "tests" / "data"  # written by commit 516887d, before train.py was split into modules
@@ -185,3 +188,43 @@ def test_a_flipped_bit_in_the_weights_is_refused_as_damage_by_resume_predict_and
         assert says in bad_input(capsys, argv)
     assert says in bad_input(capsys, ["--checkpoint", str(tmp_path / "flipped.pth"), str(images / "RGB.png")],
                              predict.main)
+
+
+# ------------------------------------------------- --resume auto: the same command starts, goes on, or is done
+
+def test_resume_auto_starts_a_run_that_has_no_checkpoint_then_goes_on_then_has_nothing_to_train(train_args, tmp_path,
+                                                                                               capsys):
+    first = train.main(train_args + ["--epochs", "1", "--resume", "auto"])  # nothing saved yet: it starts
+    assert first.epoch == 0
+    second = train.main(train_args + ["--epochs", "2", "--resume", "auto"])
+    assert second.epoch == 1 and second.history["epoch"] == [0, 1]
+    capsys.readouterr()
+    assert console.run_cli(lambda: train.main(train_args + ["--epochs", "2", "--resume", "auto"])) == 0
+    assert "nothing to train" in capsys.readouterr().err
+
+
+def test_resume_auto_takes_the_newest_epoch_file_that_loads_when_last_pth_is_gone_or_torn(train_args, tmp_path):
+    run_dir = tmp_path / "logs" / "run"
+    train.main(train_args + ["--epochs", "3"])
+    (run_dir / "last.pth").write_bytes((run_dir / "last.pth").read_bytes()[:1000])  # torn, as no kill leaves it
+    (run_dir / "tudui_epoch_2.pth").unlink()
+    assert training_checkpoints.auto_resume(settings.command_line_settings(train_args + ["--resume", "auto"])) == str(
+        run_dir / "tudui_epoch_1.pth")
+
+
+def test_resume_auto_without_a_run_name_is_one_line(capsys, cifar_dir):
+    err = bad_input(capsys, ["--data-dir", str(cifar_dir), "--resume", "auto"])
+    assert "--resume auto needs --run-name" in err
+
+
+def test_resume_auto_prints_the_same_command_to_go_on_after_a_stop(train_args, tmp_path, monkeypatch, capsys):
+    real_log_epoch = runs.RunFolder.log_epoch
+
+    def then_sigterm(self, record, *args):
+        real_log_epoch(self, record, *args)
+        os.kill(os.getpid(), signal.SIGTERM)  # the scheduler's preemption, after epoch 0 is saved
+    monkeypatch.setattr(runs.RunFolder, "log_epoch", then_sigterm)
+    argv = train_args + ["--epochs", "3", "--resume", "auto"]
+    assert console.run_cli(lambda: train.main(argv)) == 143
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(f"run the same command to go on: "
+                                                                     f"{shlex.join(['python', 'train.py', *argv])}")
