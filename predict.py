@@ -45,7 +45,7 @@ def shipped_weights():
     whatever model.py holds); CheckpointError when they are missing."""
     if not SHIPPED_WEIGHTS.is_file():
         raise CheckpointError(f"the shipped weights {SHIPPED_WEIGHTS} are missing from this copy of the project; "
-                              "pass --checkpoint, or make them with: python bench/ship_weights.py")
+                              "pass --checkpoint, or make them with: python tools/ship_weights.py")
     return SHIPPED_WEIGHTS
 
 

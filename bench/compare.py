@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-from tiny_data import cifar_copy_env  # noqa: E402
+sys.path.insert(0, str(ROOT / "tools"))
+from cifar_copy import copy_environment  # noqa: E402
 
 
 def run(cmd, env):
@@ -79,8 +79,8 @@ def main():
     p.add_argument("--train-flags", nargs=argparse.REMAINDER, default=[],
                    help="more flags for train.py (last on the line), e.g. --train-flags --recipe tuned")
     args = p.parse_args()
-    # the CIFAR-10 files bench/folder_to_cifar.py writes are accepted by md5 (its --env)
-    args.env = dict(os.environ, **(cifar_copy_env(args.data_dir) if args.dataset == "cifar10" else {}))
+    # the CIFAR-10 files tools/cifar_copy.py writes are accepted by md5 (its --env)
+    args.env = dict(os.environ, **(copy_environment(args.data_dir) if args.dataset == "cifar10" else {}))
     print(f"{os.cpu_count()} CPU cores; " + (torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"))
     print("| device | loop | epochs | start-up s | images/s | s/epoch (median) | train s | loop s | process wall s "
           "| wall - loop s | peak RSS MB | test acc | speed-up |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")

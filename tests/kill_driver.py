@@ -26,7 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from tudui import console  # noqa: E402
-from tudui import runs  # noqa: E402
 import train  # noqa: E402
 
 

@@ -1,4 +1,5 @@
-"""The benchmark scripts still run: those that import the project's code, and the GPU check's set-up."""
+"""The scripts of bench/, tools/ and experiments/ still run: those that import the project's code, and the GPU
+check's set-up."""
 import json
 import os
 import runpy
@@ -9,31 +10,10 @@ import sys
 import tarfile
 
 import pytest
-import torch
 
 from conftest import CLASSES, ROOT, write_image_folder
 
 pytestmark = pytest.mark.slow  # every test here starts scripts, servers or kernels
-
-
-def test_step_profile_times_and_profiles_train_steps_on_the_cpu(monkeypatch, capsys):
-    from tudui import settings
-    monkeypatch.setattr("sys.argv", ["step_profile.py", "--device", "cpu", "--recipe", "tuned", "--steps", "1"])
-    runpy.run_path(str(ROOT / "bench" / "step_profile.py"), run_name="__main__")
-    out = capsys.readouterr().out
-    batch_size = settings.RECIPES["tuned"]["batch_size"]
-    assert f"ms/step (batch {batch_size}, cpu), of which the optimizer step alone " in out
-    assert "aten::convolution_backward" in out  # the profiler saw a backward pass
-    assert "operators per step, views left out: " in out
-
-
-def test_step_profile_counts_the_operators_that_compute_and_leaves_views_out():
-    step_profile = runpy.run_path(str(ROOT / "bench" / "step_profile.py"))
-    with step_profile["OperatorCount"]() as counter:
-        x = torch.ones(4, 4)
-        x.view(16).unsqueeze(0)[:, :8].t()  # views: nothing runs
-        (x + 1).mul_(2)
-    assert counter.count == 3
 
 
 def test_step_time_prints_the_ms_per_step_of_each_memory_format_and_precision(monkeypatch, capsys):
@@ -56,26 +36,16 @@ def test_gpu_check_prepares_the_data_then_skips_every_stage_its_budget_has_no_ti
             tar.add(images / split, arcname=split)
     env = dict(os.environ, PYTHON=sys.executable, DATA=str(tmp_path / "cifar"), PYDATA=str(tmp_path / "pydata"),
                BUDGET="1")
-    done = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), str(archive), str(tmp_path / "out")],
+    done = subprocess.run(["bash", str(ROOT / "tools" / "gpu_check.sh"), str(archive), str(tmp_path / "out")],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     log = (tmp_path / "out" / "log.txt").read_text()
     assert done.returncode == 0, done.stderr
     assert "wrote 20 training and 10 test images" in log
     # the CUDA tests, tuned alone, with --amp, with --deterministic, its batch-128 settings alone, tuned over
-    # 3 seeds, compare, 2 plain runs, the step time, 2 step profiles, import times, cProfile, 50 epochs
-    assert log.count("=== skipped") == 15
+    # 3 seeds, compare, 2 plain runs, the step time, import times, cProfile, 50 epochs
+    assert log.count("=== skipped") == 13
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["log.txt"]
     assert log.rstrip().endswith("done")
-
-
-def test_torchrun_exits_counts_the_runs_whose_processes_exit_with_a_failure(tmp_path, capsys):
-    failing = tmp_path / "failing.py"
-    failing.write_text("import sys\nsys.exit(3)\n")
-    torchrun_exits = runpy.run_path(str(ROOT / "bench" / "torchrun_exits.py"))
-    assert torchrun_exits["main"](["--runs", "1", "--script", str(failing)]) == 1
-    out = capsys.readouterr().out
-    assert "run 1 exited 1:" in out and "failing.py FAILED" in out
-    assert out.rstrip().endswith("1 of 1 runs failed (runs [1])")
 
 
 def test_recipe_search_reports_last_pth_best_pth_and_the_validation_accuracy_per_variant(cifar_dir, tmp_path,
@@ -85,7 +55,7 @@ def test_recipe_search_reports_last_pth_best_pth_and_the_validation_accuracy_per
                                      "--variant", "val=--val-split 50 --device cpu", "--variant", "plain=--device cpu"])
     for name in ("PYTHONPATH", "TUDUI_ACCEPT_CIFAR_MD5"):  # set for its workers: put back after the test
         monkeypatch.setenv(name, os.environ.get(name, ""))
-    runpy.run_path(str(ROOT / "bench" / "recipe_search.py"), run_name="__main__")
+    runpy.run_path(str(ROOT / "experiments" / "recipe_search.py"), run_name="__main__")
     rows = {line.split("|")[1].strip(): line.split("|") for line in capsys.readouterr().out.splitlines()
             if line.startswith("| val ") or line.startswith("| plain ")}
     assert rows["plain"][7].strip() == "(no --val-split)" and rows["val"][7].strip().endswith("%")
@@ -94,14 +64,14 @@ def test_recipe_search_reports_last_pth_best_pth_and_the_validation_accuracy_per
     assert len(results) == 2 and plain["best_test_accuracy"] >= plain["test_accuracy"] > 0
 
 
-def bench_module(name):
-    return runpy.run_path(str(ROOT / "bench" / f"{name}.py"), run_name=name)
+def script(folder, name):
+    return runpy.run_path(str(ROOT / folder / f"{name}.py"), run_name=name)
 
 
 def test_the_ladders_first_step_trains_as_the_video_did_and_its_last_is_the_tuned_recipe(cifar_dir):
     import dataclasses
     from conftest import parse
-    ladder = bench_module("ladder")
+    ladder = script("experiments", "ladder")
     steps, data = ladder["ladder"](), ["--data-dir", str(cifar_dir)]
     first, last = (parse(data + shlex.split(ladder["flags"](step[1]))) for step in (steps[0], steps[-1]))
     assert first == parse(data + ["--no-shuffle"]) and not first.shuffle
@@ -109,7 +79,7 @@ def test_the_ladders_first_step_trains_as_the_video_did_and_its_last_is_the_tune
 
 
 def test_each_step_of_the_ladder_keeps_every_change_before_it_but_those_it_makes():
-    ladder = bench_module("ladder")
+    ladder = script("experiments", "ladder")
     steps = ladder["ladder"]()
     for (_, before, _), (_, after, _), (_, changes) in zip(steps[1:], steps[2:], ladder["STEPS"][2:]):
         assert {k: v for k, v in before.items() if k not in changes}.items() <= after.items()
@@ -117,7 +87,7 @@ def test_each_step_of_the_ladder_keeps_every_change_before_it_but_those_it_makes
 
 
 def test_the_ladders_relu_network_is_model_py_with_a_relu_after_each_hidden_layer():
-    source = bench_module("ladder")["with_relu"]((ROOT / "model.py").read_text())
+    source = script("experiments", "ladder")["with_relu"]((ROOT / "model.py").read_text())
     namespace = {}
     exec(compile(source, "model.py", "exec"), namespace)
     layers = [type(m).__name__ for m in namespace["Tudui"]().model]
@@ -127,7 +97,7 @@ def test_the_ladders_relu_network_is_model_py_with_a_relu_after_each_hidden_laye
 
 def test_the_shipped_weights_file_keeps_what_predicting_needs_and_drops_what_only_resuming_needs(finished_run):
     from tudui.checkpoints import read_checkpoint
-    shipped = bench_module("ship_weights")["shipped"](read_checkpoint(finished_run.last_path), "tiny test data")
+    shipped = script("tools", "ship_weights")["shipped"](read_checkpoint(finished_run.last_path), "tiny test data")
     assert not {"optimizer", "rng", "format"} & set(shipped)
     assert {"model", "weights_sha256", "network", "classes", "preprocess", "config", "provenance", "test_accuracy"} \
         <= set(shipped) and shipped["trained_on"] == "tiny test data"

@@ -138,7 +138,6 @@ def test_a_notebook_is_an_ipython_shell_run_by_a_kernel_app_and_a_terminal_ipyth
 
 def stopped_after_epoch_0(monkeypatch, while_closing):
     """train.py's run gets SIGTERM after saving epoch 0, and WHILE_CLOSING() runs as it closes its files."""
-    import train  # noqa: F401  (the module whose run is patched)
     from tudui import runs
     real_log_epoch, real_exit = runs.RunFolder.log_epoch, runs.RunFolder.__exit__
 

@@ -1,6 +1,5 @@
 """tudui/datasets.py: CIFAR-10 through torchvision, image folders by ImageFolder's rules and their cache, images
 of every kind, and bad data as one line each."""
-import io
 import json
 import os
 import pickle
@@ -9,14 +8,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
 
 from tudui import datasets, load_tudui
 import train
 from model import Tudui
-from conftest import CLASSES, FUZZ, md5, write_cifar_batches, bad_input, random_or_mutated, write_image_folder
+from conftest import CLASSES, bad_input, md5, write_cifar_batches, write_image_folder
 from tudui.console import shown
-from tudui.errors import DataError
 
 
 def test_folder_dataset_takes_classes_from_folder_names(folder_dir, tmp_path):

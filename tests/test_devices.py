@@ -7,7 +7,7 @@ import torch
 
 import train
 from conftest import run_script
-from tudui import devices, distributed
+from tudui import devices
 
 PAGE_FAULTS_PER_TUNED_STEP = """
 import resource, statistics, torch, train
@@ -41,11 +41,18 @@ def test_a_cpu_step_reuses_the_memory_the_step_before_freed():
     assert faults_per_step < 8000, faults_per_step
 
 
-def test_a_training_run_sets_up_the_memory_reuse(train_args, monkeypatch):
+def test_the_command_line_sets_up_the_memory_reuse_and_train_main_leaves_a_notebooks_process_alone(
+        train_args, monkeypatch):
+    import runpy
     calls = []
-    monkeypatch.setattr(distributed, "keep_freed_memory", lambda: calls.append("called"))
-    train.main(train_args + ["--epochs", "1"])
-    assert calls == ["called"]
+    monkeypatch.setattr(devices, "keep_freed_memory", lambda: calls.append("called"))
+    monkeypatch.setattr(train, "keep_freed_memory", lambda: calls.append("called"))
+    train.main(train_args + ["--epochs", "1", "--run-name", "from-python"])
+    assert calls == []
+    monkeypatch.setattr("sys.argv", ["train.py", *train_args, "--epochs", "1", "--run-name", "from-the-shell"])
+    with pytest.raises(SystemExit) as ended:
+        runpy.run_path(str(train.__file__), run_name="__main__")
+    assert ended.value.code == 0 and calls == ["called"]
 
 
 def test_deterministic_changes_nothing_on_the_cpu_whose_runs_are_bit_exact_already(train_args, tmp_path, capsys):

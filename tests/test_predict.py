@@ -160,7 +160,7 @@ def test_missing_shipped_weights_are_one_line_naming_both_ways_out(monkeypatch, 
     code, out, err = run_predict(capsys, images / "RGB.png")
     assert code == 2 and out == ""
     assert err == (f"error: the shipped weights {tmp_path / 'gone.pth'} are missing from this copy of the project; "
-                   "pass --checkpoint, or make them with: python bench/ship_weights.py\n")
+                   "pass --checkpoint, or make them with: python tools/ship_weights.py\n")
 
 
 def test_predict_from_python_takes_a_path_a_pil_image_or_a_uint8_or_float_tensor_alike(checkpoint, tmp_path):

@@ -1,19 +1,21 @@
 """Tiny datasets made on the spot (CIFAR-10 cannot be downloaded in tests), for the tests and bench scripts.
 
 torchvision's CIFAR10 checks each batch file's md5 against the real CIFAR-10's before unpickling it. The
-tests make it accept the md5s of the tiny files as well (accept_tiny_cifar), in their own process and,
-through tests/registered_cifar/sitecustomize.py, in the scripts they start: the project's code is left
-exactly as strict as it is for users.
+tests make it accept the md5s of the tiny files as well (accept_tiny_cifar, through tools/cifar_copy.py), in
+their own process and, through tools/accepted_md5s/sitecustomize.py, in the scripts they start: the
+project's code is left exactly as strict as it is for users.
 """
-import os
 import pickle
+import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+import cifar_copy  # noqa: E402  (the md5s torchvision accepts; tools/, shared with the benchmarks)
+
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-REGISTERED = Path(__file__).resolve().parent / "registered_cifar"
 TINY_CHECKSUMS = set()  # md5s of every tiny CIFAR-10 file written in this process
 
 
@@ -43,40 +45,19 @@ def write_cifar_batches(root, train_per_batch=40, test=100):
 
 
 def md5(path):
-    from torchvision.datasets.utils import calculate_md5  # in chunks, as torchvision's own check reads
-
-    return calculate_md5(str(path))
+    return cifar_copy.md5(path)
 
 
 def accept_tiny_cifar(checksums=TINY_CHECKSUMS):
     """Make torchvision's CIFAR10 accept, besides CIFAR-10's own files, those whose md5 is in CHECKSUMS
-    (every file write_cifar_batches wrote, by default). Each file is still checked before it is read."""
-    from torchvision.datasets import cifar
-
-    if getattr(cifar.check_integrity, "accepts_tiny", False):
-        return
-    def check_integrity(path, checksum=None):  # torchvision's check, with more checksums accepted
-        if not os.path.isfile(path):
-            return False
-        digest = md5(path)
-        return checksum is None or digest == checksum or digest in checksums
-    check_integrity.accepts_tiny = True
-    cifar.check_integrity = check_integrity
+    (every file write_cifar_batches wrote, by default)."""
+    cifar_copy.accept(checksums)
 
 
 def tiny_cifar_env(checksums=TINY_CHECKSUMS):
     """Environment variables under which a script started by a test accepts the files of CHECKSUMS (the
-    tiny ones by default), as accept_tiny_cifar does in the test's own process (through
-    tests/registered_cifar/sitecustomize.py)."""
-    path = os.pathsep.join(filter(None, [str(REGISTERED), os.environ.get("PYTHONPATH")]))
-    return {"PYTHONPATH": path, "TUDUI_ACCEPT_CIFAR_MD5": ",".join(sorted(checksums))}
-
-
-def cifar_copy_env(data_dir):
-    """tiny_cifar_env for every file of DATA_DIR/cifar-10-batches-py: for benchmarks on a copy of CIFAR-10
-    made by bench/folder_to_cifar.py, whose files are not CIFAR-10's own bytes."""
-    folder = Path(data_dir) / "cifar-10-batches-py"
-    return tiny_cifar_env({md5(path) for path in folder.iterdir() if path.is_file()} if folder.is_dir() else set())
+    tiny ones by default), as accept_tiny_cifar does in the test's own process."""
+    return cifar_copy.environment(checksums)
 
 
 def write_image_folder(root, classes=("cat", "dog", "ship"), train_per_class=12, test_per_class=6):

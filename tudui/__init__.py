@@ -14,7 +14,7 @@ devices, distributed, cuda_graph, muon · errors. weights/: the trained weights 
 from pathlib import Path
 
 __version__ = "1.0.0"
-# Trained weights that come with the project (`--recipe tuned`, 50 epochs; bench/ship_weights.py makes them)
+# Trained weights that come with the project (`--recipe tuned`, 50 epochs; tools/ship_weights.py makes them)
 SHIPPED_WEIGHTS = Path(__file__).parent / "weights" / "tuned-50-epochs.pth"
 
 

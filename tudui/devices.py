@@ -24,9 +24,10 @@ def pick_device(name):
 def keep_freed_memory():
     """Make CPU steps reuse the memory the step before freed, instead of mapping fresh pages that fault on
     their first write (glibc maps large blocks from the system and unmaps them when freed; docs/speed.md).
-    Process-wide, so it also holds for a notebook that trains; results are unchanged, and other C
-    libraries (macOS, musl) are left as they are."""
-    if platform.libc_ver()[0] != "glibc":
+    Process-wide, so only `python train.py` calls it, never a notebook's kernel, nor a torchrun rank (gloo's
+    exit then aborted more often, docs/distributed.md); results are unchanged, and other C libraries
+    (macOS, musl) are left as they are."""
+    if platform.libc_ver()[0] != "glibc" or os.environ.get("WORLD_SIZE", "1") != "1":
         return
     mallopt = ctypes.CDLL(None).mallopt
     m_trim_threshold, m_mmap_max = -1, -4  # from glibc's malloc.h

@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from tudui.devices import keep_freed_memory, pick_device
+from tudui.devices import pick_device
 from tudui.errors import SettingsError
 
 
@@ -73,7 +73,6 @@ def start(settings):
             raise SettingsError("--dry-run checks one process; run it without torchrun, as python train.py")
         world, device = join_torchrun(settings)
     else:
-        keep_freed_memory()  # not under torchrun, where gloo's exit then aborted more often (docs/distributed.md)
         world, device = World(), pick_device(settings.device)
     finished = False
     try:

@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-import torch
-
 from tudui.console import say, shown
 from tudui.errors import SettingsError
 from tudui.files import atomic_write, cannot_write, remove_stale_temporaries, replace_with_link

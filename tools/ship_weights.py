@@ -2,8 +2,8 @@
 run of 50 epochs, trained here by train.py, then its last checkpoint without what only resuming needs
 (the optimizer's momentum and the RNG state), with what made it and what it scores.
 
-    python bench/ship_weights.py                                  # CIFAR-10 in ./data, as train.py gets it
-    python bench/ship_weights.py --dataset folder --data-dir /tmp/cifar
+    python tools/ship_weights.py                                  # CIFAR-10 in ./data, as train.py gets it
+    python tools/ship_weights.py --dataset folder --data-dir /tmp/cifar
 
 The run's own folder (TensorBoard, metrics.jsonl, every checkpoint) stays in --logdir.
 """

@@ -5,7 +5,7 @@ last.pth (the run's final weights) and of best.pth (its best epoch, chosen on th
 Each run is a real `train.py` run (in this process, to skip the start-up), then `--evaluate --tta` on its
 last checkpoint. Every result is appended to --out as one JSON line as soon as it exists.
 
-    python bench/recipe_search.py --data-dir /tmp/cifar --seeds 0 1 2 --epochs 10 \\
+    python experiments/recipe_search.py --data-dir /tmp/cifar --seeds 0 1 2 --epochs 10 \\
         --variant "tuned=--recipe tuned" --variant "b64=--recipe tuned --batch-size 64 --lr 0.02 --schedule cosine"
 
 --screen K first runs every variant with the first seed only, then the best K (by test accuracy) with
@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train  # noqa: E402
 from tudui.errors import TuduiError  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from tiny_data import cifar_copy_env  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+from cifar_copy import copy_environment  # noqa: E402
 
 
 def run_once(flags, seed, epochs, data_dir, dataset, logdir):
@@ -100,8 +100,8 @@ def main():
     p.add_argument("--out", default="recipe_results.jsonl")
     p.add_argument("--skip-done", action="store_true", help="keep the results already in --out; run the others")
     args = p.parse_args()
-    if args.dataset == "cifar10":  # a copy made by bench/folder_to_cifar.py is accepted by its md5s
-        os.environ.update(cifar_copy_env(args.data_dir))  # in the spawned workers too
+    if args.dataset == "cifar10":  # a copy made by tools/cifar_copy.py is accepted by its md5s
+        os.environ.update(copy_environment(args.data_dir))  # in the spawned workers too
     variants = {}
     for spec in args.variant:
         name, _, flags = spec.partition("=")

@@ -1,18 +1,18 @@
 """The recipe ladder: from the tutorial's recipe to `--recipe tuned`, one change at a time, each step
 keeping the ones before it; and, beside it, the tutorial's recipe with ReLU added to model.py (a change
-of network, not of recipe). Each step trains SEEDS x EPOCHS through bench/recipe_search.py, the ReLU
+of network, not of recipe). Each step trains SEEDS x EPOCHS through experiments/recipe_search.py, the ReLU
 network in a copy of the project whose model.py gets an nn.ReLU() after each hidden layer (the shipped
 model.py is never changed). Prints the table of docs/ladder.md and draws its picture.
 
-    python bench/ladder.py --data-dir ./data --dataset cifar10 --out ladder
-    python bench/ladder.py --data-dir /tmp/cifar --dataset folder --out ladder --jobs 2
+    python experiments/ladder.py --data-dir ./data --dataset cifar10 --out ladder
+    python experiments/ladder.py --data-dir /tmp/cifar --dataset folder --out ladder --jobs 2
 
 --jobs N trains N runs at once, each with 2 / N threads (set OMP_NUM_THREADS for another count).
 Results go to OUT/ladder.jsonl as they come; run it again to finish a stopped ladder.
 
 The first step takes the images in the dataset's order, as the video did: CIFAR-10's files hold them in a
 random order, but an image folder holds them class by class, from which a run without shuffling learns
-only the last class (10%). Climb it on CIFAR-10's files (bench/folder_to_cifar.py writes them).
+only the last class (10%). Climb it on CIFAR-10's files (tools/cifar_copy.py writes them).
 """
 import argparse
 import json

@@ -1,8 +1,8 @@
 """Fingerprints of the weights and momentum buffers that three-epoch runs of four recipes end with, on a
 tiny CIFAR-10 made on the spot: run it against two versions of the code to show a change kept every bit.
 
-    python bench/same_weights.py                  # this checkout
-    python bench/same_weights.py --repo OTHER     # another checkout's train.py, on the same data
+    python tools/same_weights.py                  # this checkout
+    python tools/same_weights.py --repo OTHER     # another checkout's train.py, on the same data
 """
 import argparse
 import hashlib

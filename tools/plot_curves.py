@@ -1,7 +1,7 @@
 """Draw test-accuracy curves from runs' metrics.jsonl files into one PNG (used for the README's picture),
 with matplotlib.
 
-    python bench/plot_curves.py --out docs/curves.png tutorial=logs_train/A/metrics.jsonl tuned=logs_train/B/metrics.jsonl
+    python tools/plot_curves.py --out docs/curves.png tutorial=logs_train/A/metrics.jsonl tuned=logs_train/B/metrics.jsonl
 """
 import argparse
 import json

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Every GPU figure in the README in one go, on a machine with one CUDA GPU:
-#   bash bench/gpu_check.sh path/to/cifar10-jpg.tar.xz OUTDIR
+#   bash tools/gpu_check.sh path/to/cifar10-jpg.tar.xz OUTDIR
 # The stages run most needed first, so that a run cut short still brings back what matters most:
 # 1. the CUDA tests (graph against eager, resume, --amp, --deterministic); 2. the loop and process wall
 # time of `--recipe tuned` alone (also with --amp, with --deterministic, and with its settings before batch
 # 512), and its accuracy over 3 seeds at 10 epochs (the open goals of the tuned recipe); 3. bench/compare.py (tutorial loop vs train.py, 10 epochs, default recipe); 4. the
 # process wall time of plain `python train.py`; 5. where the time goes: bench/step_time.py at batch 512,
-# bench/step_profile.py, import times and a cProfile of a whole run; 6. `--recipe tuned` and its SGD
+# import times and a cProfile of a whole run; 6. `--recipe tuned` and its SGD
 # row, 3 seeds each at 50 epochs. With FULL_SEARCH=1, 7: the whole recipe search of docs/experiments.md
 # (10 epochs, each variant with seed 0, the best 6 with seeds 1 and 2): it needs a BUDGET of about an hour.
 # The whole script keeps inside BUDGET seconds (default 540, under a device command's 10 minutes): each
@@ -35,8 +35,8 @@ stamp setup
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>&1 | tee -a "$log"
 $py -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(), '| cpus', __import__('os').cpu_count())" 2>&1 | tee -a "$log"
 mkdir -p $data && tar -xJf "$archive" -C $data
-$py bench/folder_to_cifar.py $data $pydata 2>&1 | tee -a "$log"  # also caches $data's decoded tensors
-export $($py bench/folder_to_cifar.py --env $pydata)  # torchvision then accepts the copy's md5s too
+$py tools/cifar_copy.py $data $pydata 2>&1 | tee -a "$log"  # also caches $data's decoded tensors
+export $($py tools/cifar_copy.py --env $pydata)  # torchvision then accepts the copy's md5s too
 
 # wall_time RUN [FLAGS...]: one quiet `python train.py` run; prints its process wall, train and loop seconds
 wall_time() {
@@ -67,7 +67,7 @@ wall_time tuned $t
 wall_time tuned-amp $t --amp  # on the H200, under the graph, time followed images more than steps (README)
 wall_time tuned-deterministic $t --deterministic  # what --deterministic costs (docs/speed.md)
 wall_time tuned-b128 $t $b128 --muon-decay 0.1
-secs=$(limit 240) && timeout $secs $py bench/recipe_search.py --data-dir $data --epochs 10 --seeds 0 1 2 --jobs 3 \
+secs=$(limit 240) && timeout $secs $py experiments/recipe_search.py --data-dir $data --epochs 10 --seeds 0 1 2 --jobs 3 \
   --out "$out/tuned10.jsonl" --variant "tuned=$t" 2>&1 | tee -a "$log"
 
 stamp compare
@@ -81,17 +81,13 @@ wall_time plain2
 stamp where the time goes
 # the network's step alone at the tuned batch size, per memory format and precision: which is fastest here
 secs=$(limit 120) && timeout $secs $py bench/step_time.py --device "${DEVICE:-cuda}" --batch-size 512 2>&1 | tee -a "$log"
-for recipe in tutorial tuned; do
-  secs=$(limit 120) && timeout $secs $py bench/step_profile.py --recipe $recipe >"$out/step_profile_$recipe.txt" 2>&1
-  grep -E "ms/step|per step," "$out/step_profile_$recipe.txt" 2>/dev/null | sed "s/^/$recipe: /" | tee -a "$log"
-done
 secs=$(limit 60) && timeout $secs $py -X importtime -c "import train" 2>"$out/importtime.txt"
 secs=$(limit 120) && timeout $secs $py -m cProfile -o "$out/train.prof" train.py --quiet --data-dir $pydata \
   --logdir $wall --run-name profiled 2>&1 | tee -a "$log"
 
 # the README's 50-epoch commands: on the CPU the recipe (Muon with its decay) ended above SGD
 stamp tuned recipe and its SGD row, 3 seeds each, 50 epochs
-secs=$(limit 600) && timeout $secs $py bench/recipe_search.py --data-dir $data --epochs 50 --seeds 0 1 2 --jobs 6 \
+secs=$(limit 600) && timeout $secs $py experiments/recipe_search.py --data-dir $data --epochs 50 --seeds 0 1 2 --jobs 6 \
   --out "$out/tuned50.jsonl" --variant "tuned-sgd=$t --optimizer sgd $b128" --variant "tuned=$t" \
   2>&1 | tee -a "$log"
 
@@ -101,7 +97,7 @@ stamp recipe search, 10 epochs
 t="$t --optimizer sgd $b128 --translate 1 --weight-decay 1e-3"
 old="$t --batch-size 256 --lr 0.05 --weight-decay 5e-4 --schedule onecycle --translate 2"  # the earlier tuned recipe
 b64="$t --batch-size 64 --lr 0.02 --weight-decay 5e-4 --translate 2"
-secs=$(limit 900) && timeout $secs $py bench/recipe_search.py --data-dir $data --epochs 10 --seeds 0 1 2 --screen 6 --jobs 4 \
+secs=$(limit 900) && timeout $secs $py experiments/recipe_search.py --data-dir $data --epochs 10 --seeds 0 1 2 --screen 6 --jobs 4 \
   --out "$out/search10.jsonl" \
   --variant "tuned=$t" \
   --variant "tuned-translate2=$t --translate 2" \
@@ -128,6 +124,6 @@ secs=$(limit 900) && timeout $secs $py bench/recipe_search.py --data-dir $data -
   2>&1 | tee -a "$log"
 
 stamp recipe search, 50 epochs
-secs=$(limit 900) && timeout $secs $py bench/recipe_search.py --data-dir $data --epochs 50 --seeds 0 1 2 --jobs 6 --out "$out/search50.jsonl" \
+secs=$(limit 900) && timeout $secs $py experiments/recipe_search.py --data-dir $data --epochs 50 --seeds 0 1 2 --jobs 6 --out "$out/search50.jsonl" \
   --variant "tuned-translate2=$t --translate 2" --variant "b64-t2=$b64" 2>&1 | tee -a "$log"
 stamp done

@@ -1,11 +1,11 @@
 """Run tudui.ipynb top to bottom in place, so that the outputs committed with it are those of one real run:
 from the repository's folder, in a real kernel, with the notebook's own parameters cell (CIFAR-10 in
-./data; bench/folder_to_cifar.py writes the real images there where nothing can be downloaded). The
+./data; tools/cifar_copy.py writes the real images there where nothing can be downloaded). The
 progress bars' redraws are left out of the saved outputs: they are a live display, not a result. Ends the
 TensorBoard server that the notebook's %tensorboard cell starts.
 
-    python bench/folder_to_cifar.py /tmp/cifar ./data     # once, on a machine that cannot download
-    python bench/run_notebook.py
+    python tools/cifar_copy.py /tmp/cifar ./data     # once, on a machine that cannot download
+    python tools/run_notebook.py
 """
 import os
 import signal
