@@ -16,7 +16,7 @@ import warnings
 import torch
 
 from tudui.batches import to_input
-from tudui.checkpoints import load_tudui
+from tudui.checkpoints import FlipAveraged, load_tudui
 from tudui.console import OneLineErrorParser, run_cli, shown
 from tudui.datasets import class_names
 from tudui.images import image_pixels
@@ -53,11 +53,7 @@ def shipped_weights():
 def classify(net, image, device, tta=False):
     """Class probabilities for one (3, 32, 32) image, uint8 or on the 0-1 scale, given to NET as ToTensor
     gives it (a network load_tudui returned applies its checkpoint's normalization itself)."""
-    x = to_input(image.unsqueeze(0).to(device))
-    probs = net(x).float().softmax(1)
-    if tta:
-        probs = (probs + net(x.flip(3)).float().softmax(1)) / 2
-    return probs[0].cpu()
+    return (FlipAveraged(net) if tta else net)(to_input(image.unsqueeze(0).to(device))).float().softmax(1)[0].cpu()
 
 
 def top_classes(net, image, device, top_k, tta=False):

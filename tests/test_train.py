@@ -18,7 +18,7 @@ from tudui import batches, console, load_tudui, settings
 from tudui.batches import TestBatches, TrainBatches
 from tudui.distributed import World
 from tudui.errors import CheckpointError, DataError, SettingsError, TuduiError
-from tudui.mistakes import MISTAKES_SHOWN
+from tudui.pictures import MISTAKES_SHOWN
 
 TUNED_LR = settings.RECIPES["tuned"]["lr"]
 

@@ -287,6 +287,17 @@ def normalizing_input(net, preprocess):
     return net
 
 
+class FlipAveraged(nn.Module):
+    """--tta: the log of the mean of NET's class probabilities for an image and for its mirror image."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return (self.net(x).float().softmax(1) + self.net(x.flip(3)).float().softmax(1)).div_(2).log_()
+
+
 def load_tudui(path, map_location="cpu", tutorials=False):
     """Load a Tudui in eval mode from any Tudui checkpoint: one written by train.py, a bare state_dict,
     or a tutorial `torch.save(tudui, ...)` file. It takes ToTensor's input, floats in [0, 1] of shape

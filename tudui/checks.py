@@ -11,16 +11,15 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from tudui.batches import TestBatches, hold_out
-from tudui.checkpoints import load_tudui
+from tudui.checkpoints import FlipAveraged, load_tudui
 from tudui.console import say, shown
 from tudui.cuda_graph import GraphedStep
 from tudui.datasets import load_dataset, load_test_split
 from tudui.distributed import World
 from tudui.errors import SettingsError
-from tudui.mistakes import gallery, picked, save_png
+from tudui.pictures import gallery, picked, save_png
 from tudui.report import Evaluation, describe_checkpoint, format_report
 from tudui.runs import RunLock
 from tudui.training_checkpoints import refuse_to_overwrite
@@ -89,17 +88,6 @@ def stop_if_not_finite(losses, test_loss, step, epoch, s):
             if not finite.all() else f"the weights became non-finite at step {step + len(losses)}, the last")
     raise SettingsError(f"{what} (epoch {epoch}); the learning rate is likely too high for this network "
                         f"(--lr {s.lr}): lower it. Checkpoints of earlier epochs are untouched")
-
-
-class FlipAveraged(nn.Module):
-    """--tta: the log of the mean of NET's class probabilities for an image and for its mirror image."""
-
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x):
-        return (self.net(x).float().softmax(1) + self.net(x.flip(3)).float().softmax(1)).div_(2).log_()
 
 
 def evaluate_checkpoint(s, device, test):

@@ -1,29 +1,13 @@
-"""How results are shown: the evaluation report of --evaluate as text, and TensorBoard's pictures of each
-epoch (the confusion matrix and a grid of predictions). Computes nothing it shows. Why PIL, not a
-plotting library: the pictures are drawn every epoch on the training thread, and PIL, already needed for
-images, draws them in milliseconds with nothing more to install.
-
-Each picture is a uint8 numpy array (H, W, 3), which `SummaryWriter.add_image(..., dataformats="HWC")`
-takes, or which `PIL.Image.fromarray(...).save(...)` writes as a PNG.
+"""How results are told as text: --evaluate's report, the line each epoch prints, and what made a
+checkpoint. Computes nothing it shows; the pictures are pictures.py's.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
 
 from tudui.console import shown
-
-WHITE, BLACK, GREY, RED, GREEN = (255, 255, 255), (0, 0, 0), (150, 150, 150), (210, 40, 40), (30, 150, 60)
-
-
-def _font(size):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
-        return ImageFont.load_default()
 
 
 def describe_checkpoint(path, provenance):
@@ -92,48 +76,3 @@ def format_report(evaluation):
     for c, row in zip(classes, evaluation.confusion.tolist()):
         lines.append(f"{c:<{width}}" + "".join(f"{v:>7}" for v in row))
     return "\n".join(lines)
-
-
-def confusion_image(confusion, classes, cell=44):
-    """The confusion matrix as a heat map: rows are the true class, columns the predicted one, each
-    cell shaded by the share of its row and labelled with its count."""
-    counts = np.asarray(confusion, dtype=np.int64)
-    shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
-    font, margin = _font(12), 90
-    size = margin + cell * len(classes) + 10
-    picture = Image.new("RGB", (size, size + 20), WHITE)
-    draw = ImageDraw.Draw(picture)
-    draw.text((margin, 2), "predicted class", fill=BLACK, font=font)
-    for i, name in enumerate(classes):
-        draw.text((4, margin + i * cell + cell // 2 - 6), name[:11], fill=BLACK, font=font)
-        label = Image.new("RGB", (margin - 24, 14), WHITE)
-        ImageDraw.Draw(label).text((0, 0), name[:11], fill=BLACK, font=font)
-        picture.paste(label.rotate(90, expand=True), (margin + i * cell + cell // 2 - 7, 20))
-        for j in range(len(classes)):
-            shade = int(255 * (1 - shares[i, j]))
-            colour = (shade, shade, 255) if i != j else (shade, 255, shade)
-            box = (margin + j * cell, margin + i * cell, margin + (j + 1) * cell - 1, margin + (i + 1) * cell - 1)
-            draw.rectangle(box, fill=colour, outline=GREY)
-            draw.text((box[0] + 4, box[1] + cell // 2 - 6), str(counts[i, j]),
-                      fill=WHITE if shares[i, j] > 0.6 else BLACK, font=font)
-    draw.text((4, size), "rows: true class; cells shaded by share of the row", fill=BLACK, font=font)
-    return np.asarray(picture)
-
-
-def prediction_grid(images, labels, predictions, classes, columns=8, scale=3):
-    """Test images with 'predicted (true)' under each; mistakes framed and labelled in red."""
-    font = _font(11)
-    tile_w, tile_h = 32 * scale, 32 * scale + 28
-    rows = -(-len(images) // columns)
-    picture = Image.new("RGB", (columns * (tile_w + 6), rows * (tile_h + 6)), WHITE)
-    draw = ImageDraw.Draw(picture)
-    for k, (image, label, predicted) in enumerate(zip(images, labels, predictions)):
-        x, y = (k % columns) * (tile_w + 6) + 3, (k // columns) * (tile_h + 6) + 3
-        tile = Image.fromarray(np.asarray(image).transpose(1, 2, 0)).resize((tile_w, 32 * scale), Image.NEAREST)
-        picture.paste(tile, (x, y))
-        right = int(label) == int(predicted)
-        colour = GREEN if right else RED
-        draw.rectangle((x - 2, y - 2, x + tile_w + 1, y + 32 * scale + 1), outline=colour, width=2)
-        draw.text((x, y + 32 * scale + 2), classes[int(predicted)][:14], fill=colour, font=font)
-        draw.text((x, y + 32 * scale + 14), "" if right else f"({classes[int(label)][:12]})", fill=BLACK, font=font)
-    return np.asarray(picture)

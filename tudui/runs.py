@@ -20,8 +20,7 @@ from pathlib import Path
 from tudui.console import say, shown
 from tudui.errors import SettingsError
 from tudui.files import atomic_write, cannot_write, remove_stale_temporaries, replace_with_link
-from tudui.mistakes import gallery, picked
-from tudui.report import confusion_image, prediction_grid
+from tudui.pictures import GRID_IMAGES, confusion_figure, gallery, picked, prediction_grid
 from tudui.settings import plain
 from tudui.training_checkpoints import refuse_to_overwrite
 
@@ -236,8 +235,9 @@ class RunFolder:
 
     def draw_pictures(self, confusion, grid, mistakes, classes, epoch):
         """The epoch's confusion matrix, predictions and most confident mistakes in TensorBoard."""
-        self.writer.add_image("confusion_matrix", confusion_image(confusion, classes), epoch, dataformats="HWC")
-        self.writer.add_image("test_predictions", prediction_grid(*grid, classes), epoch, dataformats="HWC")
+        self.writer.add_figure("confusion_matrix", confusion_figure(confusion, classes, f"epoch {epoch}"), epoch,
+                               close=False)
+        self.writer.add_figure("test_predictions", prediction_grid(*grid, classes), epoch, close=False)
         self.writer.add_figure("test_mistakes", gallery(*mistakes, classes, f"epoch {epoch}: the test images most "
                                                         "confidently misclassified"), epoch, close=False)
         self.writer.flush()
@@ -269,8 +269,6 @@ class RunFolder:
             raise cannot_write(self.dir, error) from None
         return False
 
-
-GRID_IMAGES = 32  # test images shown with their predictions each epoch
 
 
 THE_TUTORIALS = ("test_loss", "test_accuracy")  # which train.py logs itself

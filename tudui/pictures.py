@@ -1,0 +1,118 @@
+"""TensorBoard's pictures of an epoch, and --mistakes' PNG, as matplotlib Figures: the confusion matrix, a
+grid of test images with what was predicted, and the test images the network got most confidently wrong.
+Picks and draws; trains and scores nothing. Drawn with matplotlib's object API (a Figure on an Agg canvas,
+never pyplot), which is safe on the thread that draws them beside training.
+"""
+import io
+import math
+import textwrap
+
+import numpy as np
+
+from tudui.console import shown
+from tudui.files import atomic_write
+
+MISTAKES_SHOWN = 16
+GRID_IMAGES = 32  # test images shown with their predictions each epoch
+
+
+def most_confident_mistakes(predicted, confidence, labels, count=MISTAKES_SHOWN):
+    """The indices of the COUNT wrong predictions made with the highest probability, most confident first
+    (fewer when there are fewer mistakes). PREDICTED, CONFIDENCE (its probability) and LABELS: one per image."""
+    wrong = (predicted != labels).nonzero().flatten()
+    order = confidence[wrong].argsort(descending=True, stable=True)[:count]
+    return wrong[order]
+
+
+def picked(images, labels, predicted, confidence, count=MISTAKES_SHOWN):
+    """What the gallery shows, on the CPU: (images (N, 3, H, W) uint8, labels, predictions, probabilities)."""
+    index = most_confident_mistakes(predicted, confidence, labels[:len(predicted)], count)
+    return tuple(t[index].cpu() for t in (images, labels, predicted, confidence))
+
+
+def label(text, width=20):
+    """TEXT, escaped, in at most two lines of about WIDTH characters, ending in '…' when cut."""
+    lines = textwrap.wrap(shown(text), width) or ["?"]
+    if len(lines) > 2 or len(lines[-1]) > width:
+        lines = [lines[0], lines[1][:width - 1] + "…"]
+    return "\n".join(lines)
+
+
+def figure_of(width, height, title):
+    """An empty Figure on an Agg canvas, of WIDTH x HEIGHT inches, titled (drawn as written, never as TeX)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height + 0.45), dpi=100)
+    FigureCanvasAgg(figure)
+    figure.text(0.5, 1 - 0.08 / figure.get_figheight(), title, ha="center", va="top", fontsize=9, parse_math=False)
+    return figure
+
+
+def mosaic(images, captions, title, columns=8):
+    """IMAGES as one picture (a tenth of the time a grid of subplots takes, every epoch), each with its
+    CAPTIONS: (text above, text below, colour below)."""
+    count, (height, width) = len(images), images.shape[2:]
+    columns = min(columns, max(1, count))
+    rows = max(1, math.ceil(count / columns))
+    cell_w, cell_h = width + 4, height + 22  # room for two lines of each caption
+    pixels = np.full((rows * cell_h, columns * cell_w, 3), 255, dtype=np.uint8)
+    inches = 4 / 100  # per pixel of the mosaic: 4 pixels of the figure at its 100 dpi
+    figure = figure_of(columns * cell_w * inches, rows * cell_h * inches, title)
+    ax = figure.add_axes((0, 0, 1, 1 - 0.45 / figure.get_figheight()))
+    ax.set_axis_off()
+    for k, (image, (above, below, colour)) in enumerate(zip(images, captions)):
+        x, y = (k % columns) * cell_w + 2, (k // columns) * cell_h + 11
+        pixels[y:y + height, x:x + width] = np.asarray(image).transpose(1, 2, 0)
+        if above:
+            ax.text(x, y - 0.5, label(above), va="bottom", fontsize=8, parse_math=False)
+        ax.text(x, y + height, label(below), va="top", fontsize=8, color=colour, parse_math=False)
+    ax.imshow(pixels, interpolation="nearest", aspect="auto")
+    return figure, ax
+
+
+def gallery(images, labels, predicted, confidence, classes, title="most confident mistakes"):
+    """The mistakes picked(): each image under its true class and above, in red, the class predicted with
+    its probability."""
+    captions = [(f"true: {classes[true]}", f"{probability:.0%} {classes[guess]}", "tab:red") for true, guess, probability
+                in zip(labels.tolist(), predicted.tolist(), confidence.tolist())]
+    figure, ax = mosaic(images, captions, f"{title}\nabove each image its true class; below, in red, the class "
+                                          "predicted, with its probability")
+    if not captions:
+        ax.text(0.5, 0.5, "no mistakes: every test image\nwas classified correctly", ha="center", va="center",
+                transform=ax.transAxes, parse_math=False)
+    return figure
+
+
+def prediction_grid(images, labels, predicted, classes):
+    """Test images with the class predicted under each, in green when right, in red with the true one when
+    wrong."""
+    captions = [("", classes[guess], "tab:green") if true == guess else ("", f"{classes[guess]} ({classes[true]})",
+                                                                         "tab:red")
+                for true, guess in zip(labels.tolist(), predicted.tolist())]
+    return mosaic(images, captions, "test images: the class predicted (and the true one, when wrong)")[0]
+
+
+def confusion_figure(confusion, classes, title="confusion matrix"):
+    """The confusion matrix as a heat map: rows the true class, columns the one predicted, each cell shaded
+    by its share of the row and labelled with its count."""
+    counts = np.asarray(confusion, dtype=np.int64)
+    shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    size = 1.2 + 0.45 * len(classes)
+    figure = figure_of(size, size, f"{title}: rows the true class, columns the one predicted")
+    ax = figure.add_axes((0.22, 0.03, 0.75, 0.78 - 0.45 / figure.get_figheight()))
+    ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    names = [label(name, 12).replace("\n", " ") for name in classes]
+    ax.set_xticks(range(len(classes)), names, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(classes)), names, fontsize=7)
+    ax.xaxis.tick_top()
+    for (i, j), count in np.ndenumerate(counts):
+        ax.text(j, i, str(count), ha="center", va="center", fontsize=6, color="white" if shares[i, j] > 0.6 else "black")
+    return figure
+
+
+def save_png(figure, path):
+    """Write the figure to PATH as a PNG, atomically (a failure is one line, and PATH is untouched)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    atomic_write(buffer.getvalue(), path)
