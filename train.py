@@ -122,9 +122,8 @@ def train_one_epoch(model, train_loader, train_step, optimizer, scheduler, first
             loss = loss_sums[i].clone()
             world.sum(loss)
             log(step, (loss / batch_sizes[i]).item(), float(lrs[-1]))
-        if world.size == 1 or device.type == "cpu" or step % s.log_every == 0 or i == len(batch_sizes) - 1:
-            if world.agree_to_stop(stop, device):  # under torchrun every rank stops after the same step
-                raise stop.interrupted()
+        if world.agree_to_stop(stop, device, synced=step % s.log_every == 0 or i == len(batch_sizes) - 1):
+            raise stop.interrupted()  # under torchrun, every rank after the same step
     world.sum(loss_sums, correct)
     return (loss_sums.cpu() / torch.tensor(batch_sizes), correct.item() / len(train_loader.labels),
             [float(lr) for lr in lrs])

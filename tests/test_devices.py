@@ -1,5 +1,6 @@
 """tudui/devices.py: a CPU step reuses the memory the step before freed; --deterministic's settings."""
 
+import io
 import platform
 
 import pytest
@@ -91,7 +92,12 @@ def test_amp_on_a_cpu_without_native_bfloat16_says_at_the_start_what_it_costs(tr
             "than fp32" in err) is warned
 
 
-def test_native_bfloat16_is_read_from_this_cpus_flags():
-    flags = open("/proc/cpuinfo").read() if platform.system() == "Linux" else None
-    expected = None if flags is None else ("avx512_bf16" in flags or "amx_bf16" in flags)
-    assert devices.native_bfloat16() is expected
+@pytest.mark.parametrize("cpuinfo, native", [("flags\t: fpu avx2 avx512_bf16\n", True), ("flags\t: fpu amx_bf16\n", True),
+                                             ("flags\t: fpu avx2 avx512f\n", False), (None, None)])
+def test_native_bfloat16_is_read_from_the_cpus_flags_and_unknown_without_them(monkeypatch, cpuinfo, native):
+    def fake_open(path):
+        if cpuinfo is None:
+            raise FileNotFoundError(path)
+        return io.StringIO("processor\t: 0\n" + cpuinfo)
+    monkeypatch.setattr(devices, "open", fake_open, raising=False)
+    assert devices.native_bfloat16() is native

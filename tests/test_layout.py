@@ -59,11 +59,8 @@ def test_each_module_opens_with_a_docstring_and_has_at_most_350_lines(path):
     assert len(path.read_text().splitlines()) <= 350
 
 
-def test_train_py_has_at_most_300_lines_and_the_four_steps_of_a_training_step_in_order():
-    text = (ROOT / "train.py").read_text()
-    assert len(text.splitlines()) <= 300
-    marks = [text.index(f"# {step}") for step in ("forward", "loss", "backward", "optimizer step")]
-    assert marks == sorted(marks)
+def test_train_py_has_at_most_300_lines():
+    assert len((ROOT / "train.py").read_text().splitlines()) <= 300
 
 
 @pytest.mark.slow

@@ -206,16 +206,6 @@ def test_the_checkpoint_to_resume_from_is_last_then_the_latest_epoch_then_best(t
         assert training_checkpoints.resumable_checkpoint(tmp_path) == tmp_path / name  # each outranks those before it (10 > 2)
 
 
-def test_the_lock_is_filelocks_and_is_released_for_the_same_process_to_take_again(tmp_path):
-    from filelock import FileLock, Timeout
-
-    lock = runs.RunLock(tmp_path, "--run-name")
-    with pytest.raises(Timeout):
-        FileLock(tmp_path / ".lock").acquire(timeout=0)  # what another process's filelock sees
-    lock.release()
-    runs.RunLock(tmp_path, "--run-name").release()
-
-
 def test_second_run_on_the_same_folder_is_refused(train_args, tmp_path, capsys):
     run_dir = tmp_path / "logs" / "run"
     run_dir.mkdir(parents=True)

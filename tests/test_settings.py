@@ -24,6 +24,7 @@ def test_defaults_are_the_tutorials_recipe():
     assert (args.epochs, args.batch_size, args.lr, args.momentum, args.weight_decay) == (10, 64, 0.01, 0.0, 0.0)
     assert (args.dataset, args.data_dir, args.logdir, args.log_every) == ("cifar10", "./data", "./logs_train", 100)
     assert not args.augment and not args.normalize and args.label_smoothing == 0 and args.schedule == "constant"
+    assert (args.val_split, args.dry_run, args.deterministic, args.save_every, args.resume) == (0, False, False, 1, None)
 
 
 def test_tuned_recipe_sets_every_tuned_setting():
@@ -80,11 +81,6 @@ def test_a_run_saved_before_the_validation_split_resumes_without_one(tutorial_ru
     del checkpoint["config"]["val_split"]
     torch.save(checkpoint, tmp_path / "older.pth")
     assert parse(["--resume", str(tmp_path / "older.pth")]).val_split == 0
-
-
-def test_the_new_flags_default_to_the_tutorials_behaviour():
-    args = parse([])
-    assert (args.val_split, args.dry_run, args.deterministic) == (0, False, False)
 
 
 def test_a_resumed_run_keeps_its_optimizer(tutorial_run_checkpoint, capsys):

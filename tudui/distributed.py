@@ -30,9 +30,13 @@ class World:
             for tensor in tensors:
                 torch.distributed.all_reduce(tensor)
 
-    def agree_to_stop(self, stop, device):
-        """Whether a stop was asked for (StopOnSignal STOP), on any rank under torchrun: each rank calls it
-        after the same steps, so that all stop after the same one, with the signal of one that got it."""
+    def agree_to_stop(self, stop, device, synced=True):
+        """Whether a stop was asked for (StopOnSignal STOP), on any rank under torchrun, where every rank
+        calls it after each step: they all-reduce the request after every step on the CPU, and on a GPU
+        after the steps whose host already waits (SYNCED), so that all stop after the same one, with the
+        signal of one that got it."""
+        if self.size > 1 and not synced and device.type != "cpu":
+            return False
         if self.size > 1:
             asked = torch.tensor([stop.signal or 0], device=device)
             torch.distributed.all_reduce(asked, torch.distributed.ReduceOp.MAX)
