@@ -67,7 +67,7 @@ def summary(name, records, wall, rss, launched_at):
             "accuracy": records[-1]["test_accuracy"]}
 
 
-def main():
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="cifar10")
     p.add_argument("--data-dir", default="./data")
@@ -78,7 +78,11 @@ def main():
                    help="train.py as it is, with --amp, or with --no-cuda-graph")
     p.add_argument("--train-flags", nargs=argparse.REMAINDER, default=[],
                    help="more flags for train.py (last on the line), e.g. --train-flags --recipe tuned")
-    args = p.parse_args()
+    return p
+
+
+def main():
+    args = build_parser().parse_args()
     # the CIFAR-10 files tools/cifar_copy.py writes are accepted by md5 (its --env)
     args.env = dict(os.environ, **(copy_environment(args.data_dir) if args.dataset == "cifar10" else {}))
     print(f"{os.cpu_count()} CPU cores; " + (torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"))

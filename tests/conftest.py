@@ -20,6 +20,9 @@ from tiny_data import (CLASSES, accept_tiny_cifar, class_images, md5, tiny_cifar
 
 
 accept_tiny_cifar()
+if os.environ.get("PYTEST_XDIST_WORKER"):  # the suite's two processes share two cores: a thread each, and each script
+    torch.set_num_threads(1)                # a test starts, too (torch's threads spin while they wait for work)
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 def parse(argv):

@@ -48,7 +48,7 @@ def test_sigterm_during_a_save_lets_the_save_finish_and_leaves_no_temporary_file
     proc = subprocess.Popen(train_command(cifar_dir, tmp_path, "--epochs", "100000"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=script_env())
     run_dir, deadline = tmp_path / "run", time.time() + 60
-    while not list(run_dir.glob(".tudui_epoch_*.tmp")) and time.time() < deadline:  # a checkpoint's save under way
+    while not list(run_dir.glob(".last.pth.*.tmp")) and time.time() < deadline:  # a checkpoint's save under way
         time.sleep(0.001)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)

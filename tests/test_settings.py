@@ -12,11 +12,10 @@ from conftest import parse, ROOT, bad_input, run_script
 
 @pytest.mark.slow
 def test_help_shows_every_default():
-    result = run_script(ROOT / "train.py", "--help")
-    assert result.returncode == 0
+    shown = " ".join(settings.build_parser().format_help().split())
     for text in ("--epochs", "default: 10", "--batch-size", "64 (tutorial)", "0.01 (tutorial)",
                  "default: ./data", "default: ./logs_train", "default: auto", "default: 100", "default: 0"):
-        assert text in " ".join(result.stdout.split())
+        assert text in shown
 
 
 def test_defaults_are_the_tutorials_recipe():
