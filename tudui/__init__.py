@@ -4,11 +4,12 @@ train.py or predict.py (the network comes from model.py).
     from tudui import load_tudui
     net = load_tudui("logs_train/RUN/best.pth")     # eval mode, with .classes and .preprocess
 
-settings: the flags, recipes and lr schedule · datasets: CIFAR-10 and image folders from disk ·
-batches: the data on the device and the batches a run loops over · checkpoints: safe loading and what
-a checkpoint holds · runs: the run folder and what is written to it · report: --evaluate's report and
-TensorBoard's pictures · mistakes: the test images most confidently misclassified, drawn · checks:
---dry-run and --evaluate · console: messages, progress, Ctrl-C, exit codes · files: atomic writes ·
+settings: the flags, recipes and lr schedule's factor · datasets: CIFAR-10 and image folders from disk
+· images: one image as the network sees it · batches: the data on the device and the batches a run loops
+over · checkpoints: safe loading · training_checkpoints: what a training checkpoint holds, restoring and
+resuming a run · integrity: size and checksum checks · runs: the run folder and what is written to it ·
+report: the text of results · pictures: the confusion matrix, predictions and mistakes, drawn · checks:
+--dry-run and --evaluate · console: messages, progress, signals, exit codes · files: atomic writes ·
 devices, distributed, cuda_graph, muon · errors. weights/: the trained weights the project ships.
 """
 from pathlib import Path
