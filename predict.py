@@ -16,9 +16,8 @@ import warnings
 import torch
 
 from tudui.batches import to_input
-from tudui.checkpoints import FlipAveraged, load_tudui
+from tudui.checkpoints import FlipAveraged, class_names, load_tudui
 from tudui.console import OneLineErrorParser, run_cli, shown
-from tudui.datasets import class_names
 from tudui.images import image_pixels
 from tudui.devices import pick_device
 from tudui import SHIPPED_WEIGHTS

@@ -27,10 +27,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # the suite's two processes share two
 
 def parse(argv):
     """The Settings that train.py's command line ARGV makes, as train.main makes them."""
-    from tudui import settings, training_checkpoints
+    from tudui import checkpoints, settings
 
     given = settings.command_line_settings(argv)
-    resumed = training_checkpoints.load_training_checkpoint(given["resume"]) if "resume" in given else None
+    resumed = checkpoints.load_training_checkpoint(given["resume"]) if "resume" in given else None
     return settings.resolve(given, resumed)
 
 

@@ -3,8 +3,10 @@ or hostile ones are refused in one line and run nothing. The checkpoints here ar
 keys and shapes, as its own files have them), so model.py's Tudui is the tutorial's in these tests
 (conftest's tutorial_network), whatever model.py holds."""
 import io
+import json
 import os
 import random
+import re
 import textwrap
 import zipfile
 
@@ -12,15 +14,16 @@ import pytest
 import torch
 from hypothesis import example, given
 
+import predict
 import train
 from conftest import (FUZZ, ROOT, SHARED, bad_input, mutate, needs_shared, random_or_mutated, reference_weights,
                       run_script)
-from tudui.checkpoints import TutorialTudui as Tudui
-from tudui import load_tudui
-from tudui.datasets import CIFAR10_CLASSES
+from tudui import checkpoints, console, load_tudui
+from tudui.checkpoints import CIFAR10_CLASSES, TutorialTudui as Tudui
 from tudui.errors import CheckpointError
 
 pytestmark = pytest.mark.usefixtures("tutorial_network")
+OLD_CHECKPOINTS = ROOT / "tests" / "data"  # written by commit 516887d, before train.py was split into modules
 
 TUTORIAL_MODEL_SOURCE = textwrap.dedent("""
     import torch
@@ -344,8 +347,7 @@ def test_a_named_pipe_given_as_a_checkpoint_is_refused_at_once(tmp_path):
 
 
 def test_a_checkpoint_larger_than_any_reasonable_network_is_refused_before_it_is_read(checkpoint, monkeypatch):
-    from tudui import integrity
-    monkeypatch.setattr(integrity, "MAX_CHECKPOINT_BYTES", 100_000)  # Tudui's weights are 0.6 MB
+    monkeypatch.setattr(checkpoints, "MAX_CHECKPOINT_BYTES", 100_000)  # Tudui's weights are 0.6 MB
     with pytest.raises(CheckpointError, match=r"is 0 MB, over the 0 MB of any reasonable network"):
         load_tudui(checkpoint)
 
@@ -375,3 +377,137 @@ def test_a_zip_bomb_checkpoint_is_refused_before_it_is_unpacked_in_bounded_memor
     assert "holds a compressed member (archive/data/98), which torch.save never writes" in refused.stderr
     (real_code, real_kb), (refused_code, refused_kb) = (map(int, r.stdout.splitlines()[-1].split()) for r in (real, refused))
     assert (real_code, refused_code) == (0, 2) and refused_kb < real_kb + 100_000
+
+
+def test_the_weights_checksum_covers_every_kind_of_tensor_and_changes_with_one_bit():
+    weights = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).state_dict()  # and an int64 0-dim
+    before = checkpoints.weights_checksum(weights)
+    weights["0.weight"].view(torch.int32)[0, 0, 0, 0] ^= 1
+    assert checkpoints.weights_checksum(weights) != before and len(before) == 64
+
+
+def test_a_named_pipe_is_no_regular_file_and_a_missing_file_is_left_to_the_reader(tmp_path):
+    os.mkfifo(tmp_path / "pipe")
+    assert checkpoints.regular_file_problem(tmp_path / "pipe") == "is a named pipe, not a file"
+    assert checkpoints.regular_file_problem(tmp_path / "missing") is None
+
+
+def test_a_compressed_zip_member_is_a_problem_where_torch_save_writes_none(tmp_path):
+    torch.save({"w": torch.zeros(3)}, tmp_path / "plain.pth")
+    assert checkpoints.checkpoint_size_problem(tmp_path / "plain.pth") is None
+    with zipfile.ZipFile(tmp_path / "deflated.pth", "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data.pkl", b"x" * 1000)
+    assert "holds a compressed member (archive/data.pkl)" in checkpoints.checkpoint_size_problem(tmp_path / "deflated.pth")
+
+
+def _with_two_param_groups(optimizer):
+    return dict(optimizer, param_groups=optimizer["param_groups"] * 2)
+
+
+def _with_first_momentum(optimizer, buffer):
+    return dict(optimizer, state={**optimizer["state"], 0: {"momentum_buffer": buffer}})
+
+
+def test_resuming_from_weights_alone_says_what_takes_them_instead(tmp_path, train_args, capsys):
+    torch.save(Tudui().state_dict(), tmp_path / "weights.pth")
+    err = bad_input(capsys, train_args + ["--resume", str(tmp_path / "weights.pth")])
+    assert f"{tmp_path / 'weights.pth'} is not a training checkpoint written by train.py" in err
+    assert "cannot be resumed; --evaluate and predict.py take it as it is" in err
+
+
+@pytest.mark.parametrize("make", [lambda p: None, lambda p: p.write_bytes(b"not a checkpoint"), lambda p: p.mkdir()])
+def test_bad_resume_file_is_one_clear_line(capsys, train_args, tmp_path, make):
+    path = tmp_path / "ckpt.pth"
+    make(path)
+    err = bad_input(capsys, train_args + ["--resume", str(path)])
+    assert str(path) in err
+
+
+@pytest.mark.parametrize("field, damage, says", [
+    ("config", lambda config: dict(config, epochs="ten"), "its configuration has epochs = 'ten'"),
+    ("config", lambda config: dict(config, recipe="fast"), "its configuration has recipe = 'fast'"),
+    ("config", lambda config: "junk", "config missing or malformed"),
+    ("rng", lambda rng: None, "rng missing or malformed"),
+    ("rng", lambda rng: {"torch": torch.zeros(3)}, "RNG state does not load"),
+    ("optimizer", _with_two_param_groups, "optimizer or RNG state does not load"),
+    ("metrics", lambda metrics: dict(metrics, epoch=7), "metrics missing or malformed"),
+    ("epoch", lambda epoch: -1, "epoch, metrics missing or malformed"),  # the metrics are of another epoch then
+    ("step", lambda step: 2**64, "step missing or malformed"),
+    ("metrics", lambda metrics: dict(metrics, test_loss="low"), "metrics missing or malformed"),
+    ("optimizer", lambda state: _with_first_momentum(state, torch.zeros(3)), "a momentum_buffer of shape (3,) for a "
+                                                                              "weight of (32, 3, 5, 5)"),
+    ("optimizer", lambda state: _with_first_momentum(state, torch.full((32, 3, 5, 5), float("nan"))),
+     "a momentum_buffer holds NaN or infinity"),
+])
+def test_a_training_checkpoint_with_a_damaged_field_is_one_line_on_resume(train_args, tmp_path, capsys, field,
+                                                                           tutorial_network,
+                                                                           damage, says):
+    train.main(train_args + ["--epochs", "1", "--momentum", "0.9"])
+    checkpoint = torch.load(tmp_path / "logs" / "run" / "last.pth", weights_only=True)
+    checkpoint[field] = damage(checkpoint[field])
+    damaged = tmp_path / "damaged.pth"
+    torch.save(checkpoint, damaged)
+    capsys.readouterr()
+    err = bad_input(capsys, ["--resume", str(damaged), "--epochs", "2"])
+    assert f"{damaged} is a damaged training checkpoint (" in err and says in err
+
+
+def test_each_checkpoint_records_the_versions_the_commit_the_device_and_the_call_that_made_it(train_args, tmp_path):
+    import torchvision
+
+    import tudui
+    result = train.run(data_dir=train_args[1], no_download=True, logdir=tmp_path, run_name="r", device="cpu",
+                       quiet=True, epochs=1)
+    made_by = torch.load(result.last_path, weights_only=True)["provenance"]
+    assert made_by["version"] == tudui.__version__ and made_by["device"] == "cpu"
+    assert (made_by["torch"], made_by["torchvision"]) == (str(torch.__version__), str(torchvision.__version__))
+    assert made_by["command"] == (f"train.run(data_dir={train_args[1]!r}, no_download=True, logdir={tmp_path!r}, "
+                                  "run_name='r', device='cpu', quiet=True, epochs=1)")
+    if (ROOT / ".git").exists():
+        assert re.fullmatch(r"[0-9a-f]{40}(\+changes)?", made_by["git_commit"])
+
+
+def test_outside_a_git_checkout_or_without_git_the_commit_is_none_and_nothing_fails(tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoints, "__file__", str(tmp_path / "tudui" / "checkpoints.py"))  # copied out of the checkout
+    assert checkpoints.provenance(torch.device("cpu"), "call")["git_commit"] is None
+    monkeypatch.undo()
+
+    def no_git(*args, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory: 'git'")
+    monkeypatch.setattr(checkpoints.subprocess, "run", no_git)
+    assert checkpoints.provenance(torch.device("cpu"), "call")["git_commit"] is None
+
+
+def test_evaluate_and_predict_first_say_what_made_the_checkpoint(train_args, cifar_dir, tmp_path, images, capsys):
+    result = train.main(train_args + ["--epochs", "1"])
+    capsys.readouterr()
+    train.main(["--evaluate", str(result.last_path), "--data-dir", str(cifar_dir), "--device", "cpu"])
+    evaluated = capsys.readouterr().out.splitlines()[0]
+    assert console.run_cli(lambda: predict.main(["--checkpoint", str(result.last_path), str(images / "RGB.png")])) == 0
+    predicted = capsys.readouterr().out
+    for first_line in (evaluated, predicted.splitlines()[0]):
+        assert first_line.startswith(f"checkpoint {result.last_path}: version ")
+        assert f"torch {torch.__version__}" in first_line and "trained on cpu by `python train.py " in first_line
+
+
+def test_a_checkpoint_from_before_the_record_says_it_has_none_and_still_loads(images, capsys):
+    old = OLD_CHECKPOINTS / "tuned_epoch_0_v516887d.pth"
+    assert console.run_cli(lambda: predict.main(["--checkpoint", str(old), str(images / "RGB.png"), "--json"])) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["predictions"]  # with --json, stdout holds the images' objects alone
+    assert err.strip() == f"checkpoint {old}: no record of what made it (an older train.py, or not train.py, wrote it)"
+
+
+def test_a_flipped_bit_in_the_weights_is_refused_as_damage_by_resume_predict_and_evaluate(train_args, cifar_dir,
+                                                                                         tmp_path, images, capsys):
+    result = train.main(train_args + ["--epochs", "1"])
+    checkpoint = torch.load(result.last_path, weights_only=True)
+    bias = next(tensor for tensor in checkpoint["model"].values() if tensor.dtype == torch.float32 and tensor.dim() == 1)
+    bias.view(torch.int32)[0] ^= 1 << 20  # one bit of one weight, as a failing disk flips it
+    torch.save(checkpoint, tmp_path / "flipped.pth")
+    says = f"checkpoint {tmp_path / 'flipped.pth'} is damaged: its weights do not match the checksum saved with them"
+    for argv in (["--resume", str(tmp_path / "flipped.pth"), "--epochs", "2"],
+                 ["--evaluate", str(tmp_path / "flipped.pth"), "--data-dir", str(cifar_dir), "--no-download"]):
+        assert says in bad_input(capsys, argv)
+    assert says in bad_input(capsys, ["--checkpoint", str(tmp_path / "flipped.pth"), str(images / "RGB.png")],
+                             predict.main)

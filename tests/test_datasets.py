@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tudui import datasets, load_tudui
+from tudui import checkpoints, datasets, load_tudui
 import train
 from model import Tudui
 from conftest import CLASSES, bad_input, md5, write_cifar_batches, write_image_folder
@@ -59,7 +59,7 @@ def test_a_changed_image_is_decoded_again_instead_of_read_from_the_cache(tmp_pat
 def test_cifar10_is_read_by_torchvision_as_uint8_images_with_the_class_names_of_its_meta_file(cifar_dir):
     images, labels, classes = datasets.load_cifar10(cifar_dir, "train", download=False)
     assert images.shape == (200, 3, 32, 32) and images.dtype == torch.uint8 and labels.dtype == torch.int64
-    assert classes == list(datasets.CIFAR10_CLASSES) == list(CLASSES)
+    assert classes == list(checkpoints.CIFAR10_CLASSES) == list(CLASSES)
     batch = pickle.load(open(cifar_dir / "cifar-10-batches-py" / "data_batch_1", "rb"), encoding="latin1")
     assert torch.equal(images[:40].reshape(40, -1), torch.from_numpy(batch["data"]))
 

@@ -82,11 +82,3 @@ def test_the_prediction_grid_names_the_true_class_of_each_wrong_prediction_alone
                                       torch.tensor([0, 2]), CLASSES)
     shown = [t.get_text() for t in texts(figure)]
     assert "cat" in shown and "ship (dog)" in shown
-
-
-def test_the_gallery_is_saved_as_a_png(tmp_path):
-    figure = pictures.gallery(torch.zeros(1, 3, 32, 32, dtype=torch.uint8), torch.tensor([0]), torch.tensor([1]),
-                              torch.tensor([0.9]), CLASSES)
-    pictures.save_png(figure, tmp_path / "pictures.png")
-    assert (tmp_path / "pictures.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert [p.name for p in tmp_path.iterdir()] == ["pictures.png"]

@@ -11,7 +11,7 @@ import predict
 from tudui import load_tudui
 from conftest import ROOT, SHARED, needs_shared, random_batch, reference_weights, run_script
 from tudui.errors import CheckpointError, DataError
-from tudui.datasets import CIFAR10_CLASSES
+from tudui.checkpoints import CIFAR10_CLASSES
 from PIL import Image
 
 

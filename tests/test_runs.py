@@ -3,7 +3,11 @@ checkpoints), its folder and lock, and why a crash, a kill or a full disk loses 
 import fcntl
 import io
 import json
+import math
 import os
+import shlex
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -16,8 +20,11 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import train
-from conftest import ROOT, assert_every_final_file_loads, bad_input, cosine_lrs, run_script
-from tudui import runs, settings, training_checkpoints
+from conftest import ROOT, parse, assert_every_final_file_loads, bad_input, cosine_lrs, run_script
+from tudui import checkpoints, console, load_tudui, runs, settings
+from tudui.cuda_graph import GraphedStep
+
+OLD_CHECKPOINTS = ROOT / "tests" / "data"  # written by commit 516887d, before train.py was split into modules
 
 
 def events(run_dir):
@@ -200,10 +207,10 @@ def test_a_new_run_never_writes_over_an_earlier_runs_checkpoints(train_args, tmp
 
 
 def test_the_checkpoint_to_resume_from_is_last_then_the_latest_epoch_then_best(tmp_path):
-    assert training_checkpoints.resumable_checkpoint(tmp_path) is None
+    assert runs.resumable_checkpoint(tmp_path) is None
     for name in ("best.pth", "tudui_epoch_2.pth", "tudui_epoch_10.pth", "last.pth"):
         (tmp_path / name).touch()
-        assert training_checkpoints.resumable_checkpoint(tmp_path) == tmp_path / name  # each outranks those before it (10 > 2)
+        assert runs.resumable_checkpoint(tmp_path) == tmp_path / name  # each outranks those before it (10 > 2)
 
 
 def test_second_run_on_the_same_folder_is_refused(train_args, tmp_path, capsys):
@@ -371,3 +378,99 @@ def test_without_last_pth_a_later_epoch_file_still_refuses_an_older_resume(train
     (run_dir / "last.pth").unlink()
     err = bad_input(capsys, ["--resume", str(run_dir / "tudui_epoch_0.pth"), "--epochs", "3", "--device", "cpu"])
     assert f"but {run_dir / 'tudui_epoch_2.pth'} is epoch 2: resuming it there would overwrite the newer epochs" in err
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "muon"])
+def test_checkpoints_hold_a_plain_lr_whatever_optimizer_wrote_them(optimizer):
+    """A graphed run keeps its lr in a device tensor for the fused SGD kernel; its checkpoints must still
+    resume in a plain run (and the reverse), carrying the momentum buffers across."""
+    args = parse(["--recipe", "tuned", "--optimizer", optimizer])
+    model = train.build_model(10, torch.device("cpu"), seed=0)
+    graphed = train.build_optimizer(model, args)
+    GraphedStep(train.make_train_step(model, torch.nn.CrossEntropyLoss(), graphed, False), graphed, 2, torch.device("cpu"))
+    assert all(isinstance(group["lr"], torch.Tensor) for group in graphed.param_groups)
+    model(torch.rand(2, 3, 32, 32)).sum().backward()
+    graphed.step()
+    state = checkpoints.optimizer_state(graphed)
+    assert all(type(group["lr"]) is float and math.isclose(group["lr"], args.lr, rel_tol=1e-6)
+               for group in state["param_groups"])
+
+    plain = train.build_optimizer(model, args)
+    runs.load_optimizer_state(plain, state)
+    assert type(plain.param_groups[0]["lr"]) is float and not plain.param_groups[0]["fused"]
+    for p in model.parameters():
+        assert torch.equal(plain.state[p]["momentum_buffer"], graphed.state[p]["momentum_buffer"])
+
+
+@pytest.mark.parametrize("name", ["tutorial_epoch_0_v516887d.pth", "tuned_epoch_0_v516887d.pth"])
+def test_a_checkpoint_written_before_the_split_into_modules_loads_and_resumes(cifar_dir, tmp_path, name,
+                                                                              tutorial_network):
+    """Epoch 0 of a 2-epoch run (`--epochs 2`, and `--recipe tuned --batch-size 64` for the Muon one) on
+    the tests' tiny CIFAR-10 folder, which conftest builds the same way every time."""
+    run_dir = tmp_path / "logs" / "run"
+    run_dir.mkdir(parents=True)
+    shutil.copy(OLD_CHECKPOINTS / name, run_dir / "tudui_epoch_0.pth")
+    saved = torch.load(run_dir / "tudui_epoch_0.pth", weights_only=True)
+    net = load_tudui(run_dir / "tudui_epoch_0.pth")
+    assert all(torch.equal(net.state_dict()[key], tensor) for key, tensor in saved["model"].items())
+    train.main(["--resume", str(run_dir / "tudui_epoch_0.pth"), "--data-dir", str(cifar_dir), "--logdir",
+                str(tmp_path / "logs"), "--run-name", "run", "--quiet"])
+    resumed = torch.load(run_dir / "last.pth", weights_only=True)
+    assert resumed["epoch"] == 1 and resumed["step"] == 2 * saved["step"]
+    this_call = ("data_dir", "logdir", "run_name", "resume", "device")
+    kept = {k: v for k, v in saved["config"].items() if k not in this_call}
+    assert {k: resumed["config"][k] for k in kept} == kept  # settings added since take their defaults
+
+
+def test_an_old_muon_checkpoint_resumes_to_the_weights_the_old_code_reached(cifar_dir, tmp_path, tutorial_network):
+    """Its epoch 1 as the old code trained it, on this project's AVX-512 CPU: another CPU's convolutions add
+    in another order, hence the tolerance."""
+    run_dir = tmp_path / "logs" / "run"
+    run_dir.mkdir(parents=True)
+    shutil.copy(OLD_CHECKPOINTS / "tuned_epoch_0_v516887d.pth", run_dir / "tudui_epoch_0.pth")
+    train.main(["--resume", str(run_dir / "tudui_epoch_0.pth"), "--data-dir", str(cifar_dir), "--logdir",
+                str(tmp_path / "logs"), "--run-name", "run", "--quiet"])
+    resumed = torch.load(run_dir / "last.pth", weights_only=True)["model"]
+    old_epoch_1 = torch.load(OLD_CHECKPOINTS / "tuned_epoch_1_weights_v516887d.pth", weights_only=True)
+    for key, tensor in old_epoch_1.items():
+        torch.testing.assert_close(resumed[key], tensor, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------- --resume auto: the same command starts, goes on, or is done
+
+def test_resume_auto_starts_a_run_that_has_no_checkpoint_then_goes_on_then_has_nothing_to_train(train_args, tmp_path,
+                                                                                               capsys):
+    first = train.main(train_args + ["--epochs", "1", "--resume", "auto"])  # nothing saved yet: it starts
+    assert first.epoch == 0
+    second = train.main(train_args + ["--epochs", "2", "--resume", "auto"])
+    assert second.epoch == 1 and second.history["epoch"] == [0, 1]
+    capsys.readouterr()
+    assert console.run_cli(lambda: train.main(train_args + ["--epochs", "2", "--resume", "auto"])) == 0
+    assert "nothing to train" in capsys.readouterr().err
+
+
+def test_resume_auto_takes_the_newest_epoch_file_that_loads_when_last_pth_is_gone_or_torn(train_args, tmp_path):
+    run_dir = tmp_path / "logs" / "run"
+    train.main(train_args + ["--epochs", "3"])
+    (run_dir / "last.pth").write_bytes((run_dir / "last.pth").read_bytes()[:1000])  # torn, as no kill leaves it
+    (run_dir / "tudui_epoch_2.pth").unlink()
+    assert runs.auto_resume(settings.command_line_settings(train_args + ["--resume", "auto"])) == str(
+        run_dir / "tudui_epoch_1.pth")
+
+
+def test_resume_auto_without_a_run_name_is_one_line(capsys, cifar_dir):
+    err = bad_input(capsys, ["--data-dir", str(cifar_dir), "--resume", "auto"])
+    assert "--resume auto needs --run-name" in err
+
+
+def test_resume_auto_prints_the_same_command_to_go_on_after_a_stop(train_args, tmp_path, monkeypatch, capsys):
+    real_log_epoch = runs.RunFolder.log_epoch
+
+    def then_sigterm(self, record, *args):
+        real_log_epoch(self, record, *args)
+        os.kill(os.getpid(), signal.SIGTERM)  # the scheduler's preemption, after epoch 0 is saved
+    monkeypatch.setattr(runs.RunFolder, "log_epoch", then_sigterm)
+    argv = train_args + ["--epochs", "3", "--resume", "auto"]
+    assert console.run_cli(lambda: train.main(argv)) == 143
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(f"run the same command to go on: "
+                                                                     f"{shlex.join(['python', 'train.py', *argv])}")

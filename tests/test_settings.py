@@ -7,7 +7,7 @@ import torch
 
 from tudui import settings
 import train
-from conftest import parse, ROOT, bad_input, run_script
+from conftest import bad_input, parse
 
 
 @pytest.mark.slow

@@ -79,7 +79,8 @@ def main():
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from tudui.datasets import CIFAR10_CLASSES, load_dataset
+    from tudui.checkpoints import CIFAR10_CLASSES
+    from tudui.datasets import load_dataset
 
     train_x, train_y, test_x, test_y, classes = load_dataset("folder", args.folder, download=False)
     if sorted(classes) != sorted(CIFAR10_CLASSES):

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train  # noqa: E402
 from tudui import SHIPPED_WEIGHTS  # noqa: E402
 from tudui.checkpoints import read_checkpoint  # noqa: E402
-from tudui.files import atomic_write  # noqa: E402
+from tudui.runs import atomic_write  # noqa: E402
 
 RESUME_ONLY = ("format", "optimizer", "rng", "best_accuracy")
 

@@ -12,12 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
+from tudui.checkpoints import TUTORIAL_PREPROCESS
 from tudui.datasets import dataset_tensors
 from tudui.errors import SettingsError
 
-# How raw pixels become network input: x / 255, then (x - mean) / std when mean and std are set.
-# The tutorial's ToTensor is exactly x / 255, so that is what a checkpoint without this field gets.
-TUTORIAL_PREPROCESS = {"mean": None, "std": None}
 TEST_BATCH_SIZE = 500  # testing needs no gradients, so bigger batches just mean fewer steps
 
 

@@ -1,44 +1,100 @@
-"""Loading any Tudui checkpoint safely: train.py's, a state_dict, or the tutorial's whole-model pickles,
-read without running code from them, into model.py's Tudui, loaded strictly (the tutorial's network for
-files that record none). What a training checkpoint holds for resuming is training_checkpoints.py's;
-writing files is runs.py's.
+"""What a checkpoint is and how one is read safely: the checks on a file from outside, torch.load with
+weights only (the tutorial's whole-model pickles through inert stand-ins), the weights' checksum,
+load_tudui, and the training checkpoint train.py saves, with its fields checked. Writes nothing; saving
+and resuming a run is runs.py's.
 """
+import hashlib
 import inspect
 import itertools
+import os
 import pickle
 import re
+import stat
 import struct
+import subprocess
 import warnings
 import zipfile
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from model import Tudui
-from tudui.batches import TUTORIAL_PREPROCESS
+from tudui import __version__
 from tudui.console import shown
-from tudui.datasets import class_names
 from tudui.errors import CheckpointError, SettingsError
-from tudui.integrity import checkpoint_size_problem, regular_file_problem, weights_checksum
+from tudui.settings import plain
+
+CHECKPOINT_FORMAT = "tudui-train-checkpoint/1"
+MAX_CHECKPOINT_BYTES = 256 << 20  # Tudui's checkpoints are 0.6 MB; a ResNet-50's weights, about 100 MB
+# x / 255, then (x - mean) / std when they are set. The tutorial's ToTensor is x / 255: files without the field
+TUTORIAL_PREPROCESS = {"mean": None, "std": None}
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DistributedDataParallel, torch.compile
+
+
+def class_names(count):
+    """Names for COUNT outputs when a checkpoint names none: CIFAR-10's for 10, else the numbers."""
+    return list(CIFAR10_CLASSES) if count == 10 else [str(i) for i in range(count)]
+
+
+def regular_file_problem(path):
+    """Why PATH cannot be read as a file (a named pipe or a device would block a read forever), or None;
+    a missing file is left to the reader."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, TypeError, ValueError):
+        return None
+    if stat.S_ISDIR(mode) or stat.S_ISREG(mode):
+        return None
+    kind = "a named pipe" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else \
+        "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
+    return f"is {kind}, not a file"
+
+
+def checkpoint_size_problem(path):
+    """Why PATH is refused before it is unpickled, or None: over MAX_CHECKPOINT_BYTES on disk or unpacked,
+    or holding a compressed zip member (a decompression bomb: torch.save writes none)."""
+    try:
+        if os.path.getsize(path) > MAX_CHECKPOINT_BYTES:
+            return (f"is {os.path.getsize(path) >> 20} MB, over the {MAX_CHECKPOINT_BYTES >> 20} MB of any "
+                    "reasonable network")
+        if not zipfile.is_zipfile(path):
+            return None
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (OSError, zipfile.BadZipFile, ValueError, TypeError):
+        return None  # the reader names what is wrong with it
+    compressed = [m.filename for m in members if m.compress_type != zipfile.ZIP_STORED]
+    if compressed:
+        return f"holds a compressed member ({compressed[0]}), which torch.save never writes: a possible zip bomb"
+    unpacked = sum(m.file_size for m in members)
+    if unpacked > MAX_CHECKPOINT_BYTES:
+        return f"unpacks to {unpacked >> 20} MB, over the {MAX_CHECKPOINT_BYTES >> 20} MB of any reasonable network"
+    return None
+
+
+def weights_checksum(state_dict):
+    """The SHA-256 of a state_dict's names, dtypes, shapes and bytes, in name order: a flipped bit shows."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
 
 
 class _PickledModule:
-    """Stand-in for the module classes inside the tutorial's whole-model pickles
-    (`torch.save(tudui, path)`). Unpickling fills plain attributes only; no module code runs."""
+    """Stand-in for the module classes in the tutorial's `torch.save(tudui, path)` files: unpickling fills
+    plain attributes, and no module code runs."""
 
     def __setstate__(self, state):
         self.state = state
 
 
-# Exactly the classes a tutorial whole-model file names, each mapped to the inert stand-in.
-_WHOLE_MODEL_GLOBALS = [(_PickledModule, name) for name in (
-    "__main__.Tudui", "model.Tudui",
-    "torch.nn.modules.container.Sequential",
-    "torch.nn.modules.conv.Conv2d",
-    "torch.nn.modules.pooling.MaxPool2d",
-    "torch.nn.modules.flatten.Flatten",
-    "torch.nn.modules.linear.Linear",
-)]
+_WHOLE_MODEL_GLOBALS = [(_PickledModule, name) for name in (  # exactly the classes those files name
+    "__main__.Tudui", "model.Tudui", "torch.nn.modules.container.Sequential", "torch.nn.modules.conv.Conv2d",
+    "torch.nn.modules.pooling.MaxPool2d", "torch.nn.modules.flatten.Flatten", "torch.nn.modules.linear.Linear")]
 
 
 def _state_dict_of_pickled_module(module, prefix=""):
@@ -56,20 +112,15 @@ def _state_dict_of_pickled_module(module, prefix=""):
     return tensors
 
 
-def begins_as_torch_save_file(path):
-    """Whether the file starts as torch.save writes: a zip archive, or (the legacy format) a pickle of
-    protocol 2 or later. A file that does not was never a checkpoint, so 'truncated' would mislead."""
+def unreadable(path, reason):
+    """The error for a file torch.load could not read: 'not a PyTorch file' when it does not begin as
+    torch.save's files do (a zip, or a pickle of protocol 2 or later), else 'truncated or corrupt'."""
     try:
         with open(path, "rb") as file:
             start = file.read(4)
     except (OSError, TypeError):  # not a path (a file object), or unreadable: no claim either way
-        return True
-    return start in (b"", b"PK\x03\x04") or start[:1] == b"\x80"
-
-
-def unreadable(path, reason):
-    """The error for a checkpoint torch.load could not read, whose reason is the first line of torch's."""
-    if not begins_as_torch_save_file(path):
+        start = b""
+    if not (start in (b"", b"PK\x03\x04") or start[:1] == b"\x80"):
         return CheckpointError(f"checkpoint {path} is not a PyTorch file: it does not begin as torch.save's files "
                                "do; check that it names a .pth checkpoint")
     return CheckpointError(f"checkpoint {path} is not a readable PyTorch file ({reason}); it may be truncated or "
@@ -77,10 +128,9 @@ def unreadable(path, reason):
 
 
 def read_checkpoint(path, map_location="cpu"):
-    """torch.load(path, weights_only=True), with the tutorial's whole-model pickles allowed through
-    inert stand-ins. Any other global in the pickle is refused by torch before it can run; a file that is
-    no regular file, or too large once unpacked, is refused before torch reads it. A train.py checkpoint's
-    weights must match the checksum stored with them."""
+    """torch.load(path, weights_only=True), the tutorial's whole-model pickles let through as inert stand-ins;
+    torch refuses any other global before it runs. No regular file, or too large, is refused first; a
+    train.py checkpoint's weights must match their checksum."""
     problem = regular_file_problem(path) or checkpoint_size_problem(path)
     if problem:
         raise CheckpointError(f"checkpoint {path} {problem}; pass a .pth checkpoint file")
@@ -107,10 +157,9 @@ def torch_load(path, map_location):
         asked = re.search(r"GLOBAL ([\w.]+)", str(e))
         if asked is None:  # not a refused global: the pickle itself is damaged
             raise unreadable(path, "damaged pickle") from None
-        raise CheckpointError(
-            f"checkpoint {path} was refused: its pickle asks for {asked.group(1)}, which is not "
-            "on the allow-list; "
-            "nothing from it was run. Only load checkpoints from sources you trust, saved as a state_dict") from None
+        raise CheckpointError(f"checkpoint {path} was refused: its pickle asks for {asked.group(1)}, which is not on "
+                              "the allow-list; nothing from it was run. Only load checkpoints from sources you "
+                              "trust, saved as a state_dict") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError, TypeError, AssertionError,
             IndexError, OverflowError, MemoryError, UnicodeDecodeError, struct.error, zipfile.BadZipFile) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -126,8 +175,7 @@ def unpack_checkpoint(obj, path="checkpoint"):
         named = isinstance(classes, (list, tuple)) and classes and all(isinstance(name, str) for name in classes)
         return (_unwrapped(obj["model"]), (list(classes) if named else None),
                 checked_preprocess(obj.get("preprocess"), path))
-    # PyTorch's recipe for a general checkpoint, and Lightning's, keep the weights under these keys
-    for key in ("model_state_dict", "state_dict"):
+    for key in ("model_state_dict", "state_dict"):  # PyTorch's recipe for a general checkpoint, and Lightning's
         if isinstance(obj, dict) and _is_state_dict(obj.get(key)):
             return _unwrapped(obj[key]), None, dict(TUTORIAL_PREPROCESS)
     if _is_state_dict(obj):
@@ -140,11 +188,8 @@ def _is_state_dict(obj):
     return isinstance(obj, dict) and obj and all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items())
 
 
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DistributedDataParallel, torch.compile
-
-
 def _unwrapped(state_dict):
-    """STATE_DICT with the key prefix that a wrapper around the model added, when every key has it."""
+    """STATE_DICT without the key prefix a wrapper around the model added, when every key has it."""
     for prefix in WRAPPER_PREFIXES:
         if state_dict and all(isinstance(k, str) and k.startswith(prefix) for k in state_dict):
             return _unwrapped({k[len(prefix):]: v for k, v in state_dict.items()})
@@ -152,8 +197,7 @@ def _unwrapped(state_dict):
 
 
 def checked_preprocess(preprocess, path="checkpoint"):
-    """A checkpoint's preprocessing, or a CheckpointError when it is not what the network's 3-channel
-    input needs: 3 means and 3 positive stds, or neither (plain x / 255)."""
+    """A checkpoint's preprocessing: 3 means and 3 positive stds, or neither (plain x / 255)."""
     merged = dict(TUTORIAL_PREPROCESS)
     if isinstance(preprocess, dict):
         merged.update((key, preprocess[key]) for key in TUTORIAL_PREPROCESS if key in preprocess)
@@ -169,7 +213,6 @@ def checked_preprocess(preprocess, path="checkpoint"):
 
 
 def _finite_shape(value):
-    """The shape of VALUE as a tensor of finite numbers, or None when it is not one."""
     try:
         numbers = torch.tensor(value, dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError):
@@ -178,8 +221,8 @@ def _finite_shape(value):
 
 
 def num_classes_argument(network, num_classes):
-    """The arguments that give NETWORK (model.py's Tudui) NUM_CLASSES outputs: (num_classes,), or () for 10
-    classes when its __init__ takes no argument (as the tutorial's own model.py)."""
+    """What gives NETWORK (model.py's Tudui) NUM_CLASSES outputs: (num_classes,), or () for 10 when its
+    __init__ takes no argument, as the tutorial's."""
     if inspect.signature(network).parameters:
         return (num_classes,)
     if num_classes != 10:
@@ -190,13 +233,12 @@ def num_classes_argument(network, num_classes):
 
 
 def build_tudui(num_classes):
-    """model.py's Tudui with NUM_CLASSES outputs."""
     return Tudui(*num_classes_argument(Tudui, num_classes))
 
 
 class TutorialTudui(nn.Module):
-    """The tutorial's network, for files that record no network (its own whole-model files and bare
-    state_dicts) when model.py has changed since; model.py's Tudui is the user's to change, this is not."""
+    """The tutorial's network, for files that record none (its whole-model files, bare state_dicts) when
+    model.py, the user's to change, has changed since."""
 
     def __init__(self, num_classes=10):
         super().__init__()
@@ -206,14 +248,6 @@ class TutorialTudui(nn.Module):
 
     def forward(self, x):
         return self.model(x)
-
-
-def output_counts(state_dict, classes):
-    """The class counts the weights may predict, likeliest first: the last bias's size (the last layer's,
-    in most networks), the count of CLASSES, CIFAR-10's 10."""
-    biases = [v for k, v in state_dict.items() if k.endswith("bias") and torch.is_tensor(v) and v.dim() == 1]
-    counts = ([biases[-1].shape[0]] if biases else []) + ([len(classes)] if classes else [])
-    return list(dict.fromkeys(counts + [10]))
 
 
 def mismatch(net, state_dict):
@@ -229,22 +263,12 @@ def mismatch(net, state_dict):
     return "; ".join(parts)
 
 
-def first_difference(recorded, net):
-    """The first line where the printed network RECORDED in a checkpoint and NET's differ, or ""."""
-    if not isinstance(recorded, str):
-        return ""
-    pairs = itertools.zip_longest(recorded.splitlines()[1:], str(net).splitlines()[1:], fillvalue="(nothing)")
-    for old, new in pairs:  # after the first line, the class's name
-        if old != new:
-            return f"; it was trained with `{old.strip()}` where model.py now has `{new.strip()}`"
-    return ""
-
-
 def build_from_state_dict(state_dict, path="checkpoint", classes=None, network=None, tutorials=False):
-    """model.py's Tudui with these weights, loaded strictly; the tutorial's network instead for a file that
-    records no NETWORK (its printed structure) when only that fits, or always when TUTORIALS says the file
-    is the tutorial network's. A CheckpointError names a mismatch."""
-    counts = output_counts(state_dict, classes)
+    """model.py's Tudui with these weights, loaded strictly; the tutorial's network for a file that records
+    no NETWORK (its printed structure) when only that fits, or always with TUTORIALS. Output counts tried:
+    the last bias's size, the count of CLASSES, 10."""
+    biases = [v for k, v in state_dict.items() if k.endswith("bias") and torch.is_tensor(v) and v.dim() == 1]
+    counts = list(dict.fromkeys(([biases[-1].shape[0]] if biases else []) + ([len(classes)] if classes else []) + [10]))
     if counts[0] == 0:
         raise CheckpointError(f"{path} has a final layer with no outputs, so it can predict no class; "
                               "use another copy of the checkpoint")
@@ -260,30 +284,21 @@ def build_from_state_dict(state_dict, path="checkpoint", classes=None, network=N
 
 
 def load_weights(net, state_dict, path, network=None):
-    """STATE_DICT loaded strictly into NET, or a CheckpointError: model.py changed since the checkpoint
-    (what differs, and the first line where NETWORK, the network it recorded, differs), or weights that
-    are not finite."""
+    """STATE_DICT loaded strictly into NET, or a CheckpointError: model.py changed since (what differs, and
+    the first line where NETWORK, the network the file recorded, differs), or weights that are not finite."""
     problem = mismatch(net, state_dict)
     if problem:
-        raise CheckpointError(f"model.py has changed since {path} was trained ({problem})"
-                              f"{first_difference(network, net)}; use the model.py it was trained with, or train anew")
+        pairs = itertools.zip_longest(network.splitlines()[1:], str(net).splitlines()[1:], fillvalue="(nothing)") \
+            if isinstance(network, str) else []  # after the first line, the class's name
+        first = next((f"; it was trained with `{old.strip()}` where model.py now has `{new.strip()}`"
+                      for old, new in pairs if old != new), "")
+        raise CheckpointError(f"model.py has changed since {path} was trained ({problem}){first}; use the model.py "
+                              "it was trained with, or train anew")
     for key, tensor in state_dict.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise CheckpointError(f"{path} has non-finite weights (NaN or infinity) in {key}, saved from a run that "
                                   "had diverged; use a checkpoint of an earlier epoch")
     net.load_state_dict(state_dict)
-    return net
-
-
-def normalizing_input(net, preprocess):
-    """NET, made to take ToTensor's input (floats in [0, 1]) and apply PREPROCESS's normalization itself,
-    in a forward pre-hook whose mean and std are buffers left out of the state_dict."""
-    if preprocess.get("mean") is None:
-        return net
-    for name in ("mean", "std"):
-        net.register_buffer(f"input_{name}", torch.tensor(preprocess[name]).view(1, 3, 1, 1), persistent=False)
-    net.register_forward_pre_hook(lambda module, args: ((args[0] - module.input_mean) / module.input_std,
-                                                        *args[1:]))
     return net
 
 
@@ -299,23 +314,112 @@ class FlipAveraged(nn.Module):
 
 
 def load_tudui(path, map_location="cpu", tutorials=False):
-    """Load a Tudui in eval mode from any Tudui checkpoint: one written by train.py, a bare state_dict,
-    or a tutorial `torch.save(tudui, ...)` file. It takes ToTensor's input, floats in [0, 1] of shape
-    (N, 3, 32, 32), and applies its checkpoint's normalization itself. It carries `.classes` (names, one
-    per output), `.preprocess` (that normalization), and from train.py's checkpoints `.config` (the run's
-    settings), `.provenance` (what made it) and `.test_accuracy` (its epoch's), else None. Raises
-    CheckpointError."""
+    """A Tudui in eval mode from any Tudui checkpoint (train.py's, a bare state_dict, a tutorial
+    `torch.save(tudui, ...)` file). It takes ToTensor's input, (N, 3, 32, 32) floats in [0, 1], and applies
+    its checkpoint's normalization itself. It carries `.classes`, `.preprocess`, and from train.py's files
+    `.config`, `.provenance` and `.test_accuracy` (else None). Raises CheckpointError."""
     checkpoint = read_checkpoint(path, map_location)
     state_dict, classes, preprocess = unpack_checkpoint(checkpoint, path)
-    recorded = checkpoint.get("network") if isinstance(checkpoint, dict) else None
-    net = build_from_state_dict(state_dict, path, classes, recorded, tutorials)
+    field = checkpoint.get if isinstance(checkpoint, dict) else lambda key: None
+    net = build_from_state_dict(state_dict, path, classes, field("network"), tutorials)
     with torch.no_grad():
         num_classes = net.eval()(torch.zeros(1, 3, 32, 32)).shape[1]
     net.classes = [shown(name) for name in classes] if classes and len(classes) == num_classes else class_names(
         num_classes)
     net.preprocess = preprocess
-    net.config, net.provenance = (checkpoint.get(key) if isinstance(checkpoint, dict) and isinstance(
-        checkpoint.get(key), dict) else None for key in ("config", "provenance"))
-    accuracy = checkpoint.get("test_accuracy") if isinstance(checkpoint, dict) else None
+    net.config, net.provenance = (field(key) if isinstance(field(key), dict) else None for key in ("config",
+                                                                                                   "provenance"))
+    accuracy = field("test_accuracy")
     net.test_accuracy = float(accuracy) if isinstance(accuracy, (int, float)) and 0 <= accuracy <= 1 else None
-    return normalizing_input(net, preprocess).to(map_location).eval()
+    if preprocess.get("mean") is not None:  # normalized in a pre-hook, by buffers left out of the state_dict
+        for name in ("mean", "std"):
+            net.register_buffer(f"input_{name}", torch.tensor(preprocess[name]).view(1, 3, 1, 1), persistent=False)
+        net.register_forward_pre_hook(lambda module, args: ((args[0] - module.input_mean) / module.input_std,
+                                                            *args[1:]))
+    return net.to(map_location).eval()
+
+
+def training_checkpoint(model, optimizer, scheduler, settings, data, record, best_accuracy, device, made_by):
+    """What train.py saves each epoch: a plain dict, which torch.load(weights_only=True) reads, holding what a
+    resumed run needs (the optimizer's and lr scheduler's state and classes, the RNG's) and RECORD, the
+    epoch's metrics.jsonl line."""
+    weights = model.state_dict()
+    rng = {"torch": torch.get_rng_state()} | ({"cuda": torch.cuda.get_rng_state(device)} if device.type == "cuda"
+                                               else {})
+    return {"format": CHECKPOINT_FORMAT, "model": weights, "weights_sha256": weights_checksum(weights),
+            "optimizer": optimizer_state(optimizer), "optimizer_class": type(optimizer).__name__,
+            "scheduler": plain_numbers(scheduler.state_dict()), "scheduler_class": type(scheduler).__name__,
+            "epoch": record["epoch"], "step": record["step"], "config": plain(settings), "classes": data.classes,
+            "network": str(model), "preprocess": data.preprocess, "test_accuracy": record["test_accuracy"],
+            "test_loss": record["test_loss"], "best_accuracy": best_accuracy, "metrics": record, "rng": rng,
+            "provenance": made_by}
+
+
+def optimizer_state(optimizer):
+    """state_dict() with a plain-number lr (a CUDA graph's is a device tensor) and no fused kernel, so that
+    the checkpoint resumes on any device."""
+    state = optimizer.state_dict()
+    for group in state["param_groups"]:
+        group["lr"], group["fused"] = float(group["lr"]), None
+    return state
+
+
+def plain_numbers(state):
+    """A scheduler's state_dict with its 0-dim tensors (the lrs of a CUDA graph's optimizer) as numbers."""
+    if isinstance(state, dict):
+        return {key: plain_numbers(value) for key, value in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(plain_numbers(value) for value in state)
+    return float(state) if torch.is_tensor(state) and state.dim() == 0 else state
+
+
+def load_training_checkpoint(path):
+    """A checkpoint train.py wrote, each field that resuming relies on checked."""
+    obj = read_checkpoint(path)
+    if not (isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT):
+        raise CheckpointError(f"{path} is not a training checkpoint written by train.py (it lacks the optimizer "
+                              "state, epoch and settings to continue from), so it cannot be resumed; --evaluate "
+                              "and predict.py take it as it is")
+    def count(v): return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**62
+    def number(v): return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+    checks = {
+        "model": lambda v: isinstance(v, dict),
+        "optimizer": lambda v: isinstance(v, dict) and isinstance(v.get("param_groups"), list),
+        "epoch": count, "step": count, "config": lambda v: isinstance(v, dict),
+        "classes": lambda v: isinstance(v, list) and all(isinstance(name, str) for name in v),
+        "best_accuracy": lambda v: number(v) and v is not None,
+        "metrics": lambda v: isinstance(v, dict) and v.get("epoch") == obj.get("epoch") and all(
+            number(x) or (isinstance(x, list) and all(map(number, x))) for x in v.values()),
+        "rng": lambda v: isinstance(v, dict) and torch.is_tensor(v.get("torch")),
+        "scheduler": lambda v: v is None or isinstance(v, dict),  # None: saved before schedulers were
+    }
+    damaged = [name for name, fine in checks.items() if not fine(obj.get(name))]
+    if damaged:
+        raise damaged_checkpoint(path, f"{', '.join(damaged)} missing or malformed")
+    return obj
+
+
+def damaged_checkpoint(path, what):
+    return CheckpointError(f"{path} is a damaged training checkpoint ({what}), so it cannot be resumed; resume "
+                           "from another of the run's checkpoints (last.pth, best.pth or an epoch file)")
+
+
+def provenance(device, command):
+    """What makes a checkpoint: the project's version and git commit ("+changes" when its tracked files
+    differ; None outside a checkout), torch's and torchvision's, the device, and the call that started it."""
+    import torchvision
+
+    root, commit = Path(__file__).resolve().parent.parent, None
+    try:
+        if (root / ".git").exists():
+            git = ["git", "-C", str(root)]
+            head = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True)
+            changes = subprocess.run(git + ["status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                     text=True, timeout=10, check=True).stdout.strip()
+            commit = head.stdout.strip() + ("+changes" if changes else "") if head.stdout.strip() else None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    return {"version": __version__, "git_commit": commit, "torch": str(torch.__version__),
+            "torchvision": str(torchvision.__version__), "device": f"{device} ({name})" if name else str(device),
+            "command": command}

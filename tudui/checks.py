@@ -4,6 +4,7 @@ mistakes); and the checks of a run: nothing left
 to train, and a diverged run, stopped before it saves. train.py hands them its own training and test
 functions, so that they run the real code.
 """
+import io
 import math
 import sys
 import tempfile
@@ -19,10 +20,9 @@ from tudui.cuda_graph import GraphedStep
 from tudui.datasets import load_dataset, load_test_split
 from tudui.distributed import World
 from tudui.errors import SettingsError
-from tudui.pictures import gallery, picked, save_png
+from tudui.pictures import gallery, picked
 from tudui.report import Evaluation, describe_checkpoint, format_report
-from tudui.runs import RunLock
-from tudui.training_checkpoints import refuse_to_overwrite
+from tudui.runs import RunLock, atomic_write, refuse_to_overwrite
 
 
 def dry_run(s, data, device, resumed, train_step, epoch, real_command, train_steps, test_batch):
@@ -123,7 +123,9 @@ def evaluate_checkpoint(s, device, test):
     print(format_report(evaluation))
     if s.mistakes:
         mistakes = picked(images, labels, result["predicted"].cpu(), result["confidence"].cpu())
-        save_png(gallery(*mistakes, net.classes, f"{shown(s.evaluate)}: the test images most confidently "
-                                                 "misclassified"), s.mistakes)
+        png = io.BytesIO()
+        gallery(*mistakes, net.classes, f"{shown(s.evaluate)}: the test images most confidently misclassified"
+                ).savefig(png, format="png")
+        atomic_write(png.getvalue(), s.mistakes)  # a failure is one line, and the file is untouched
         print(f"the {len(mistakes[0])} test images it got most confidently wrong, drawn in {shown(s.mistakes)}")
     return evaluation

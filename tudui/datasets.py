@@ -15,16 +15,11 @@ import numpy as np
 import torch
 from torchvision import datasets as torchvision_datasets
 
+from tudui.checkpoints import class_names
 from tudui.console import shown
 from tudui.errors import DataError, SettingsError
-from tudui.files import atomic_write
+from tudui.runs import atomic_write
 from tudui.images import decode_image, image_pixels
-
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-def class_names(count):
-    """Names for COUNT outputs when a checkpoint names none: CIFAR-10's for 10, else the numbers."""
-    return list(CIFAR10_CLASSES) if count == 10 else [str(i) for i in range(count)]
-
 
 CACHE_FORMAT = 4  # raised whenever decoding or the cache's fields change, so that older caches are rebuilt
 

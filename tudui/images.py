@@ -10,7 +10,7 @@ import torch
 
 from tudui.console import shown
 from tudui.errors import DataError
-from tudui.integrity import regular_file_problem
+from tudui.checkpoints import regular_file_problem
 
 MAX_IMAGE_PIXELS = 40_000_000  # about a 6000x6000 photo; anything larger is refused before decoding
 

@@ -1,16 +1,15 @@
-"""TensorBoard's pictures of an epoch, and --mistakes' PNG, as matplotlib Figures: the confusion matrix, a
-grid of test images with what was predicted, and the test images the network got most confidently wrong.
-Picks and draws; trains and scores nothing. Drawn with matplotlib's object API (a Figure on an Agg canvas,
-never pyplot), which is safe on the thread that draws them beside training.
+"""TensorBoard's pictures of an epoch, and --mistakes' picture, as matplotlib Figures: the confusion matrix,
+test images with what was predicted, and those most confidently misclassified; and the thread that draws
+them beside training. Picks and draws; trains and scores nothing. Matplotlib's object API (a Figure on an
+Agg canvas, never pyplot) is safe on that thread.
 """
-import io
 import math
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from tudui.console import shown
-from tudui.files import atomic_write
 
 MISTAKES_SHOWN = 16
 GRID_IMAGES = 32  # test images shown with their predictions each epoch
@@ -111,8 +110,35 @@ def confusion_figure(confusion, classes, title="confusion matrix"):
     return figure
 
 
-def save_png(figure, path):
-    """Write the figure to PATH as a PNG, atomically (a failure is one line, and PATH is untouched)."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    atomic_write(buffer.getvalue(), path)
+class Painter:
+    """Draws each epoch's pictures into WRITER (a SummaryWriter) on a thread of its own, beside training."""
+
+    def __init__(self, writer):
+        self.writer, self.pool, self.painting = writer, ThreadPoolExecutor(1), None
+
+    def paint(self, images, labels, tested, classes, epoch):
+        """The confusion matrix, predictions and mistakes of TESTED (train.test's result on IMAGES, LABELS)."""
+        self.wait()
+        grid = tuple(t[:GRID_IMAGES].cpu() for t in (images, labels, tested["predicted"]))
+        mistakes = picked(images, labels, tested["predicted"], tested["confidence"])
+        self.painting = self.pool.submit(self.draw, tested["confusion"], grid, mistakes, classes, epoch)
+
+    def draw(self, confusion, grid, mistakes, classes, epoch):
+        self.writer.add_figure("confusion_matrix", confusion_figure(confusion, classes, f"epoch {epoch}"), epoch,
+                               close=False)
+        self.writer.add_figure("test_predictions", prediction_grid(*grid, classes), epoch, close=False)
+        self.writer.add_figure("test_mistakes", gallery(*mistakes, classes, f"epoch {epoch}: the test images most "
+                                                        "confidently misclassified"), epoch, close=False)
+        self.writer.flush()
+
+    def wait(self):
+        """Wait for the pictures of the epoch before; a full disk they met raises here."""
+        if self.painting is not None:
+            painting, self.painting = self.painting, None
+            painting.result()
+
+    def close(self):
+        try:
+            self.wait()
+        finally:
+            self.pool.shutdown()

@@ -1,7 +1,7 @@
-"""The run folder and everything written to it beside train.py's own lines: its name, its lock, the
-checkpoint files train.py saves into, metrics.jsonl, config.json, TensorBoard's pictures and scalars
-beyond the tutorial's, and the bookkeeping that lets a run resume where it stopped. Decides nothing
-about training.
+"""Saving and resuming runs: the run folder (its name, its lock, config.json, metrics.jsonl and a
+SummaryWriter for the curves beyond train.py's), files written atomically, the checkpoints train.py saves
+through RunFolder.saving, and a run put back where its checkpoint left it. Reads checkpoints through
+checkpoints.py; decides nothing about training.
 """
 from __future__ import annotations
 
@@ -9,27 +9,78 @@ import contextlib
 import io
 import itertools
 import json
+import os
+import re
 import sys
 import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import torch
+
+from tudui.checkpoints import _unwrapped, checked_preprocess, load_training_checkpoint, load_weights, read_checkpoint
 from tudui.console import say, shown
-from tudui.errors import SettingsError
-from tudui.files import atomic_write, cannot_write, remove_stale_temporaries, replace_with_link
-from tudui.pictures import GRID_IMAGES, confusion_figure, gallery, picked, prediction_grid
-from tudui.settings import plain
-from tudui.training_checkpoints import refuse_to_overwrite
+from tudui.errors import CheckpointError, SettingsError
+from tudui.pictures import Painter
+from tudui.settings import FIELDS, plain
+
+
+def atomic_write(data, path):
+    """Write bytes so that PATH is always the old file or the whole new one, even after a power cut; a
+    failure (full disk, read-only folder) is a one-line SettingsError, and PATH is untouched. Why not a
+    library: none installed offers os.replace with the folder's fsync."""
+    with renamed_into_place(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def replace_with_link(source, path):
+    """Make PATH a hard link to SOURCE's file, as atomically as atomic_write; where the file system has no
+    hard links (FAT, some network drives), SOURCE's bytes are written again."""
+    try:
+        with renamed_into_place(path) as tmp:
+            tmp.unlink(missing_ok=True)
+            os.link(source, tmp)
+    except SettingsError:
+        atomic_write(Path(source).read_bytes(), path)
+
+
+@contextlib.contextmanager
+def renamed_into_place(path):
+    """A temporary name beside PATH (.NAME.PID.tmp), renamed over PATH when the block ends, removed when it fails."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+        if hasattr(os, "O_DIRECTORY"):  # the folder's fsync keeps the rename (POSIX; Windows opens no folder)
+            folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise cannot_write(path, e) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def cannot_write(path, error):
+    return SettingsError(f"cannot write {path} ({error.strerror or error}); free some space or choose another "
+                         "--logdir/--ckpt-dir; the files already there are intact")
 
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What a training run returns. HISTORY is metrics.jsonl as columns, one value per epoch:
+    """What a run returns; HISTORY is metrics.jsonl as columns, one value per epoch:
     plt.plot(result.history["epoch"], result.history["test_accuracy"]). Under torchrun only rank 0 has
-    folders and a history; the other ranks write nothing."""
+    folders and a history."""
     run_dir: Path | None
     ckpt_dir: Path | None
     epoch: int | None  # the last epoch trained, or the resumed checkpoint's when there was none left to train
@@ -41,11 +92,12 @@ class TrainResult:
 
     @classmethod
     def of(cls, run, record, step, best_accuracy):
-        """The result of a run written to RUN, a RunFolder (None on the ranks that write nothing); RECORD is
-        the last epoch's metrics."""
-        return cls(run_dir=run and run.dir, ckpt_dir=run and run.ckpt_dir, epoch=record.get("epoch"), step=step,
-                   test_loss=record.get("test_loss"), test_accuracy=record.get("test_accuracy"),
-                   best_accuracy=best_accuracy, history=read_history(run.dir / "metrics.jsonl") if run else {})
+        history = {}
+        if run:
+            records = [json.loads(line) for line in (run.dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+            history = {key: [r.get(key) for r in records] for key in dict.fromkeys(k for r in records for k in r)}
+        return cls(run and run.dir, run and run.ckpt_dir, record.get("epoch"), step, record.get("test_loss"),
+                   record.get("test_accuracy"), best_accuracy, history)
 
     @property
     def best_path(self):
@@ -56,15 +108,9 @@ class TrainResult:
         return self.ckpt_dir / "last.pth" if self.ckpt_dir else None
 
 
-def read_history(metrics_path):
-    """metrics.jsonl as columns: {key: [value of epoch 0, value of epoch 1, ...]}."""
-    records = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
-    return {key: [record.get(key) for record in records] for key in dict.fromkeys(k for r in records for k in r)}
-
-
 class RunLock:
-    """An OS lock on a folder a run writes to (filelock's, flock on POSIX): a second run on the same
-    folder is refused, and the lock dies with its process, so a killed run never blocks its own resume."""
+    """An OS lock on a run's folder (filelock's, flock on POSIX): a second run there is refused, and the lock
+    dies with its process, so a killed run never blocks its own resume."""
 
     def __init__(self, folder, flag):
         from filelock import FileLock, Timeout
@@ -80,53 +126,25 @@ class RunLock:
         self.lock.release()
 
 
-def append_metrics(metrics_file, record):
-    """One metrics.jsonl line. The epoch's checkpoints are already saved, so a failure loses only this line."""
-    try:
-        metrics_file.write(json.dumps(record) + "\n")
-        metrics_file.flush()
-    except OSError as e:
-        raise cannot_write(metrics_file.name, e) from None
-
-
-def truncate_metrics(path, last_epoch):
-    """Drop metrics.jsonl lines of epochs after the checkpoint a run resumes from, and any line a crash
-    left torn (the file is appended to, not replaced); returns the epochs kept."""
-    if not path.exists():
-        return set()
-    records = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    kept = [record for record in records
-            if isinstance(record, dict) and isinstance(record.get("epoch"), int) and record["epoch"] <= last_epoch]
-    atomic_write("".join(json.dumps(record) + "\n" for record in kept).encode(), path)
-    return {record["epoch"] for record in kept}
-
-
 def claim_run_name(logdir):
-    """A new folder in LOGDIR named for the current time, -2, -3, ... added when runs start in the same
-    second: made here, at once, so that runs started together never share one."""
+    """A new folder in LOGDIR named for the time, made at once (-2, -3 ... for runs started in the same second)."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     logdir.mkdir(parents=True, exist_ok=True)
     for n in itertools.count(1):
         name = stamp if n == 1 else f"{stamp}-{n}"
-        try:
+        with contextlib.suppress(FileExistsError):
             (logdir / name).mkdir()
             return name
-        except FileExistsError:
-            continue
+
+
+THE_TUTORIALS = ("test_loss", "test_accuracy")  # which train.py logs itself
 
 
 class RunFolder:
     """The folder a run writes to, as a with-block: its lock, metrics.jsonl, config.json (with
-    --skip-bad-images, the SKIPPED_IMAGES too), the checkpoints train.py saves through saving(), and a
-    SummaryWriter of its own for TensorBoard's pictures and the curves beyond train.py's (STEP: the resumed
-    checkpoint's, after which its events are purged). Leaving the block, however it is left, waits for the
-    last pictures, closes the files and both writers, and releases the lock; a full disk met inside it is
-    one line (SettingsError). Under torchrun only rank 0 has one."""
+    --skip-bad-images, the SKIPPED_IMAGES), the checkpoints saved through saving(), and a SummaryWriter of
+    its own for the pictures and the curves beyond train.py's (after STEP, a resumed run's events are
+    purged). Leaving the block closes all and releases the lock; a full disk is one line. Rank 0's alone."""
 
     def __init__(self, settings, resumed, start_epoch, step, skipped_images=()):
         try:
@@ -146,20 +164,20 @@ class RunFolder:
             except SettingsError:
                 self.locks[0].release()
                 raise
-        self.writer = self.train_writer = self.metrics_file = None
-        self.painter, self.painting = ThreadPoolExecutor(1), None  # draws each epoch's pictures beside training
+        self.writer = self.train_writer = self.metrics_file = self.painter = None
         # TensorBoard's writer thread hits a full disk first; the run reports it, as one line, at its next write
         self.thread_hook, threading.excepthook = threading.excepthook, self.quiet_disk_errors
         try:
-            for folder in {self.dir, self.ckpt_dir}:
-                remove_stale_temporaries(folder)
+            for path in itertools.chain(self.dir.glob(".*.tmp"), self.ckpt_dir.glob(".*.tmp")):
+                if re.fullmatch(r"\..+\.\d+\.tmp", path.name) and path.is_file():  # left by a killed save
+                    path.unlink(missing_ok=True)
             refuse_to_overwrite(self.ckpt_dir, resumed, resumed and settings.resume)
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(self.dir, purge_step=step + 1 if resumed else None, filename_suffix=".tudui")
-            metrics_path = self.dir / "metrics.jsonl"
-            self.logged_epochs = truncate_metrics(metrics_path, start_epoch - 1)
-            self.metrics_file = open(metrics_path, "a")
+            self.painter = Painter(self.writer)
+            self.logged_epochs = truncate_metrics(self.dir / "metrics.jsonl", start_epoch - 1)
+            self.metrics_file = open(self.dir / "metrics.jsonl", "a")
             config = plain(settings) | ({"skipped_images": list(skipped_images)} if settings.skip_bad_images else {})
             atomic_write(json.dumps(config, indent=2).encode(), self.dir / "config.json")
         except BaseException as e:  # a full disk here must not leave the lock or files open (notebooks go on)
@@ -176,11 +194,9 @@ class RunFolder:
             self.thread_hook(args)
 
     def started(self, writer, model, settings, resumed, example, device, world, data, optimizer, scheduler):
-        """The run's first line: its folders, device, data, optimizer and lr scheduler. Then, on a resume
-        killed between saving its checkpoint and logging its epoch, that epoch logged from the checkpoint;
-        on a new run (not again on resume), the network graph, traced on EXAMPLE, and the settings in the
-        HPARAMS tab, written into the run's own folder (add_hparams would make a stray extra run) and tied
-        to its test (and validation) accuracy and loss curves."""
+        """The run's first line. On a resume killed between saving its checkpoint and logging its epoch, that
+        epoch logged from the checkpoint; on a new run, the network's graph (traced on EXAMPLE) and the
+        settings in the HPARAMS tab, in the run's own folder, tied to its test (and validation) curves."""
         from torch.utils.tensorboard.summary import hparams
 
         self.train_writer, self.test_images, self.test_labels = writer, data.test_x, data.test_y
@@ -209,10 +225,8 @@ class RunFolder:
 
     @contextlib.contextmanager
     def saving(self, epoch, keep_epoch, is_best):
-        """`with run.saving(...) as file: torch.save(checkpoint, file)`: last.pth, switched over atomically
-        once written whole (a crash or a full disk leaves the old one). Then tudui_epoch_EPOCH.pth when
-        KEEP_EPOCH, and best.pth when IS_BEST, become the same file (hard links), switched over atomically
-        too."""
+        """`with run.saving(...) as file: torch.save(checkpoint, file)`: last.pth, switched over atomically once
+        whole; then tudui_epoch_EPOCH.pth (KEEP_EPOCH) and best.pth (IS_BEST) become the same file (hard links)."""
         buffer = io.BytesIO()
         yield buffer
         last = self.ckpt_dir / "last.pth"
@@ -221,41 +235,19 @@ class RunFolder:
             replace_with_link(last, self.ckpt_dir / name)
 
     def log_epoch(self, record, tested, classes):
-        """The epoch's other scalars in TensorBoard, its metrics.jsonl line, and its pictures, drawn on the
-        painter's thread. TESTED: train.test's result, whose predictions are of the first test images
-        (rank 0's share)."""
+        """The epoch's other scalars, its metrics.jsonl line, and its pictures (TESTED: train.test's result)."""
         log_epoch_scalars(self.writer, record, classes)
         append_metrics(self.metrics_file, record)
-        self.pictures_done()
-        predictions = tested["predicted"], tested["confidence"]
-        grid = tuple(t[:GRID_IMAGES].cpu() for t in (self.test_images, self.test_labels, tested["predicted"]))
-        self.painting = self.painter.submit(self.draw_pictures, tested["confusion"], grid,
-                                            picked(self.test_images, self.test_labels, *predictions), classes,
-                                            record["epoch"])
-
-    def draw_pictures(self, confusion, grid, mistakes, classes, epoch):
-        """The epoch's confusion matrix, predictions and most confident mistakes in TensorBoard."""
-        self.writer.add_figure("confusion_matrix", confusion_figure(confusion, classes, f"epoch {epoch}"), epoch,
-                               close=False)
-        self.writer.add_figure("test_predictions", prediction_grid(*grid, classes), epoch, close=False)
-        self.writer.add_figure("test_mistakes", gallery(*mistakes, classes, f"epoch {epoch}: the test images most "
-                                                        "confidently misclassified"), epoch, close=False)
-        self.writer.flush()
-
-    def pictures_done(self):
-        """Wait for the pictures of the epoch before; a full disk they met raises here."""
-        if self.painting is not None:
-            painting, self.painting = self.painting, None
-            painting.result()
+        self.painter.paint(self.test_images, self.test_labels, tested, classes, record["epoch"])
 
     def __exit__(self, kind, error, traceback):
-        """Close the files, then release the locks even when closing fails (a full disk), so that a
-        notebook's kernel can resume the run. An OSError from the block or the closing is one line."""
+        """Close the files, then release the locks even when closing fails (a full disk), so that a notebook's
+        kernel can resume the run. An OSError from the block or the closing is one line."""
         try:
             try:
-                self.pictures_done()
+                if self.painter is not None:
+                    self.painter.close()
             finally:
-                self.painter.shutdown()
                 for opened in (self.writer, self.train_writer, self.metrics_file):
                     if opened is not None:
                         opened.close()
@@ -270,18 +262,158 @@ class RunFolder:
         return False
 
 
-
-THE_TUTORIALS = ("test_loss", "test_accuracy")  # which train.py logs itself
-
-
 def log_epoch_scalars(writer, record, classes, also=()):
     """An epoch's scalars beyond the tutorial's (and ALSO): validation, train loss and accuracy, speed, and
     each class's accuracy."""
-    epoch = record["epoch"]
     for key in (*also, "val_loss", "val_accuracy", "train_loss_mean", "train_accuracy", "images_per_s",
                 "epoch_seconds"):
         if key in record:  # checkpoints from older versions lack some
-            writer.add_scalar(key, record[key], epoch)
+            writer.add_scalar(key, record[key], record["epoch"])
     for name, acc in zip(classes, record.get("per_class_accuracy", [])):
         if acc is not None:
-            writer.add_scalar(f"per_class_accuracy/{name}", acc, epoch)
+            writer.add_scalar(f"per_class_accuracy/{name}", acc, record["epoch"])
+
+
+def append_metrics(metrics_file, record):
+    """One metrics.jsonl line. The epoch's checkpoints are already saved, so a failure loses only this line."""
+    try:
+        metrics_file.write(json.dumps(record) + "\n")
+        metrics_file.flush()
+    except OSError as e:
+        raise cannot_write(metrics_file.name, e) from None
+
+
+def truncate_metrics(path, last_epoch):
+    """Drop the metrics.jsonl lines of epochs after the checkpoint a run resumes from, and any line a crash
+    left torn; returns the epochs kept."""
+    if not path.exists():
+        return set()
+    records = []
+    for line in path.read_text(errors="replace").splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            records.append(json.loads(line))
+    kept = [record for record in records
+            if isinstance(record, dict) and isinstance(record.get("epoch"), int) and record["epoch"] <= last_epoch]
+    atomic_write("".join(json.dumps(record) + "\n" for record in kept).encode(), path)
+    return {record["epoch"] for record in kept}
+
+
+def restore(checkpoint, path, model, optimizer, scheduler, device, classes, steps_per_epoch):
+    """A training CHECKPOINT's weights, optimizer, lr scheduler and RNG state put into this run's MODEL,
+    OPTIMIZER and SCHEDULER, for data of CLASSES. Returns the input normalization the weights learned, the
+    first epoch left to train, its step and the best accuracy so far."""
+    if checkpoint["classes"] != classes:
+        raise SettingsError(f"{path} was trained on classes {checkpoint['classes']}, but this dataset has "
+                            f"{classes}; resume with the same --dataset and --data-dir")
+    load_weights(model, _unwrapped(checkpoint["model"]), path, checkpoint.get("network"))
+    for what, built in (("optimizer", optimizer), ("scheduler", scheduler)):
+        saved = checkpoint.get(f"{what}_class", type(built).__name__)  # older checkpoints record none
+        if saved != type(built).__name__:
+            raise SettingsError(f"{path} was trained with the {what} {shown(saved)}, but train.py now builds "
+                                f"{type(built).__name__}, which its saved state does not fit; build {shown(saved)} "
+                                f"in train.py to resume, or start a new run")
+    try:
+        load_optimizer_state(optimizer, checkpoint["optimizer"])
+        restore_schedule(scheduler, checkpoint.get("scheduler"), (checkpoint["epoch"] + 1) * steps_per_epoch)
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        if device.type == "cuda" and "cuda" in checkpoint["rng"]:
+            torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], device)
+    except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:
+        raise CheckpointError(f"{path} is a damaged training checkpoint (its optimizer or RNG state does not load: "
+                              f"{e}), so it cannot be resumed; resume from another of the run's checkpoints "
+                              "(last.pth, best.pth or an epoch file)") from None
+    return (checked_preprocess(checkpoint.get("preprocess"), path), checkpoint["epoch"] + 1, checkpoint["step"],
+            checkpoint["best_accuracy"])
+
+
+def load_optimizer_state(optimizer, state):
+    """Momentum buffers and the lr from a checkpoint; the other settings stay this run's (a flag such as
+    --weight-decay may have changed them), where load_state_dict would put the checkpoint's back."""
+    own = [{k: v for k, v in group.items() if k not in ("params", "lr", "initial_lr")}
+           for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, settings in zip(optimizer.param_groups, own):
+        group.update(settings)
+        for p in group["params"]:
+            for name, value in optimizer.state[p].items():  # load_state_dict checks neither
+                if torch.is_tensor(value) and value.dim() and value.shape != p.shape:
+                    raise ValueError(f"a {name} of shape {tuple(value.shape)} for a weight of {tuple(p.shape)}")
+                if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all():
+                    raise ValueError(f"a {name} holds NaN or infinity")
+
+
+def restore_schedule(scheduler, state, first_step):
+    """A scheduler's saved STATE (None before schedulers were saved). A LambdaLR, as --schedule's, is then put
+    at FIRST_STEP with this run's base lrs and function, so a resumed run's --lr, --epochs, --batch-size count."""
+    base_lrs = list(scheduler.base_lrs)
+    if state is not None:
+        scheduler.load_state_dict(state)
+    if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        scheduler.base_lrs, scheduler.last_epoch = base_lrs, first_step
+        for group, base_lr, factor in zip(scheduler.optimizer.param_groups, base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base_lr * factor(first_step)
+
+
+def epoch_files(ckpt_dir):
+    """CKPT_DIR's tudui_epoch_N.pth files as {N: path}."""
+    return {int(p.stem.rpartition("_")[2]): p for p in Path(ckpt_dir).glob("tudui_epoch_*.pth")
+            if p.stem.rpartition("_")[2].isdigit()}
+
+
+def resumable_checkpoint(ckpt_dir):
+    """The checkpoint to resume CKPT_DIR's run from: last.pth, else the latest epoch's, else best.pth; or None."""
+    epochs = epoch_files(ckpt_dir)
+    candidates = [Path(ckpt_dir) / "last.pth", *(epochs[n] for n in sorted(epochs, reverse=True)),
+                  Path(ckpt_dir) / "best.pth"]
+    return next((path for path in candidates if path.exists()), None)
+
+
+def auto_resume(given):
+    """--resume auto: the newest whole checkpoint of the --run-name run (in --ckpt-dir, when given): last.pth,
+    else the newest epoch file that loads; None when there is none yet, so that the run starts. The same
+    command thus goes on after a preemption, however the process was stopped."""
+    if given.get("run_name") is None:
+        raise SettingsError("--resume auto needs --run-name: the run it goes on with, or starts when it has none")
+    ckpt_dir = Path(given.get("ckpt_dir") or Path(given.get("logdir", FIELDS["logdir"].default)) / given["run_name"])
+    epochs = epoch_files(ckpt_dir)
+    problems = []
+    for path in [ckpt_dir / "last.pth", *(epochs[n] for n in sorted(epochs, reverse=True))]:
+        if path.is_file():
+            try:
+                load_training_checkpoint(path)
+                return str(path)
+            except CheckpointError as e:
+                problems.append(str(e))
+    if problems:
+        raise CheckpointError(f"--resume auto found no whole checkpoint in {ckpt_dir}: {problems[0]}")
+    return None
+
+
+def refuse_to_overwrite(ckpt_dir, resumed=None, resume=None):
+    """A new run never writes over an earlier one's checkpoints. A run resumed from RESUME, in CKPT_DIR, goes
+    on writing there unless the folder holds a later epoch than RESUMED's (last.pth or an epoch file):
+    resuming would overwrite newer results, so it must branch."""
+    if resume and Path(resume).resolve().parent == Path(ckpt_dir).resolve():
+        last = Path(ckpt_dir) / "last.pth"
+        saved = [(epoch_of(last), last)] if last.exists() else []
+        saved += list(epoch_files(ckpt_dir).items())
+        newer = [(epoch, path == last, path) for epoch, path in saved if (epoch or -1) > resumed["epoch"]]
+        if newer:
+            epoch, _, path = max(newer)  # the latest epoch, and last.pth of files of equal epochs
+            raise SettingsError(f"{resume} is epoch {resumed['epoch']}, but {path} is epoch {epoch}: resuming it "
+                                f"there would overwrite the newer epochs; resume {path}, or branch into a run of "
+                                f"its own: --resume {resume} --run-name NEW_NAME (and a new --ckpt-dir, if given)")
+        return
+    found = resumable_checkpoint(ckpt_dir)
+    if found is not None:
+        raise SettingsError(f"{ckpt_dir} already holds the checkpoints of an earlier run; continue it with "
+                            f"--resume {found}, or give this run another --run-name (or --ckpt-dir)")
+
+
+def epoch_of(path):
+    """The epoch of the training checkpoint at PATH; None when it has none or cannot be read."""
+    try:
+        epoch = read_checkpoint(path).get("epoch")
+    except (CheckpointError, AttributeError):  # unreadable, or no dict
+        return None
+    return epoch if isinstance(epoch, int) else None
