@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tudui.datasets import load_dataset  # noqa: E402
+from tudui.datasets import load_split  # noqa: E402
 from model import Tudui  # noqa: E402
 
 
@@ -47,7 +47,8 @@ def main():
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
     device = torch.device(args.device)
-    train_x, train_y, test_x, test_y, _ = load_dataset(args.dataset, args.data_dir, download=False)
+    (train_x, train_y, _), (test_x, test_y, _) = (load_split(args.dataset, args.data_dir, split, download=False)
+                                                  for split in ("train", "test"))
     if args.dataset == "folder":  # folders list images class by class; CIFAR-10's files are in random order
         order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(0))
         train_x, train_y = train_x[order], train_y[order]

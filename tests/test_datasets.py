@@ -27,37 +27,37 @@ def test_folder_dataset_takes_classes_from_folder_names(folder_dir, tmp_path):
 
 def test_folder_dataset_is_cached_after_first_decode(tmp_path, monkeypatch):
     folder = write_image_folder(tmp_path / "images")
-    first = datasets.load_folder(folder, "train")
+    first = datasets.load_split("folder", folder, "train")
     assert (folder / ".tudui-cache" / "train.pt").exists()
     monkeypatch.setattr(datasets, "decode_image", None)  # the second load must not decode at all
-    second = datasets.load_folder(folder, "train")
+    second = datasets.load_split("folder", folder, "train")
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
 
 
 def test_a_cache_from_another_cache_format_is_decoded_again(tmp_path, monkeypatch):
     folder = write_image_folder(tmp_path / "images")
-    _, labels, _ = datasets.load_folder(folder, "train")
+    _, labels, _ = datasets.load_split("folder", folder, "train")
     decoded = []
     monkeypatch.setattr(datasets, "decode_image", lambda path: decoded.append(path) or np.zeros((3, 32, 32), np.uint8))
     monkeypatch.setattr(datasets, "CACHE_FORMAT", datasets.CACHE_FORMAT + 1)
-    datasets.load_folder(folder, "train")
+    datasets.load_split("folder", folder, "train")
     assert len(decoded) == len(labels)
 
 
 def test_a_changed_image_is_decoded_again_instead_of_read_from_the_cache(tmp_path):
     from PIL import Image
 
-    from tudui.datasets import load_folder
+    from tudui.datasets import load_split
     folder = write_image_folder(tmp_path / "images")
-    images, _, _ = load_folder(folder, "train")
+    images, _, _ = load_split("folder", folder, "train")
     Image.new("RGB", (48, 48), (255, 0, 0)).save(sorted((folder / "train" / "cat").glob("*.png"))[0])  # same name
-    reloaded, _, _ = load_folder(folder, "train")
+    reloaded, _, _ = load_split("folder", folder, "train")
     assert not torch.equal(images, reloaded)
     assert (reloaded == torch.tensor([255, 0, 0], dtype=torch.uint8).view(1, 3, 1, 1)).all((1, 2, 3)).sum() == 1
 
 
 def test_cifar10_is_read_by_torchvision_as_uint8_images_with_the_class_names_of_its_meta_file(cifar_dir):
-    images, labels, classes = datasets.load_cifar10(cifar_dir, "train", download=False)
+    images, labels, classes = datasets.load_split("cifar10", cifar_dir, "train", download=False)
     assert images.shape == (200, 3, 32, 32) and images.dtype == torch.uint8 and labels.dtype == torch.int64
     assert classes == list(checkpoints.CIFAR10_CLASSES) == list(CLASSES)
     batch = pickle.load(open(cifar_dir / "cifar-10-batches-py" / "data_batch_1", "rb"), encoding="latin1")
@@ -188,7 +188,7 @@ def test_no_download_unpacks_a_placed_archive_that_passes_its_md5_check(tmp_path
     from torchvision.datasets import CIFAR10
     archive = tiny_cifar_archive(tmp_path / "data", cifar_dir)
     monkeypatch.setattr(CIFAR10, "tgz_md5", md5(archive))  # as if it were CIFAR-10's own archive
-    images, labels, classes = datasets.load_cifar10(tmp_path / "data", "test", download=False)
+    images, labels, classes = datasets.load_split("cifar10", tmp_path / "data", "test", download=False)
     assert len(labels) == 100 and (tmp_path / "data" / "cifar-10-batches-py" / "test_batch").is_file()
 
 
@@ -226,7 +226,7 @@ def test_an_image_cache_that_does_not_fit_is_skipped_with_a_note_and_no_temporar
     data = small_disk("data", 400_000)
     write_image_folder(data, train_per_class=4, test_per_class=1)
     (data / "filler").write_bytes(bytes(300_000))  # what is left is too little for the cache
-    images, _, _ = datasets.load_folder(data, "train")
+    images, _, _ = datasets.load_split("folder", data, "train")
     assert len(images) == 12
     assert "note: the decoded images could not be cached in" in capsys.readouterr().err
     assert not list((data / ".tudui-cache").glob(".*.tmp"))

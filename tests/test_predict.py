@@ -216,10 +216,10 @@ def test_load_tudui_on_to_tensor_input_agrees_with_predict_for_the_tuned_recipe(
     from torchvision.transforms.functional import to_tensor
 
     import train
-    from tudui.datasets import load_cifar10
+    from tudui.datasets import load_split
     result = train.run(data_dir=cifar_dir, no_download=True, logdir=tmp_path, run_name="tuned", recipe="tuned",
                        batch_size=64, epochs=2, device="cpu", quiet=True)
-    images, _, _ = load_cifar10(cifar_dir, "test", download=False)
+    images, _, _ = load_split("cifar10", cifar_dir, "test", download=False)
     net = load_tudui(result.last_path)
     for image in images[:40]:
         as_pil = Image.fromarray(image.permute(1, 2, 0).numpy())

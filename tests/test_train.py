@@ -120,8 +120,8 @@ def test_warmup_ramps_linearly_to_the_peak():
 @pytest.fixture
 def cifar_train(cifar_dir):
     """The tiny CIFAR-10 training split: 200 images, so 4 steps of 64 (the last one of 8)."""
-    from tudui.datasets import load_cifar10
-    images, labels, _ = load_cifar10(cifar_dir, "train", download=False)
+    from tudui.datasets import load_split
+    images, labels, _ = load_split("cifar10", cifar_dir, "train", download=False)
     return images, labels
 
 
@@ -212,8 +212,8 @@ def test_normalization_constants_are_stored_and_applied_by_predict(cifar_dir, tm
     train.main(["--data-dir", str(cifar_dir), "--no-download", "--device", "cpu", "--quiet", "--epochs", "1",
                 "--logdir", str(tmp_path), "--run-name", "r", "--recipe", "tuned", "--batch-size", "64"])
     checkpoint = torch.load(tmp_path / "r" / "last.pth", weights_only=True)
-    from tudui.datasets import load_cifar10
-    images, _, _ = load_cifar10(cifar_dir, "train", download=False)
+    from tudui.datasets import load_split
+    images, _, _ = load_split("cifar10", cifar_dir, "train", download=False)
     mean, std = batches.channel_stats(images)
     assert checkpoint["preprocess"] == {"mean": mean, "std": std}
 
@@ -317,8 +317,8 @@ def test_evaluate_with_tta_scores_the_mean_of_the_image_and_mirror_probabilities
     metrics = train.main(["--evaluate", str(untrained_weights), "--tta", "--data-dir", str(cifar_dir),
                           "--no-download", "--device", "cpu"])
 
-    from tudui.datasets import load_cifar10
-    images, labels, _ = load_cifar10(cifar_dir, "test", download=False)
+    from tudui.datasets import load_split
+    images, labels, _ = load_split("cifar10", cifar_dir, "test", download=False)
     net = load_tudui(untrained_weights)
     x = images.float() / 255
     with torch.no_grad():
@@ -330,8 +330,8 @@ def test_evaluate_with_tta_scores_the_mean_of_the_image_and_mirror_probabilities
 
 
 def test_the_test_pass_gives_each_images_predicted_class_and_its_probability(cifar_dir, untrained_weights):
-    from tudui.datasets import load_cifar10
-    images, labels, _ = load_cifar10(cifar_dir, "test", download=False)
+    from tudui.datasets import load_split
+    images, labels, _ = load_split("cifar10", cifar_dir, "test", download=False)
     net = load_tudui(untrained_weights)
     result = train.test(net, TestBatches(images, labels, None, World()), 10)
     assert not net.training  # as it was

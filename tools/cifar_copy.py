@@ -80,9 +80,10 @@ def main():
 
     sys.path.insert(0, str(ROOT))
     from tudui.checkpoints import CIFAR10_CLASSES
-    from tudui.datasets import load_dataset
+    from tudui.datasets import load_split
 
-    train_x, train_y, test_x, test_y, classes = load_dataset("folder", args.folder, download=False)
+    (train_x, train_y, classes), (test_x, test_y, _) = (load_split("folder", args.folder, split)
+                                                        for split in ("train", "test"))
     if sorted(classes) != sorted(CIFAR10_CLASSES):
         sys.exit(f"error: {args.folder} has classes {classes}, not CIFAR-10's ten")
     # folder datasets number classes alphabetically; CIFAR-10 files use CIFAR-10's label order

@@ -11,16 +11,13 @@ import pickle
 import re
 import stat
 import struct
-import subprocess
 import warnings
 import zipfile
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from model import Tudui
-from tudui import __version__
 from tudui.console import shown
 from tudui.errors import CheckpointError, SettingsError
 from tudui.settings import plain
@@ -402,24 +399,3 @@ def load_training_checkpoint(path):
 def damaged_checkpoint(path, what):
     return CheckpointError(f"{path} is a damaged training checkpoint ({what}), so it cannot be resumed; resume "
                            "from another of the run's checkpoints (last.pth, best.pth or an epoch file)")
-
-
-def provenance(device, command):
-    """What makes a checkpoint: the project's version and git commit ("+changes" when its tracked files
-    differ; None outside a checkout), torch's and torchvision's, the device, and the call that started it."""
-    import torchvision
-
-    root, commit = Path(__file__).resolve().parent.parent, None
-    try:
-        if (root / ".git").exists():
-            git = ["git", "-C", str(root)]
-            head = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True)
-            changes = subprocess.run(git + ["status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                                     text=True, timeout=10, check=True).stdout.strip()
-            commit = head.stdout.strip() + ("+changes" if changes else "") if head.stdout.strip() else None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    return {"version": __version__, "git_commit": commit, "torch": str(torch.__version__),
-            "torchvision": str(torchvision.__version__), "device": f"{device} ({name})" if name else str(device),
-            "command": command}

@@ -17,7 +17,7 @@ from tudui.batches import TestBatches, hold_out
 from tudui.checkpoints import FlipAveraged, load_tudui
 from tudui.console import say, shown
 from tudui.cuda_graph import GraphedStep
-from tudui.datasets import load_dataset, load_test_split
+from tudui.datasets import load_split
 from tudui.distributed import World
 from tudui.errors import SettingsError
 from tudui.pictures import gallery, picked
@@ -96,7 +96,7 @@ def evaluate_checkpoint(s, device, test):
     returns a report.Evaluation."""
     net = load_tudui(s.evaluate, map_location="cpu").to(device, memory_format=torch.channels_last)
     skipped = [] if s.skip_bad_images else None
-    images, labels, classes = load_test_split(s.dataset, s.data_dir, not s.no_download, net.classes, skipped)
+    images, labels, classes = load_split(s.dataset, s.data_dir, "test", not s.no_download, net.classes, True, skipped)
     if skipped:
         print(f"--skip-bad-images: skipped {len(skipped)} test image{'s' * (len(skipped) != 1)} that cannot be read: "
               f"{', '.join(skipped[:3])}{' ...' if len(skipped) > 3 else ''}", file=sys.stderr)
@@ -114,7 +114,7 @@ def evaluate_checkpoint(s, device, test):
     held_out = {}
     config = net.config or {}
     if config.get("val_split") and config.get("dataset") == s.dataset:  # drawn again from the run's seed
-        *_, val_x, val_y = hold_out(*load_dataset(s.dataset, s.data_dir, not s.no_download)[:2],
+        *_, val_x, val_y = hold_out(*load_split(s.dataset, s.data_dir, "train", not s.no_download)[:2],
                                     config["val_split"], config["seed"])
         val = score(val_x, val_y)
         held_out = {"val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_images": len(val_y)}

@@ -1,7 +1,6 @@
-"""Reading datasets from disk: torchvision's CIFAR-10 files (downloaded when missing) and image folders
-(DIR/train/<class>/*, DIR/test/<class>/*, by torchvision's ImageFolder, with the checks a run needs),
-each split as whole tensors: images uint8 (N, 3, 32, 32), labels int64 (N,), and the class names; the
-one-line errors for what cannot be read. Holds no model or training code; single images are images.py's.
+"""Datasets from disk as whole tensors, images uint8 (N, 3, 32, 32), labels int64 and class names:
+torchvision's CIFAR10 (downloaded when missing) and ImageFolder (DIR/train/<class>/*, with the checks a run
+needs), and the one-line errors for what cannot be read. No model or training code; one image is images.py's.
 """
 import contextlib
 import hashlib
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torchvision import datasets as torchvision_datasets
+from torchvision.datasets import CIFAR10
 
 from tudui.checkpoints import class_names
 from tudui.console import shown
@@ -22,8 +22,6 @@ from tudui.runs import atomic_write
 from tudui.images import decode_image, image_pixels
 
 CACHE_FORMAT = 4  # raised whenever decoding or the cache's fields change, so that older caches are rebuilt
-
-
 CIFAR10_ARCHIVE_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 
 
@@ -35,34 +33,15 @@ def downloads(data_dir, no_download=False, dry_run=False):
 
 @contextlib.contextmanager
 def cifar10_errors(data_dir, download, dry_run=False):
-    """What torchvision's CIFAR10 raises in the with-block for files it cannot find, verify or download,
-    as the one-line DataError that says what to do (cifar10_missing)."""
+    """What torchvision's CIFAR10 raises in the block, as cifar10_missing's one-line DataError."""
     try:
         yield
     except (OSError, RuntimeError) as e:  # URLError is an OSError
         raise cifar10_missing(Path(data_dir), download, dry_run, e) from None
 
 
-def load_cifar10(data_dir, split, download=True, dry_run=False):
-    """(images, labels, classes) of one SPLIT of CIFAR-10, "train" or "test", read by torchvision's CIFAR10
-    from DATA_DIR (which checks all six files' md5s before it unpickles one); fetched as downloads() says."""
-    from torchvision.datasets import CIFAR10
-
-    fetch = downloads(data_dir, not download, dry_run)
-    with cifar10_errors(data_dir, download, dry_run):
-        return cifar10_tensors(CIFAR10(str(data_dir), train=split == "train", download=fetch))
-
-
-def cifar10_tensors(dataset):
-    """A torchvision CIFAR10 dataset as (images uint8 (N, 3, 32, 32), labels, classes)."""
-    images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()  # HWC back to NCHW
-    return images, torch.tensor(dataset.targets, dtype=torch.int64), list(dataset.classes)
-
-
 def archive_check(data_dir):
-    """Whether a cifar-10-python.tar.gz placed in DATA_DIR "passes" or "fails" its md5 check; None when
-    there is none."""
-    from torchvision.datasets import CIFAR10
+    """Whether a cifar-10-python.tar.gz placed in DATA_DIR "passes" or "fails" its md5 check; None if none."""
     from torchvision.datasets.utils import check_integrity
 
     archive = Path(data_dir) / CIFAR10.filename
@@ -72,10 +51,8 @@ def archive_check(data_dir):
 
 
 def cifar10_missing(data_dir, download, dry_run, error):
-    """The one-line error for CIFAR-10 files that torchvision could not find, verify or download: what
-    is there, and the one way to get them without the network."""
-    from torchvision.datasets import CIFAR10
-
+    """The error for CIFAR-10 files torchvision could not find, verify or download: what is there, and how to
+    get them without the network."""
     folder, archive = data_dir / CIFAR10.base_folder, data_dir / CIFAR10.filename
     names = [name for name, _ in CIFAR10.train_list + CIFAR10.test_list] + [CIFAR10.meta["filename"]]
     missing = [name for name in names if not (folder / name).is_file()]
@@ -102,13 +79,10 @@ def cifar10_missing(data_dir, download, dry_run, error):
 
 
 class ImageFolder(torchvision_datasets.ImageFolder):
-    """torchvision's ImageFolder, as train.py uses it: ROOT/<class>/* by its rules (class folders sorted by
-    name, files with an image extension found through subfolders), each image read as uint8 RGB (3, 32, 32)
-    (decode_image), and one-line DataErrors for what a run cannot use. Hidden folders (.ipynb_checkpoints)
-    are not classes; a class name that is not printable text, a class folder leading outside the dataset
-    folder (ROOT's parent), a link back into a folder already listed, and a class without images are
-    refused. CLASSES, when given, are the training split's, which this split must hold too, and no other;
-    when EVALUATING a checkpoint of CLASSES, the split may lack some, or hold no images of some."""
+    """torchvision's ImageFolder, images read as uint8 RGB (3, 32, 32), with one-line DataErrors for what a run
+    cannot use: hidden folders are no classes; unprintable class names, class folders leading outside ROOT's
+    parent, links back into a listed folder and classes without images are refused. CLASSES (the training
+    split's) must be this split's too; EVALUATING a checkpoint of CLASSES, it may lack some."""
 
     def __init__(self, root, classes=None, evaluating=False):
         root = Path(root)
@@ -172,28 +146,17 @@ def refuse_link_loops(folder):
         seen[real] = here
 
 
-def _fingerprint(files):
+def folder_tensors(dataset, write_cache=True, skipped=None):
+    """An ImageFolder's images, labels and classes, decoded once, then cached beside the data (DIR/.tudui-cache/)
+    where it is writable. Images that cannot be read are named in one DataError, or left out and their paths
+    added to SKIPPED when it is a list."""
+    root, files, classes = Path(dataset.root), dataset.samples, dataset.classes
+    cache = root.parent / ".tudui-cache" / f"{root.name}.pt"
     digest = hashlib.sha1()
     for path, label in files:
         st = path.stat()
         digest.update(f"{path.name}|{label}|{st.st_size}|{st.st_mtime_ns}\n".encode(errors="surrogateescape"))
-    return digest.hexdigest()
-
-
-def load_folder(root, split, classes=None, write_cache=True, evaluating=False, skipped=None):
-    """(images, labels, classes) of DIR/SPLIT/<class>/* (ImageFolder's CLASSES and EVALUATING; the rest as
-    folder_tensors)."""
-    return folder_tensors(ImageFolder(Path(root) / split, classes, evaluating), write_cache, skipped)
-
-
-def folder_tensors(dataset, write_cache=True, skipped=None):
-    """An ImageFolder's images as one uint8 tensor, with its labels and classes. Decoded once, then cached
-    next to the data (DIR/.tudui-cache/) when that folder is writable, so later runs start in a fraction of
-    a second. Images that cannot be read are all named in one DataError, unless SKIPPED is a list: they
-    are then left out, and their paths added to it."""
-    root, files, classes = Path(dataset.root), dataset.samples, dataset.classes
-    cache = root.parent / ".tudui-cache" / f"{root.name}.pt"
-    key = f"{CACHE_FORMAT}:{_fingerprint(files)}:{','.join(classes)}"
+    key = f"{CACHE_FORMAT}:{digest.hexdigest()}:{','.join(classes)}"
     try:
         cached = torch.load(cache, weights_only=True)
         if cached.get("key") != key:
@@ -201,8 +164,15 @@ def folder_tensors(dataset, write_cache=True, skipped=None):
         images, labels, bad = cached["images"], cached["labels"], cached["bad"]
     except Exception:  # a missing, stale or damaged cache is rebuilt
         images, labels, bad = decode_folder(files)
-        if write_cache:
-            write_cache_file(cache, {"key": key, "images": images, "labels": labels, "bad": bad})
+        try:
+            if write_cache:
+                buffer = io.BytesIO()
+                torch.save({"key": key, "images": images, "labels": labels, "bad": bad}, buffer)
+                cache.parent.mkdir(exist_ok=True)
+                atomic_write(buffer.getvalue(), cache)
+        except (OSError, SettingsError):  # a read-only or full data folder just means no cache
+            print(f"note: the decoded images could not be cached in {cache.parent} (it is full or read-only); the "
+                  "next run decodes them again", file=sys.stderr)
     if bad and skipped is None:
         first = bad[0][1]
         others = ", ".join(path for path, _ in bad[1:4]) + (" ..." if len(bad) > 4 else "")
@@ -229,24 +199,13 @@ def decode_folder(files):
     return images, torch.tensor([files[i][1] for i in good], dtype=torch.int64), bad
 
 
-def write_cache_file(path, payload):
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    try:
-        path.parent.mkdir(exist_ok=True)
-        atomic_write(buffer.getvalue(), path)
-    except (OSError, SettingsError):  # a read-only or full data folder just means no cache
-        print(f"note: the decoded images could not be cached in {path.parent} (it is full or read-only); the next "
-              "run decodes them again", file=sys.stderr)
-
-
 def dataset_tensors(dataset, write_cache=True, skipped=None):
-    """Any dataset train.py made as (images uint8 (N, 3, 32, 32), labels, classes): torchvision's CIFAR10
-    from its arrays, an ImageFolder through folder_tensors (WRITE_CACHE, SKIPPED), and any other, or one
-    given a transform=, item by item (images.image_pixels), its transform run once per image here."""
+    """Any dataset train.py made as (images uint8 (N, 3, 32, 32), labels, classes): a CIFAR10 from its arrays,
+    an ImageFolder by folder_tensors, any other (or one given a transform=, run here once) item by item."""
     transform = getattr(dataset, "transform", None)
-    if transform is None and isinstance(dataset, torchvision_datasets.CIFAR10):
-        return cifar10_tensors(dataset)
+    if transform is None and isinstance(dataset, CIFAR10):
+        images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()  # HWC back to NCHW
+        return images, torch.tensor(dataset.targets, dtype=torch.int64), list(dataset.classes)
     if transform is None and isinstance(dataset, ImageFolder):
         return folder_tensors(dataset, write_cache, skipped)
     if transform is not None:
@@ -260,23 +219,16 @@ def dataset_tensors(dataset, write_cache=True, skipped=None):
     return torch.stack(images), torch.tensor(labels, dtype=torch.int64), classes
 
 
-def load_dataset(kind, data_dir, download=True, dry_run=False, skipped=None):
-    """(train_images, train_labels, test_images, test_labels, classes). A DRY_RUN writes nothing: no
-    download, no cache. SKIPPED: as folder_tensors'."""
+def load_split(kind, data_dir, split, download=True, classes=None, evaluating=False, skipped=None):
+    """(images, labels, classes) of one SPLIT, "train" or "test": torchvision's CIFAR10 (fetched as downloads()
+    says), or DIR/SPLIT/<class>/* (ImageFolder's CLASSES and EVALUATING; when evaluating a checkpoint of
+    CLASSES, labelled in their order if its folders are among them, else in sorted order; SKIPPED: as
+    folder_tensors')."""
     if kind == "cifar10":
-        (train_x, train_y, classes), (test_x, test_y, _) = (load_cifar10(data_dir, split, download, dry_run)
-                                                            for split in ("train", "test"))
-    else:
-        train_x, train_y, classes = load_folder(data_dir, "train", write_cache=not dry_run, skipped=skipped)
-        test_x, test_y, _ = load_folder(data_dir, "test", classes, write_cache=not dry_run, skipped=skipped)
-    return train_x, train_y, test_x, test_y, classes
-
-
-def load_test_split(kind, data_dir, download=True, classes=None, skipped=None):
-    """The test split alone, labelled in the order of CLASSES (a checkpoint's class names) when its
-    folders are among them, else in sorted folder order as training uses. SKIPPED: as folder_tensors'."""
-    if kind == "cifar10":
-        return load_cifar10(data_dir, "test", download)
-    found = ImageFolder(Path(data_dir) / "test", evaluating=True).classes
-    named = classes and set(found) <= set(classes)
-    return load_folder(data_dir, "test", classes if named else found, evaluating=True, skipped=skipped)
+        with cifar10_errors(data_dir, download):
+            return dataset_tensors(CIFAR10(str(data_dir), train=split == "train",
+                                           download=downloads(data_dir, not download)))
+    if evaluating:
+        found = ImageFolder(Path(data_dir) / split, evaluating=True).classes
+        classes = classes if classes and set(found) <= set(classes) else found
+    return dataset_tensors(ImageFolder(Path(data_dir) / split, classes, evaluating), skipped=skipped)

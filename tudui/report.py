@@ -1,13 +1,20 @@
-"""How results are told as text: --evaluate's report, the line each epoch prints, and what made a
-checkpoint. Computes nothing it shows; the pictures are pictures.py's.
+"""A run's results and how they are told: what a run and --evaluate return, the lines a run prints,
+--evaluate's report, what made a checkpoint, and TensorBoard's curves beyond train.py's, its graph and
+hparams. Computes nothing it shows; the pictures are pictures.py's.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import subprocess
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
+from tudui import __version__
 from tudui.console import shown
+from tudui.settings import plain
 
 
 def describe_checkpoint(path, provenance):
@@ -76,3 +83,94 @@ def format_report(evaluation):
     for c, row in zip(classes, evaluation.confusion.tolist()):
         lines.append(f"{c:<{width}}" + "".join(f"{v:>7}" for v in row))
     return "\n".join(lines)
+
+
+def provenance(device, command):
+    """What makes a checkpoint: the project's version and git commit ("+changes" when its tracked files
+    differ; None outside a checkout), torch's and torchvision's, the device, and the call that started it."""
+    import torchvision
+
+    root, commit = Path(__file__).resolve().parent.parent, None
+    try:
+        if (root / ".git").exists():
+            git = ["git", "-C", str(root)]
+            head = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True)
+            changes = subprocess.run(git + ["status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                     text=True, timeout=10, check=True).stdout.strip()
+            commit = head.stdout.strip() + ("+changes" if changes else "") if head.stdout.strip() else None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    return {"version": __version__, "git_commit": commit, "torch": str(torch.__version__),
+            "torchvision": str(torchvision.__version__), "device": f"{device} ({name})" if name else str(device),
+            "command": command}
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a run returns; HISTORY is metrics.jsonl as columns, one value per epoch:
+    plt.plot(result.history["epoch"], result.history["test_accuracy"]). Under torchrun only rank 0 has
+    folders and a history."""
+    run_dir: Path | None
+    ckpt_dir: Path | None
+    epoch: int | None  # the last epoch trained, or the resumed checkpoint's when there was none left to train
+    step: int
+    test_loss: float | None
+    test_accuracy: float | None
+    best_accuracy: float
+    history: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def of(cls, run, record, step, best_accuracy):
+        history = {}
+        if run:
+            records = [json.loads(line) for line in (run.dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+            history = {key: [r.get(key) for r in records] for key in dict.fromkeys(k for r in records for k in r)}
+        return cls(run and run.dir, run and run.ckpt_dir, record.get("epoch"), step, record.get("test_loss"),
+                   record.get("test_accuracy"), best_accuracy, history)
+
+    @property
+    def best_path(self):
+        return self.ckpt_dir / "best.pth" if self.ckpt_dir else None
+
+    @property
+    def last_path(self):
+        return self.ckpt_dir / "last.pth" if self.ckpt_dir else None
+
+
+THE_TUTORIALS = ("test_loss", "test_accuracy")  # which train.py logs itself
+
+
+def first_line(run, device, world, data, optimizer, scheduler):
+    """The line a run starts with: its folders, device, data, optimizer and lr scheduler."""
+    processes = f" x {world.size} processes" if world.size > 1 else ""
+    return (f"run {shown(run.dir)} | checkpoints in {shown(run.ckpt_dir)} | device {device}{processes} | "
+            f"{len(data.train_y)} train / {len(data.test_y)} test images, {len(data.classes)} classes | "
+            f"{type(optimizer).__name__}, lr {optimizer.param_groups[0]['lr']:.4g}, {type(scheduler).__name__}")
+
+
+def log_graph_and_settings(writer, model, example, settings):
+    """The network's graph, traced on EXAMPLE, and the settings in the HPARAMS tab, tied to the test (and
+    validation) curves: written into the run's own folder, where add_hparams would make a stray extra run."""
+    from torch.utils.tensorboard.summary import hparams
+
+    with warnings.catch_warnings():  # add_graph traces with torch.jit, which warns that it is deprecated
+        warnings.simplefilter("ignore", FutureWarning)
+        writer.add_graph(model, example)
+    config = {k: ("none" if v is None else v) for k, v in plain(settings).items()
+              if isinstance(v, (int, float, str, bool)) or v is None}
+    metrics = ["test_accuracy", "test_loss"] + (["val_accuracy", "val_loss"] if settings.val_split else [])
+    for summary in hparams(config, dict.fromkeys(metrics, 0.0)):
+        writer.file_writer.add_summary(summary)
+
+
+def log_epoch_scalars(writer, record, classes, also=()):
+    """An epoch's scalars beyond the tutorial's (and ALSO): validation, train loss and accuracy, speed, and
+    each class's accuracy."""
+    for key in (*also, "val_loss", "val_accuracy", "train_loss_mean", "train_accuracy", "images_per_s",
+                "epoch_seconds"):
+        if key in record:  # checkpoints from older versions lack some
+            writer.add_scalar(key, record[key], record["epoch"])
+    for name, acc in zip(classes, record.get("per_class_accuracy", [])):
+        if acc is not None:
+            writer.add_scalar(f"per_class_accuracy/{name}", acc, record["epoch"])

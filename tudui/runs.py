@@ -13,8 +13,6 @@ import os
 import re
 import sys
 import threading
-import warnings
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from tudui.checkpoints import _unwrapped, checked_preprocess, load_training_chec
 from tudui.console import say, shown
 from tudui.errors import CheckpointError, SettingsError
 from tudui.pictures import Painter
+from tudui.report import THE_TUTORIALS, first_line, log_epoch_scalars, log_graph_and_settings
 from tudui.settings import FIELDS, plain
 
 
@@ -76,38 +75,6 @@ def cannot_write(path, error):
                          "--logdir/--ckpt-dir; the files already there are intact")
 
 
-@dataclass(frozen=True)
-class TrainResult:
-    """What a run returns; HISTORY is metrics.jsonl as columns, one value per epoch:
-    plt.plot(result.history["epoch"], result.history["test_accuracy"]). Under torchrun only rank 0 has
-    folders and a history."""
-    run_dir: Path | None
-    ckpt_dir: Path | None
-    epoch: int | None  # the last epoch trained, or the resumed checkpoint's when there was none left to train
-    step: int
-    test_loss: float | None
-    test_accuracy: float | None
-    best_accuracy: float
-    history: dict = field(default_factory=dict, repr=False)
-
-    @classmethod
-    def of(cls, run, record, step, best_accuracy):
-        history = {}
-        if run:
-            records = [json.loads(line) for line in (run.dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-            history = {key: [r.get(key) for r in records] for key in dict.fromkeys(k for r in records for k in r)}
-        return cls(run and run.dir, run and run.ckpt_dir, record.get("epoch"), step, record.get("test_loss"),
-                   record.get("test_accuracy"), best_accuracy, history)
-
-    @property
-    def best_path(self):
-        return self.ckpt_dir / "best.pth" if self.ckpt_dir else None
-
-    @property
-    def last_path(self):
-        return self.ckpt_dir / "last.pth" if self.ckpt_dir else None
-
-
 class RunLock:
     """An OS lock on a run's folder (filelock's, flock on POSIX): a second run there is refused, and the lock
     dies with its process, so a killed run never blocks its own resume."""
@@ -135,9 +102,6 @@ def claim_run_name(logdir):
         with contextlib.suppress(FileExistsError):
             (logdir / name).mkdir()
             return name
-
-
-THE_TUTORIALS = ("test_loss", "test_accuracy")  # which train.py logs itself
 
 
 class RunFolder:
@@ -194,17 +158,10 @@ class RunFolder:
             self.thread_hook(args)
 
     def started(self, writer, model, settings, resumed, example, device, world, data, optimizer, scheduler):
-        """The run's first line. On a resume killed between saving its checkpoint and logging its epoch, that
-        epoch logged from the checkpoint; on a new run, the network's graph (traced on EXAMPLE) and the
-        settings in the HPARAMS tab, in the run's own folder, tied to its test (and validation) curves."""
-        from torch.utils.tensorboard.summary import hparams
-
+        """The run's first line; then a resume killed between saving its checkpoint and logging its epoch logs
+        that epoch from the checkpoint, and a new run logs its graph and settings. WRITER: train.py's."""
         self.train_writer, self.test_images, self.test_labels = writer, data.test_x, data.test_y
-        processes = f" x {world.size} processes" if world.size > 1 else ""
-        say(settings.quiet, f"run {shown(self.dir)} | checkpoints in {shown(self.ckpt_dir)} | device {device}{processes} | "
-                            f"{len(data.train_y)} train / {len(data.test_y)} test images, {len(data.classes)} classes | "
-                            f"{type(optimizer).__name__}, lr {optimizer.param_groups[0]['lr']:.4g}, "
-                            f"{type(scheduler).__name__}")
+        say(settings.quiet, first_line(self, device, world, data, optimizer, scheduler))
         if data.skipped:
             print(f"--skip-bad-images: skipped {len(data.skipped)} image{'s' * (len(data.skipped) != 1)} that cannot "
                   f"be read, listed in {shown(self.dir / 'config.json')}", file=sys.stderr)
@@ -212,16 +169,8 @@ class RunFolder:
             log_epoch_scalars(self.writer, resumed["metrics"], resumed["classes"], also=THE_TUTORIALS)
             self.writer.flush()
             append_metrics(self.metrics_file, resumed["metrics"])
-        if resumed:
-            return
-        with warnings.catch_warnings():  # add_graph traces with torch.jit, which warns that it is deprecated
-            warnings.simplefilter("ignore", FutureWarning)
-            self.writer.add_graph(model, example)
-        config = {k: ("none" if v is None else v) for k, v in plain(settings).items()
-                  if isinstance(v, (int, float, str, bool)) or v is None}
-        metrics = ["test_accuracy", "test_loss"] + (["val_accuracy", "val_loss"] if settings.val_split else [])
-        for summary in hparams(config, dict.fromkeys(metrics, 0.0)):
-            self.writer.file_writer.add_summary(summary)
+        elif not resumed:
+            log_graph_and_settings(self.writer, model, example, settings)
 
     @contextlib.contextmanager
     def saving(self, epoch, keep_epoch, is_best):
@@ -260,18 +209,6 @@ class RunFolder:
         if isinstance(error, OSError):
             raise cannot_write(self.dir, error) from None
         return False
-
-
-def log_epoch_scalars(writer, record, classes, also=()):
-    """An epoch's scalars beyond the tutorial's (and ALSO): validation, train loss and accuracy, speed, and
-    each class's accuracy."""
-    for key in (*also, "val_loss", "val_accuracy", "train_loss_mean", "train_accuracy", "images_per_s",
-                "epoch_seconds"):
-        if key in record:  # checkpoints from older versions lack some
-            writer.add_scalar(key, record[key], record["epoch"])
-    for name, acc in zip(classes, record.get("per_class_accuracy", [])):
-        if acc is not None:
-            writer.add_scalar(f"per_class_accuracy/{name}", acc, record["epoch"])
 
 
 def append_metrics(metrics_file, record):
