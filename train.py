@@ -24,7 +24,7 @@ from torchvision.datasets import CIFAR10
 from model import Tudui
 from tudui import checks, distributed
 from tudui.batches import TestBatches, TrainBatches, normalizer, on_device
-from tudui.checkpoints import load_training_checkpoint, num_classes_argument, training_checkpoint
+from tudui.checkpoints import load_training_checkpoint, num_classes_argument
 from tudui.console import StopOnSignal, exit_process, keep_the_resume_call, progress_bar, run_cli, say
 from tudui.cuda_graph import GraphedStep, uses_cuda_graph
 from tudui.datasets import ImageFolder, cifar10_errors, downloads
@@ -32,7 +32,7 @@ from tudui.devices import device_settings, keep_freed_memory
 from tudui.errors import Interrupted
 from tudui.muon import Muon, hidden_weights_apart
 from tudui.report import TrainResult, epoch_line, per_class_accuracy, provenance
-from tudui.runs import RunFolder, auto_resume, restore, resumable_checkpoint
+from tudui.runs import RunFolder, auto_resume, restore, resumable_checkpoint, training_checkpoint
 from tudui.settings import as_command, check_keywords, command_line_settings, lr_schedule, resolve
 
 

@@ -295,20 +295,19 @@ def test_the_tutorials_files_keep_loading_with_the_tutorials_network_after_model
     assert all(torch.equal(net.state_dict()[key], value) for key, value in reference_weights().items())
 
 
-def test_a_tudui_whose_init_takes_no_argument_is_built_for_ten_classes_and_refused_for_others(monkeypatch):
-    from tudui import checkpoints
+def test_a_tudui_whose_init_takes_no_argument_is_built_for_ten_classes_and_refused_for_others():
     from tudui.errors import SettingsError
 
     class NoArgumentTudui(torch.nn.Module):  # the tutorial's own model.py
         def __init__(self):
             super().__init__()
             self.model = torch.nn.Linear(4, 10)
-    monkeypatch.setattr(checkpoints, "Tudui", NoArgumentTudui)
-    assert isinstance(checkpoints.build_tudui(10), NoArgumentTudui)
+    assert checkpoints.num_classes_argument(NoArgumentTudui, 10) == ()
+    assert checkpoints.num_classes_argument(Tudui, 3) == (3,)
     with pytest.raises(SettingsError, match=r"model.py's Tudui takes no num_classes argument, so it has CIFAR-10's 10 "
                                             r"outputs, but this data has 3 classes; give it one: def __init__\(self, "
                                             r"num_classes=10\)"):
-        checkpoints.build_tudui(3)
+        checkpoints.num_classes_argument(NoArgumentTudui, 3)
 
 
 def test_what_load_tudui_returns_takes_to_tensor_input_and_normalizes_it_itself_with_the_tutorials_keys(tmp_path):

@@ -21,7 +21,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import train
 from conftest import ROOT, parse, assert_every_final_file_loads, bad_input, cosine_lrs, run_script
-from tudui import checkpoints, console, load_tudui, runs, settings
+from tudui import console, load_tudui, runs, settings
 from tudui.cuda_graph import GraphedStep
 
 OLD_CHECKPOINTS = ROOT / "tests" / "data"  # written by commit 516887d, before train.py was split into modules
@@ -391,7 +391,7 @@ def test_checkpoints_hold_a_plain_lr_whatever_optimizer_wrote_them(optimizer):
     assert all(isinstance(group["lr"], torch.Tensor) for group in graphed.param_groups)
     model(torch.rand(2, 3, 32, 32)).sum().backward()
     graphed.step()
-    state = checkpoints.optimizer_state(graphed)
+    state = runs.optimizer_state(graphed)
     assert all(type(group["lr"]) is float and math.isclose(group["lr"], args.lr, rel_tol=1e-6)
                for group in state["param_groups"])
 

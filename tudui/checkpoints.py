@@ -1,7 +1,6 @@
-"""What a checkpoint is and how one is read safely: the checks on a file from outside, torch.load with
-weights only (the tutorial's whole-model pickles through inert stand-ins), the weights' checksum,
-load_tudui, and the training checkpoint train.py saves, with its fields checked. Writes nothing; saving
-and resuming a run is runs.py's.
+"""What a checkpoint is and how one is read safely: a file from outside checked, loaded with weights only
+(the tutorial's pickles through inert stand-ins), its weights' checksum, load_tudui, and the training
+checkpoint's fields. Writes nothing: saving and resuming a run is runs.py's.
 """
 import hashlib
 import inspect
@@ -20,12 +19,10 @@ from torch import nn
 from model import Tudui
 from tudui.console import shown
 from tudui.errors import CheckpointError, SettingsError
-from tudui.settings import plain
 
 CHECKPOINT_FORMAT = "tudui-train-checkpoint/1"
 MAX_CHECKPOINT_BYTES = 256 << 20  # Tudui's checkpoints are 0.6 MB; a ResNet-50's weights, about 100 MB
-# x / 255, then (x - mean) / std when they are set. The tutorial's ToTensor is x / 255: files without the field
-TUTORIAL_PREPROCESS = {"mean": None, "std": None}
+TUTORIAL_PREPROCESS = {"mean": None, "std": None}  # x / 255 as ToTensor; with mean and std, then (x - mean) / std
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DistributedDataParallel, torch.compile
 
@@ -36,8 +33,7 @@ def class_names(count):
 
 
 def regular_file_problem(path):
-    """Why PATH cannot be read as a file (a named pipe or a device would block a read forever), or None;
-    a missing file is left to the reader."""
+    """Why PATH is no file to read (a named pipe or a device blocks a read forever), or None (missing too)."""
     try:
         mode = os.stat(path).st_mode
     except (OSError, TypeError, ValueError):
@@ -81,10 +77,7 @@ def weights_checksum(state_dict):
     return digest.hexdigest()
 
 
-class _PickledModule:
-    """Stand-in for the module classes in the tutorial's `torch.save(tudui, path)` files: unpickling fills
-    plain attributes, and no module code runs."""
-
+class _PickledModule:  # stands in for the module classes of `torch.save(tudui, path)`: no module code runs
     def __setstate__(self, state):
         self.state = state
 
@@ -98,20 +91,17 @@ def _state_dict_of_pickled_module(module, prefix=""):
     state = getattr(module, "state", None)
     if not isinstance(state, dict):
         raise CheckpointError("the pickled model has an unexpected layout")
-    tensors = {}
-    skip_buffers = state.get("_non_persistent_buffers_set") or set()
-    for group in ("_parameters", "_buffers"):
-        for name, value in (state.get(group) or {}).items():
-            if value is not None and name not in skip_buffers:
-                tensors[prefix + name] = value
+    skip = state.get("_non_persistent_buffers_set") or set()
+    tensors = {prefix + name: value for group in ("_parameters", "_buffers")
+               for name, value in (state.get(group) or {}).items() if value is not None and name not in skip}
     for name, child in (state.get("_modules") or {}).items():
         tensors.update(_state_dict_of_pickled_module(child, prefix + name + "."))
     return tensors
 
 
 def unreadable(path, reason):
-    """The error for a file torch.load could not read: 'not a PyTorch file' when it does not begin as
-    torch.save's files do (a zip, or a pickle of protocol 2 or later), else 'truncated or corrupt'."""
+    """The error for a file torch.load could not read; 'not a PyTorch file' when it does not begin as torch.save's
+    files do (a zip, or a pickle of protocol 2 or later)."""
     try:
         with open(path, "rb") as file:
             start = file.read(4)
@@ -125,25 +115,15 @@ def unreadable(path, reason):
 
 
 def read_checkpoint(path, map_location="cpu"):
-    """torch.load(path, weights_only=True), the tutorial's whole-model pickles let through as inert stand-ins;
-    torch refuses any other global before it runs. No regular file, or too large, is refused first; a
-    train.py checkpoint's weights must match their checksum."""
+    """torch.load(path, weights_only=True), which refuses any global but the stand-ins' before it runs; a file
+    that is no regular one, or too large, is refused first, and train.py's weights must match their checksum."""
     problem = regular_file_problem(path) or checkpoint_size_problem(path)
     if problem:
         raise CheckpointError(f"checkpoint {path} {problem}; pass a .pth checkpoint file")
-    checkpoint = torch_load(path, map_location)
-    if isinstance(checkpoint, dict) and "weights_sha256" in checkpoint and isinstance(checkpoint.get("model"), dict):
-        if checkpoint["weights_sha256"] != weights_checksum(checkpoint["model"]):
-            raise CheckpointError(f"checkpoint {path} is damaged: its weights do not match the checksum saved with "
-                                  "them; use another copy (last.pth, best.pth or an epoch file)")
-    return checkpoint
-
-
-def torch_load(path, map_location):
     try:
         with torch.serialization.safe_globals(_WHOLE_MODEL_GLOBALS), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns about odd pickle protocols; errors below say it all
-            return torch.load(path, map_location=map_location, weights_only=True)
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} does not exist; check the path") from None
     except IsADirectoryError:
@@ -161,6 +141,11 @@ def torch_load(path, map_location):
             IndexError, OverflowError, MemoryError, UnicodeDecodeError, struct.error, zipfile.BadZipFile) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise unreadable(path, reason[:200]) from None
+    if isinstance(checkpoint, dict) and "weights_sha256" in checkpoint and isinstance(checkpoint.get("model"), dict):
+        if checkpoint["weights_sha256"] != weights_checksum(checkpoint["model"]):
+            raise CheckpointError(f"checkpoint {path} is damaged: its weights do not match the checksum saved with "
+                                  "them; use another copy (last.pth, best.pth or an epoch file)")
+    return checkpoint
 
 
 def unpack_checkpoint(obj, path="checkpoint"):
@@ -218,8 +203,7 @@ def _finite_shape(value):
 
 
 def num_classes_argument(network, num_classes):
-    """What gives NETWORK (model.py's Tudui) NUM_CLASSES outputs: (num_classes,), or () for 10 when its
-    __init__ takes no argument, as the tutorial's."""
+    """(num_classes,) for NETWORK (model.py's Tudui), or () for 10 when it takes none, as the tutorial's."""
     if inspect.signature(network).parameters:
         return (num_classes,)
     if num_classes != 10:
@@ -229,13 +213,8 @@ def num_classes_argument(network, num_classes):
     return ()
 
 
-def build_tudui(num_classes):
-    return Tudui(*num_classes_argument(Tudui, num_classes))
-
-
 class TutorialTudui(nn.Module):
-    """The tutorial's network, for files that record none (its whole-model files, bare state_dicts) when
-    model.py, the user's to change, has changed since."""
+    """The tutorial's network, for files that record none (its own, bare state_dicts) when model.py has changed."""
 
     def __init__(self, num_classes=10):
         super().__init__()
@@ -260,29 +239,9 @@ def mismatch(net, state_dict):
     return "; ".join(parts)
 
 
-def build_from_state_dict(state_dict, path="checkpoint", classes=None, network=None, tutorials=False):
-    """model.py's Tudui with these weights, loaded strictly; the tutorial's network for a file that records
-    no NETWORK (its printed structure) when only that fits, or always with TUTORIALS. Output counts tried:
-    the last bias's size, the count of CLASSES, 10."""
-    biases = [v for k, v in state_dict.items() if k.endswith("bias") and torch.is_tensor(v) and v.dim() == 1]
-    counts = list(dict.fromkeys(([biases[-1].shape[0]] if biases else []) + ([len(classes)] if classes else []) + [10]))
-    if counts[0] == 0:
-        raise CheckpointError(f"{path} has a final layer with no outputs, so it can predict no class; "
-                              "use another copy of the checkpoint")
-    try:
-        nets = [TutorialTudui(count) if tutorials else build_tudui(count) for count in counts]
-    except SettingsError as e:
-        raise CheckpointError(f"{path} predicts {counts[0]} classes, and {str(e).split(', but ')[0]}; give it a "
-                              "num_classes argument: def __init__(self, num_classes=10)") from None
-    if network is None:  # a file that records no network may be the tutorial's
-        nets += [TutorialTudui(count) for count in counts]
-    fitting = [net for net in nets if not mismatch(net, state_dict)]
-    return load_weights(fitting[0] if fitting else nets[0], state_dict, path, network)
-
-
 def load_weights(net, state_dict, path, network=None):
-    """STATE_DICT loaded strictly into NET, or a CheckpointError: model.py changed since (what differs, and
-    the first line where NETWORK, the network the file recorded, differs), or weights that are not finite."""
+    """STATE_DICT loaded strictly into NET, or a CheckpointError naming what differs (and the first line where
+    NETWORK, the one the file recorded, differs) or the weights that are not finite."""
     problem = mismatch(net, state_dict)
     if problem:
         pairs = itertools.zip_longest(network.splitlines()[1:], str(net).splitlines()[1:], fillvalue="(nothing)") \
@@ -311,21 +270,34 @@ class FlipAveraged(nn.Module):
 
 
 def load_tudui(path, map_location="cpu", tutorials=False):
-    """A Tudui in eval mode from any Tudui checkpoint (train.py's, a bare state_dict, a tutorial
-    `torch.save(tudui, ...)` file). It takes ToTensor's input, (N, 3, 32, 32) floats in [0, 1], and applies
-    its checkpoint's normalization itself. It carries `.classes`, `.preprocess`, and from train.py's files
-    `.config`, `.provenance` and `.test_accuracy` (else None). Raises CheckpointError."""
+    """A Tudui in eval mode from any Tudui checkpoint (train.py's, a state_dict, a tutorial `torch.save(tudui,
+    ...)` file), taking ToTensor's input (N, 3, 32, 32) and normalizing it itself; with `.classes`,
+    `.preprocess`, and from train.py's files `.config`, `.provenance`, `.test_accuracy` (else None)."""
     checkpoint = read_checkpoint(path, map_location)
     state_dict, classes, preprocess = unpack_checkpoint(checkpoint, path)
     field = checkpoint.get if isinstance(checkpoint, dict) else lambda key: None
-    net = build_from_state_dict(state_dict, path, classes, field("network"), tutorials)
+    # model.py's Tudui, or the tutorial's network (with TUTORIALS, or when only it fits a file that records no
+    # network), with outputs for the last bias's size, the count of CLASSES, or 10
+    biases = [v for k, v in state_dict.items() if k.endswith("bias") and torch.is_tensor(v) and v.dim() == 1]
+    counts = list(dict.fromkeys(([biases[-1].shape[0]] if biases else []) + ([len(classes)] if classes else []) + [10]))
+    if counts[0] == 0:
+        raise CheckpointError(f"{path} has a final layer with no outputs, so it can predict no class; "
+                              "use another copy of the checkpoint")
+    try:
+        nets = [TutorialTudui(count) if tutorials else Tudui(*num_classes_argument(Tudui, count)) for count in counts]
+    except SettingsError as e:
+        raise CheckpointError(f"{path} predicts {counts[0]} classes, and {str(e).split(', but ')[0]}; give it a "
+                              "num_classes argument: def __init__(self, num_classes=10)") from None
+    if field("network") is None:
+        nets += [TutorialTudui(count) for count in counts]
+    fitting = [net for net in nets if not mismatch(net, state_dict)]
+    net = load_weights(fitting[0] if fitting else nets[0], state_dict, path, field("network"))
     with torch.no_grad():
         num_classes = net.eval()(torch.zeros(1, 3, 32, 32)).shape[1]
     net.classes = [shown(name) for name in classes] if classes and len(classes) == num_classes else class_names(
         num_classes)
     net.preprocess = preprocess
-    net.config, net.provenance = (field(key) if isinstance(field(key), dict) else None for key in ("config",
-                                                                                                   "provenance"))
+    net.config, net.provenance = (field(k) if isinstance(field(k), dict) else None for k in ("config", "provenance"))
     accuracy = field("test_accuracy")
     net.test_accuracy = float(accuracy) if isinstance(accuracy, (int, float)) and 0 <= accuracy <= 1 else None
     if preprocess.get("mean") is not None:  # normalized in a pre-hook, by buffers left out of the state_dict
@@ -336,42 +308,8 @@ def load_tudui(path, map_location="cpu", tutorials=False):
     return net.to(map_location).eval()
 
 
-def training_checkpoint(model, optimizer, scheduler, settings, data, record, best_accuracy, device, made_by):
-    """What train.py saves each epoch: a plain dict, which torch.load(weights_only=True) reads, holding what a
-    resumed run needs (the optimizer's and lr scheduler's state and classes, the RNG's) and RECORD, the
-    epoch's metrics.jsonl line."""
-    weights = model.state_dict()
-    rng = {"torch": torch.get_rng_state()} | ({"cuda": torch.cuda.get_rng_state(device)} if device.type == "cuda"
-                                               else {})
-    return {"format": CHECKPOINT_FORMAT, "model": weights, "weights_sha256": weights_checksum(weights),
-            "optimizer": optimizer_state(optimizer), "optimizer_class": type(optimizer).__name__,
-            "scheduler": plain_numbers(scheduler.state_dict()), "scheduler_class": type(scheduler).__name__,
-            "epoch": record["epoch"], "step": record["step"], "config": plain(settings), "classes": data.classes,
-            "network": str(model), "preprocess": data.preprocess, "test_accuracy": record["test_accuracy"],
-            "test_loss": record["test_loss"], "best_accuracy": best_accuracy, "metrics": record, "rng": rng,
-            "provenance": made_by}
-
-
-def optimizer_state(optimizer):
-    """state_dict() with a plain-number lr (a CUDA graph's is a device tensor) and no fused kernel, so that
-    the checkpoint resumes on any device."""
-    state = optimizer.state_dict()
-    for group in state["param_groups"]:
-        group["lr"], group["fused"] = float(group["lr"]), None
-    return state
-
-
-def plain_numbers(state):
-    """A scheduler's state_dict with its 0-dim tensors (the lrs of a CUDA graph's optimizer) as numbers."""
-    if isinstance(state, dict):
-        return {key: plain_numbers(value) for key, value in state.items()}
-    if isinstance(state, (list, tuple)):
-        return type(state)(plain_numbers(value) for value in state)
-    return float(state) if torch.is_tensor(state) and state.dim() == 0 else state
-
-
 def load_training_checkpoint(path):
-    """A checkpoint train.py wrote, each field that resuming relies on checked."""
+    """A checkpoint train.py wrote, each field resuming relies on checked."""
     obj = read_checkpoint(path)
     if not (isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT):
         raise CheckpointError(f"{path} is not a training checkpoint written by train.py (it lacks the optimizer "
@@ -392,10 +330,7 @@ def load_training_checkpoint(path):
     }
     damaged = [name for name, fine in checks.items() if not fine(obj.get(name))]
     if damaged:
-        raise damaged_checkpoint(path, f"{', '.join(damaged)} missing or malformed")
+        raise CheckpointError(f"{path} is a damaged training checkpoint ({', '.join(damaged)} missing or malformed), "
+                              "so it cannot be resumed; resume from another of the run's checkpoints (last.pth, "
+                              "best.pth or an epoch file)")
     return obj
-
-
-def damaged_checkpoint(path, what):
-    return CheckpointError(f"{path} is a damaged training checkpoint ({what}), so it cannot be resumed; resume "
-                           "from another of the run's checkpoints (last.pth, best.pth or an epoch file)")

@@ -22,7 +22,7 @@ from tudui.distributed import World
 from tudui.errors import SettingsError
 from tudui.pictures import gallery, picked
 from tudui.report import Evaluation, describe_checkpoint, format_report
-from tudui.runs import RunLock, atomic_write, refuse_to_overwrite
+from tudui.runs import atomic_write, refuse_to_overwrite, run_lock
 
 
 def dry_run(s, data, device, resumed, train_step, epoch, real_command, train_steps, test_batch):
@@ -66,7 +66,7 @@ def check_run_folders(settings, resumed):
             raise SettingsError(f"cannot write in {existing} ({e.strerror or e}), where {folder} would be; "
                                 f"choose another {'--logdir' if folder == run_dir else flag}") from None
         if (folder / ".lock").exists():
-            RunLock(folder, flag).release()
+            run_lock(folder, flag).release()
     if ckpt_dir.is_dir():
         refuse_to_overwrite(ckpt_dir, resumed, resumed and settings.resume)
     return run_dir, ckpt_dir

@@ -1,8 +1,6 @@
-"""Saving and resuming runs: the run folder (its name, its lock, config.json, metrics.jsonl and a
-SummaryWriter for the curves beyond train.py's), files written atomically, the checkpoints train.py saves
-through RunFolder.saving, and a run put back where its checkpoint left it. Reads checkpoints through
-checkpoints.py; decides nothing about training.
-"""
+"""Saving and resuming runs: the run folder (its name, lock, config.json, metrics.jsonl and a SummaryWriter
+for the curves beyond train.py's), files written atomically, the checkpoint train.py saves, and a run put
+back where its checkpoint left it. Reading a checkpoint is checkpoints.py's; decides nothing about training."""
 from __future__ import annotations
 
 import contextlib
@@ -18,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from tudui.checkpoints import _unwrapped, checked_preprocess, load_training_checkpoint, load_weights, read_checkpoint
+from tudui.checkpoints import (CHECKPOINT_FORMAT, _unwrapped, checked_preprocess, load_training_checkpoint, load_weights,
+                               read_checkpoint, weights_checksum)
 from tudui.console import say, shown
 from tudui.errors import CheckpointError, SettingsError
 from tudui.pictures import Painter
@@ -27,19 +26,16 @@ from tudui.settings import FIELDS, plain
 
 
 def atomic_write(data, path):
-    """Write bytes so that PATH is always the old file or the whole new one, even after a power cut; a
-    failure (full disk, read-only folder) is a one-line SettingsError, and PATH is untouched. Why not a
-    library: none installed offers os.replace with the folder's fsync."""
-    with renamed_into_place(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+    """Write bytes so that PATH is the old file or the whole new one, even after a power cut; a failure is a
+    one-line SettingsError. Our own: no installed library offers os.replace with the folder's fsync."""
+    with renamed_into_place(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def replace_with_link(source, path):
-    """Make PATH a hard link to SOURCE's file, as atomically as atomic_write; where the file system has no
-    hard links (FAT, some network drives), SOURCE's bytes are written again."""
+    """Make PATH a hard link to SOURCE's file, atomically; without hard links (FAT), a copy."""
     try:
         with renamed_into_place(path) as tmp:
             tmp.unlink(missing_ok=True)
@@ -62,11 +58,10 @@ def renamed_into_place(path):
                 os.fsync(folder)
             finally:
                 os.close(folder)
-    except OSError as e:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
-        raise cannot_write(path, e) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise cannot_write(path, e) from None
         raise
 
 
@@ -75,22 +70,16 @@ def cannot_write(path, error):
                          "--logdir/--ckpt-dir; the files already there are intact")
 
 
-class RunLock:
-    """An OS lock on a run's folder (filelock's, flock on POSIX): a second run there is refused, and the lock
-    dies with its process, so a killed run never blocks its own resume."""
+def run_lock(folder, flag):
+    """An OS lock on a run's folder, held: a second run is refused, and a killed run never blocks its resume."""
+    from filelock import FileLock, Timeout
 
-    def __init__(self, folder, flag):
-        from filelock import FileLock, Timeout
-
-        self.lock = FileLock(Path(folder) / ".lock", thread_local=False)
-        try:
-            self.lock.acquire(timeout=0)
-        except Timeout:
-            raise SettingsError(f"another run is writing to {folder}; wait for it to finish "
-                                f"or pick another {flag}") from None
-
-    def release(self):
-        self.lock.release()
+    lock = FileLock(Path(folder) / ".lock", thread_local=False)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise SettingsError(f"another run is writing to {folder}; wait for it to finish or pick another {flag}") from None
+    return lock
 
 
 def claim_run_name(logdir):
@@ -105,10 +94,9 @@ def claim_run_name(logdir):
 
 
 class RunFolder:
-    """The folder a run writes to, as a with-block: its lock, metrics.jsonl, config.json (with
-    --skip-bad-images, the SKIPPED_IMAGES), the checkpoints saved through saving(), and a SummaryWriter of
-    its own for the pictures and the curves beyond train.py's (after STEP, a resumed run's events are
-    purged). Leaving the block closes all and releases the lock; a full disk is one line. Rank 0's alone."""
+    """The folder a run writes to, as a with-block: its lock, metrics.jsonl, config.json (with SKIPPED_IMAGES),
+    the checkpoints saved through saving(), and a SummaryWriter for the pictures and the curves beyond
+    train.py's. Leaving it closes all and releases the lock; a full disk is one line. Rank 0's alone."""
 
     def __init__(self, settings, resumed, start_epoch, step, skipped_images=()):
         try:
@@ -121,16 +109,17 @@ class RunFolder:
         except OSError as e:
             raise SettingsError(f"cannot create {e.filename} ({e.strerror}); choose another --logdir or "
                                 "--ckpt-dir") from None
-        self.locks = [RunLock(self.dir, "--run-name")]
+        self.locks = [run_lock(self.dir, "--run-name")]
         if self.ckpt_dir.resolve() != self.dir.resolve():  # a shared --ckpt-dir needs its own lock
             try:
-                self.locks.append(RunLock(self.ckpt_dir, "--ckpt-dir"))
+                self.locks.append(run_lock(self.ckpt_dir, "--ckpt-dir"))
             except SettingsError:
                 self.locks[0].release()
                 raise
         self.writer = self.train_writer = self.metrics_file = self.painter = None
         # TensorBoard's writer thread hits a full disk first; the run reports it, as one line, at its next write
-        self.thread_hook, threading.excepthook = threading.excepthook, self.quiet_disk_errors
+        hook = self.thread_hook = threading.excepthook
+        threading.excepthook = lambda args: issubclass(args.exc_type, OSError) or hook(args)
         try:
             for path in itertools.chain(self.dir.glob(".*.tmp"), self.ckpt_dir.glob(".*.tmp")):
                 if re.fullmatch(r"\..+\.\d+\.tmp", path.name) and path.is_file():  # left by a killed save
@@ -153,13 +142,8 @@ class RunFolder:
     def __enter__(self):
         return self
 
-    def quiet_disk_errors(self, args):
-        if not issubclass(args.exc_type, OSError):
-            self.thread_hook(args)
-
     def started(self, writer, model, settings, resumed, example, device, world, data, optimizer, scheduler):
-        """The run's first line; then a resume killed between saving its checkpoint and logging its epoch logs
-        that epoch from the checkpoint, and a new run logs its graph and settings. WRITER: train.py's."""
+        """The first line; the epoch a resume killed before it was logged; a new run's graph and settings."""
         self.train_writer, self.test_images, self.test_labels = writer, data.test_x, data.test_y
         say(settings.quiet, first_line(self, device, world, data, optimizer, scheduler))
         if data.skipped:
@@ -174,8 +158,8 @@ class RunFolder:
 
     @contextlib.contextmanager
     def saving(self, epoch, keep_epoch, is_best):
-        """`with run.saving(...) as file: torch.save(checkpoint, file)`: last.pth, switched over atomically once
-        whole; then tudui_epoch_EPOCH.pth (KEEP_EPOCH) and best.pth (IS_BEST) become the same file (hard links)."""
+        """`with run.saving(...) as file: torch.save(checkpoint, file)`: last.pth, atomically; then the same file
+        as tudui_epoch_EPOCH.pth (KEEP_EPOCH) and best.pth (IS_BEST)."""
         buffer = io.BytesIO()
         yield buffer
         last = self.ckpt_dir / "last.pth"
@@ -191,7 +175,7 @@ class RunFolder:
 
     def __exit__(self, kind, error, traceback):
         """Close the files, then release the locks even when closing fails (a full disk), so that a notebook's
-        kernel can resume the run. An OSError from the block or the closing is one line."""
+        kernel can resume the run; an OSError is one line."""
         try:
             try:
                 if self.painter is not None:
@@ -221,8 +205,7 @@ def append_metrics(metrics_file, record):
 
 
 def truncate_metrics(path, last_epoch):
-    """Drop the metrics.jsonl lines of epochs after the checkpoint a run resumes from, and any line a crash
-    left torn; returns the epochs kept."""
+    """Drop metrics.jsonl's lines of epochs after LAST_EPOCH, and lines a crash tore; returns the epochs kept."""
     if not path.exists():
         return set()
     records = []
@@ -235,10 +218,38 @@ def truncate_metrics(path, last_epoch):
     return {record["epoch"] for record in kept}
 
 
+def training_checkpoint(model, optimizer, scheduler, settings, data, record, best_accuracy, device, made_by):
+    """What train.py saves each epoch: a plain dict of what a resumed run needs; RECORD, the epoch's metrics."""
+    weights = model.state_dict()
+    rng = {"torch": torch.get_rng_state()} | ({"cuda": torch.cuda.get_rng_state(device)} if device.type == "cuda"
+                                               else {})
+    def plain_numbers(state):  # 0-dim tensors (a CUDA graph's lrs) as numbers
+        if isinstance(state, dict):
+            return {key: plain_numbers(value) for key, value in state.items()}
+        if isinstance(state, (list, tuple)):
+            return type(state)(plain_numbers(value) for value in state)
+        return float(state) if torch.is_tensor(state) and state.dim() == 0 else state
+    return {"format": CHECKPOINT_FORMAT, "model": weights, "weights_sha256": weights_checksum(weights),
+            "optimizer": optimizer_state(optimizer), "optimizer_class": type(optimizer).__name__,
+            "scheduler": plain_numbers(scheduler.state_dict()), "scheduler_class": type(scheduler).__name__,
+            "epoch": record["epoch"], "step": record["step"], "config": plain(settings), "classes": data.classes,
+            "network": str(model), "preprocess": data.preprocess, "test_accuracy": record["test_accuracy"],
+            "test_loss": record["test_loss"], "best_accuracy": best_accuracy, "metrics": record, "rng": rng,
+            "provenance": made_by}
+
+
+def optimizer_state(optimizer):
+    """state_dict(), its lr a number (a CUDA graph's is a tensor) and not fused: it resumes on any device."""
+    state = optimizer.state_dict()
+    for group in state["param_groups"]:
+        group["lr"], group["fused"] = float(group["lr"]), None
+    return state
+
+
 def restore(checkpoint, path, model, optimizer, scheduler, device, classes, steps_per_epoch):
-    """A training CHECKPOINT's weights, optimizer, lr scheduler and RNG state put into this run's MODEL,
-    OPTIMIZER and SCHEDULER, for data of CLASSES. Returns the input normalization the weights learned, the
-    first epoch left to train, its step and the best accuracy so far."""
+    """A training CHECKPOINT's weights and optimizer, scheduler and RNG state put into this run's (a LambdaLR is
+    put at the first step left with this run's base lrs). Returns the input normalization the weights
+    learned, the first epoch left to train, its step and the best accuracy."""
     if checkpoint["classes"] != classes:
         raise SettingsError(f"{path} was trained on classes {checkpoint['classes']}, but this dataset has "
                             f"{classes}; resume with the same --dataset and --data-dir")
@@ -251,7 +262,13 @@ def restore(checkpoint, path, model, optimizer, scheduler, device, classes, step
                                 f"in train.py to resume, or start a new run")
     try:
         load_optimizer_state(optimizer, checkpoint["optimizer"])
-        restore_schedule(scheduler, checkpoint.get("scheduler"), (checkpoint["epoch"] + 1) * steps_per_epoch)
+        base_lrs, first_step = list(scheduler.base_lrs), (checkpoint["epoch"] + 1) * steps_per_epoch
+        if checkpoint.get("scheduler") is not None:  # None: saved before schedulers were
+            scheduler.load_state_dict(checkpoint["scheduler"])
+        if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):  # --schedule's: a function of the step, so
+            scheduler.base_lrs, scheduler.last_epoch = base_lrs, first_step  # this run's --lr, --epochs count
+            for group, base_lr, factor in zip(optimizer.param_groups, base_lrs, scheduler.lr_lambdas):
+                group["lr"] = base_lr * factor(first_step)
         torch.set_rng_state(checkpoint["rng"]["torch"])
         if device.type == "cuda" and "cuda" in checkpoint["rng"]:
             torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], device)
@@ -264,8 +281,7 @@ def restore(checkpoint, path, model, optimizer, scheduler, device, classes, step
 
 
 def load_optimizer_state(optimizer, state):
-    """Momentum buffers and the lr from a checkpoint; the other settings stay this run's (a flag such as
-    --weight-decay may have changed them), where load_state_dict would put the checkpoint's back."""
+    """Momentum buffers and the lr from a checkpoint; the other settings stay this run's flags'."""
     own = [{k: v for k, v in group.items() if k not in ("params", "lr", "initial_lr")}
            for group in optimizer.param_groups]
     optimizer.load_state_dict(state)
@@ -279,42 +295,26 @@ def load_optimizer_state(optimizer, state):
                     raise ValueError(f"a {name} holds NaN or infinity")
 
 
-def restore_schedule(scheduler, state, first_step):
-    """A scheduler's saved STATE (None before schedulers were saved). A LambdaLR, as --schedule's, is then put
-    at FIRST_STEP with this run's base lrs and function, so a resumed run's --lr, --epochs, --batch-size count."""
-    base_lrs = list(scheduler.base_lrs)
-    if state is not None:
-        scheduler.load_state_dict(state)
-    if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
-        scheduler.base_lrs, scheduler.last_epoch = base_lrs, first_step
-        for group, base_lr, factor in zip(scheduler.optimizer.param_groups, base_lrs, scheduler.lr_lambdas):
-            group["lr"] = base_lr * factor(first_step)
-
-
 def epoch_files(ckpt_dir):
-    """CKPT_DIR's tudui_epoch_N.pth files as {N: path}."""
-    return {int(p.stem.rpartition("_")[2]): p for p in Path(ckpt_dir).glob("tudui_epoch_*.pth")
-            if p.stem.rpartition("_")[2].isdigit()}
+    """CKPT_DIR's tudui_epoch_N.pth files as [(N, path)], the latest first."""
+    return sorted(((int(p.stem.rpartition("_")[2]), p) for p in Path(ckpt_dir).glob("tudui_epoch_*.pth")
+                   if p.stem.rpartition("_")[2].isdigit()), reverse=True)
 
 
 def resumable_checkpoint(ckpt_dir):
     """The checkpoint to resume CKPT_DIR's run from: last.pth, else the latest epoch's, else best.pth; or None."""
-    epochs = epoch_files(ckpt_dir)
-    candidates = [Path(ckpt_dir) / "last.pth", *(epochs[n] for n in sorted(epochs, reverse=True)),
-                  Path(ckpt_dir) / "best.pth"]
+    candidates = [Path(ckpt_dir) / "last.pth", *(p for _, p in epoch_files(ckpt_dir)), Path(ckpt_dir) / "best.pth"]
     return next((path for path in candidates if path.exists()), None)
 
 
 def auto_resume(given):
-    """--resume auto: the newest whole checkpoint of the --run-name run (in --ckpt-dir, when given): last.pth,
-    else the newest epoch file that loads; None when there is none yet, so that the run starts. The same
-    command thus goes on after a preemption, however the process was stopped."""
+    """--resume auto: the --run-name run's last.pth, else its newest epoch file that loads; None when it has
+    none yet, so that it starts. The same command goes on after a preemption."""
     if given.get("run_name") is None:
         raise SettingsError("--resume auto needs --run-name: the run it goes on with, or starts when it has none")
     ckpt_dir = Path(given.get("ckpt_dir") or Path(given.get("logdir", FIELDS["logdir"].default)) / given["run_name"])
-    epochs = epoch_files(ckpt_dir)
     problems = []
-    for path in [ckpt_dir / "last.pth", *(epochs[n] for n in sorted(epochs, reverse=True))]:
+    for path in [ckpt_dir / "last.pth", *(p for _, p in epoch_files(ckpt_dir))]:
         if path.is_file():
             try:
                 load_training_checkpoint(path)
@@ -327,14 +327,17 @@ def auto_resume(given):
 
 
 def refuse_to_overwrite(ckpt_dir, resumed=None, resume=None):
-    """A new run never writes over an earlier one's checkpoints. A run resumed from RESUME, in CKPT_DIR, goes
-    on writing there unless the folder holds a later epoch than RESUMED's (last.pth or an epoch file):
-    resuming would overwrite newer results, so it must branch."""
+    """A new run never writes over an earlier one's checkpoints; one resumed from RESUME in CKPT_DIR does not
+    when the folder holds a later epoch than RESUMED's: it must branch."""
     if resume and Path(resume).resolve().parent == Path(ckpt_dir).resolve():
-        last = Path(ckpt_dir) / "last.pth"
-        saved = [(epoch_of(last), last)] if last.exists() else []
-        saved += list(epoch_files(ckpt_dir).items())
-        newer = [(epoch, path == last, path) for epoch, path in saved if (epoch or -1) > resumed["epoch"]]
+        last, saved = Path(ckpt_dir) / "last.pth", epoch_files(ckpt_dir)
+        if last.exists():
+            try:
+                saved.append((read_checkpoint(last).get("epoch"), last))
+            except (CheckpointError, AttributeError):  # unreadable, or no dict: no epoch to compare
+                pass
+        newer = [(epoch, path == last, path) for epoch, path in saved
+                 if isinstance(epoch, int) and epoch > resumed["epoch"]]
         if newer:
             epoch, _, path = max(newer)  # the latest epoch, and last.pth of files of equal epochs
             raise SettingsError(f"{resume} is epoch {resumed['epoch']}, but {path} is epoch {epoch}: resuming it "
@@ -345,12 +348,3 @@ def refuse_to_overwrite(ckpt_dir, resumed=None, resume=None):
     if found is not None:
         raise SettingsError(f"{ckpt_dir} already holds the checkpoints of an earlier run; continue it with "
                             f"--resume {found}, or give this run another --run-name (or --ckpt-dir)")
-
-
-def epoch_of(path):
-    """The epoch of the training checkpoint at PATH; None when it has none or cannot be read."""
-    try:
-        epoch = read_checkpoint(path).get("epoch")
-    except (CheckpointError, AttributeError):  # unreadable, or no dict
-        return None
-    return epoch if isinstance(epoch, int) else None
