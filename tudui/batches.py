@@ -1,10 +1,7 @@
-"""The data as a run uses it: the splits as tensors on the device (with --val-split images held out),
-the input normalization, and the batches train.py loops over, each epoch in a seeded order and
-augmented on the device. Holds no model or training code.
-
-Why not torch's DataLoader: the whole of CIFAR-10 fits on the device as one uint8 tensor, and a batch
-is a slice of a permutation of it (as in airbench), with no worker processes and no copy per sample.
-`images.float() / 255` is numerically what the tutorial's ToTensor gives.
+"""The data as a run uses it: the splits as uint8 tensors on the device (--val-split's held out), the input
+normalization, and the batches train.py loops over, in a seeded order and augmented on the device. Not
+torch's DataLoader: CIFAR-10 fits on the device whole, and a batch is a slice of a permutation of it (as in
+airbench), with no worker processes. `images.float() / 255` is numerically the tutorial's ToTensor.
 """
 import copy
 import hashlib
@@ -21,9 +18,8 @@ TEST_BATCH_SIZE = 500  # testing needs no gradients, so bigger batches just mean
 
 @dataclass
 class Data:
-    """A run's images (uint8) and labels on its device; VAL_X and VAL_Y are None without --val-split.
-    PREPROCESS is the input normalization of a new run (a resumed one keeps its checkpoint's); SKIPPED, the
-    images --skip-bad-images left out."""
+    """A run's images (uint8) and labels on its device (VAL_X and VAL_Y None without --val-split), a new run's
+    input normalization, and the images --skip-bad-images SKIPPED."""
     train_x: torch.Tensor
     train_y: torch.Tensor
     test_x: torch.Tensor
@@ -36,9 +32,7 @@ class Data:
 
 
 def on_device(train_set, test_set, settings, device):
-    """The datasets train.py made (torchvision's CIFAR10, tudui.datasets.ImageFolder, or any dataset of
-    (image, label) pairs) as a run's Data on DEVICE: whole uint8 tensors, with --val-split's images held
-    out and --normalize's statistics taken."""
+    """The datasets train.py made (CIFAR10, ImageFolder, or any of (image, label) pairs) as Data on DEVICE."""
     skipped = [] if settings.skip_bad_images else None
     (train_x, train_y, classes), (test_x, test_y, _) = (dataset_tensors(dataset, not settings.dry_run, skipped)
                                                         for dataset in (train_set, test_set))
@@ -53,14 +47,11 @@ def on_device(train_set, test_set, settings, device):
 
 
 class TrainBatches:
-    """`for imgs, targets, scale in batches`: the training images of one epoch (set_epoch) as the
-    network's input, in an order (unless --no-shuffle) and with --augment's flips and shifts drawn from
-    (seed, epoch) alone, so that a resumed run and every torchrun rank draw what one uninterrupted process
-    would. TRANSFORM, when given, is called on each image on its own, uint8 (3, H, W) before normalization,
-    with torch's random generators seeded from (seed, epoch, step, rank) for the call: a resumed run draws
-    again what it drew. SCALE makes a batch's summed loss its mean over the global batch: 1 / its size in
-    one process; under torchrun each rank takes its share of each batch, and DDP's gradient average then
-    gives the same mean."""
+    """`for imgs, targets, scale in batches`: one epoch's (set_epoch) training images as the network's input.
+    The order and --augment's flips and shifts come from (seed, epoch) alone, so a resumed run and every
+    torchrun rank draw what one uninterrupted process would; TRANSFORM is called on each uint8 image with
+    torch's generators seeded from (seed, epoch, step, rank). SCALE makes a batch's summed loss its mean over
+    the global batch (each torchrun rank takes its share, and DDP averages the gradients)."""
 
     def __init__(self, images, labels, batch_size, norm, settings, world, transform=None):
         self.images, self.labels, self.batch_size, self.norm, self.world = images, labels, batch_size, norm, world
@@ -80,13 +71,7 @@ class TrainBatches:
     def __len__(self):
         return len(self.batch_sizes())
 
-    @property
-    def steps_per_epoch(self):
-        """The steps of a whole epoch, which the lr schedule counts, first_steps or not."""
-        return -(-len(self.labels) // self.batch_size)
-
     def batch_sizes(self):
-        """The size of each batch of an epoch, all of them full but the last."""
         n = len(self.labels)
         return [min(self.batch_size, n - start) for start in range(0, n, self.batch_size)][:self.max_steps]
 
@@ -108,8 +93,7 @@ class TrainBatches:
 
 
 class TestBatches:
-    """`for imgs, targets in batches`: IMAGES in order as the network's input, TEST_BATCH_SIZE at a time;
-    under torchrun, this rank's share of them."""
+    """`for imgs, targets in batches`: IMAGES in order as the network's input (under torchrun, this rank's share)."""
     __test__ = False  # a name pytest would otherwise collect
 
     def __init__(self, images, labels, norm, world):
@@ -133,9 +117,8 @@ def epoch_generator(seed, epoch):
 
 
 def each_image(transform, batch, draw):
-    """TRANSFORM applied to each image of BATCH on its own, so that each draws its own randomness (a
-    torchvision.transforms.v2 transform given the whole batch draws once for all of it), with torch's
-    generators seeded from DRAW, a tuple of numbers, and put back as they were afterwards."""
+    """TRANSFORM on each image of BATCH on its own, so that each draws its own randomness (a v2 transform given
+    a batch draws once), torch's generators seeded from DRAW and put back afterwards."""
     on_cpu = batch.device.type == "cpu"
     with torch.random.fork_rng(devices=[] if on_cpu else [batch.device], device_type="cuda" if on_cpu else
                                batch.device.type):
@@ -149,9 +132,8 @@ def each_image(transform, batch, draw):
 
 
 def hold_out(images, labels, size, seed):
-    """(training images, labels, validation images, labels): SIZE of the training images held out, drawn as
-    epoch -1's order (epoch_generator), so by the seed alone: every epoch, a resumed run, --evaluate and
-    every torchrun rank hold out the same images. Both parts keep the images' order."""
+    """(training images, labels, validation images, labels): SIZE held out, drawn by the seed alone (as epoch
+    -1's order), so every epoch, resume, --evaluate and torchrun rank holds out the same; order kept."""
     if size >= len(labels):
         raise SettingsError(f"--val-split {size} would hold out every training image; the training split has "
                             f"{len(labels)}, so hold out fewer")
@@ -161,30 +143,26 @@ def hold_out(images, labels, size, seed):
 
 
 def channel_stats(images):
-    """Per-channel mean and std of uint8 images, on the 0-1 scale ToTensor gives, from each channel's
-    histogram of its 256 pixel values: exact, and without a float copy of the dataset."""
+    """Per-channel mean and std of uint8 images on ToTensor's 0-1 scale, exactly, from each channel's histogram."""
     values = torch.arange(256, dtype=torch.float64) / 255
     means, stds = [], []
     for channel in images.transpose(0, 1):
         counts = torch.bincount(channel.reshape(-1), minlength=256).double()
-        pixels = counts.sum()
-        mean = (counts * values).sum() / pixels
+        mean = (counts * values).sum() / counts.sum()
         means.append(mean.item())
-        stds.append(((counts * (values - mean) ** 2).sum() / (pixels - 1)).sqrt().item())
+        stds.append(((counts * (values - mean) ** 2).sum() / (counts.sum() - 1)).sqrt().item())
     return means, stds
 
 
 def normalizer(preprocess, device):
-    """A checkpoint's preprocess dict as (mean, std) tensors on DEVICE, made once so that no step copies
-    from the host; None when the input is plain x / 255."""
+    """PREPROCESS's (mean, std) as tensors on DEVICE, made once so that no step copies from the host; None for x / 255."""
     if preprocess.get("mean") is None:
         return None
     return tuple(torch.tensor(preprocess[k], device=device).view(1, -1, 1, 1) for k in ("mean", "std"))
 
 
 def to_input(images, norm=None):
-    """uint8 (B, 3, H, W) images, or float ones already on the 0-1 scale, as the network's float input:
-    x / 255 (ToTensor), then (x - mean) / std if NORM."""
+    """uint8 (or 0-1 float) (B, 3, H, W) images as the network's float input: x / 255, then (x - mean) / std."""
     x = images.float().div_(255) if images.dtype == torch.uint8 else images.to(torch.float32, copy=True)
     if norm is not None:
         x = x.sub_(norm[0]).div_(norm[1])
@@ -199,18 +177,14 @@ def augment_plan(n, generator, max_shift):
 
 
 def augment_batch(images, flips, shifts):
-    """Flip and translate a uint8 batch on its own device as tensor ops: each image is gathered through
-    indices shifted by (dy, dx), and the strip uncovered at the edge mirrors the image (reflect padding,
-    torchvision's padding_mode="reflect"), so no border of constant colour appears."""
+    """Flip and shift a uint8 batch on its device, gathering each image through shifted indices; the strip
+    uncovered at the edge mirrors the image (torchvision's padding_mode="reflect"), never a constant colour."""
     images = torch.where(flips.view(-1, 1, 1, 1), images.flip(3), images)
     b, c, h, w = images.shape
+
+    def mirror(index, size):  # -1 -> 1, size -> size - 2 (for shifts below size)
+        return (size - 1) - ((size - 1) - index.abs()).abs()
     rows = mirror(torch.arange(h, device=images.device) - shifts[:, 0:1], h).view(b, 1, h, 1)
     cols = mirror(torch.arange(w, device=images.device) - shifts[:, 1:2], w).view(b, 1, 1, w)
     batch = torch.arange(b, device=images.device).view(b, 1, 1, 1)
-    chans = torch.arange(c, device=images.device).view(1, c, 1, 1)
-    return images[batch, chans, rows, cols]
-
-
-def mirror(index, size):
-    """Reflect out-of-range indices back into [0, size): -1 -> 1, size -> size - 2 (for shifts below size)."""
-    return (size - 1) - ((size - 1) - index.abs()).abs()
+    return images[batch, torch.arange(c, device=images.device).view(1, c, 1, 1), rows, cols]

@@ -1,9 +1,6 @@
-"""Runs that check instead of training: --dry-run (what the real run would fail on, in seconds, writing
-nothing) and --evaluate (a checkpoint's score on the test split, and with --mistakes its gallery of
-mistakes); and the checks of a run: nothing left
-to train, and a diverged run, stopped before it saves. train.py hands them its own training and test
-functions, so that they run the real code.
-"""
+"""Runs that check instead of training, given train.py's own step and test so that the real code runs: --dry-run
+(what the real run would fail on, in seconds, writing nothing) and --evaluate (a checkpoint's score, and with
+--mistakes its worst mistakes drawn); and a diverged run stopped before it saves."""
 import io
 import math
 import sys
@@ -26,10 +23,9 @@ from tudui.runs import atomic_write, refuse_to_overwrite, run_lock
 
 
 def dry_run(s, data, device, resumed, train_step, epoch, real_command, train_steps, test_batch):
-    """--dry-run: the data (found, readable, the class counts), the device, the run's folders, then
-    TRAIN_STEPS(n), the losses of the training loop's first n steps of EPOCH (through TRAIN_STEP: a CUDA
-    graph's warm-up, capture and one replay where it applies), and TEST_BATCH(), the test on one batch,
-    checked as the real run checks them. Prints a line for each, then REAL_COMMAND."""
+    """--dry-run: a line each on the data (found, readable, counted per class), the device and the run's folders,
+    then TRAIN_STEPS(n), the loop's first n steps of EPOCH (through TRAIN_STEP: a CUDA graph's warm-up, capture and
+    replay), and TEST_BATCH(), checked as the real run checks them; then REAL_COMMAND."""
     graphed = isinstance(train_step, GraphedStep)
     counts = torch.bincount(data.train_y.cpu(), minlength=len(data.classes)).tolist()
     per_class = ", ".join(f"{name} {count}" for name, count in zip(data.classes, counts))
@@ -50,10 +46,9 @@ def dry_run(s, data, device, resumed, train_step, epoch, real_command, train_ste
 
 
 def check_run_folders(settings, resumed):
-    """What RunRecorder would refuse, found without writing anything (--dry-run): for the run's folder and
-    the checkpoint folder, an existing one must take a new file, hold no earlier run's checkpoints and not
-    be locked by a running run; a missing one must be creatable. Returns the two folders; the run's is
-    LOGDIR/<timestamp> when no --run-name is given."""
+    """What RunFolder would refuse, found without writing (--dry-run): each folder must take a new file, hold no
+    earlier run's checkpoints and not be locked, or be creatable. Returns the two folders (the run's is
+    LOGDIR/<timestamp> without --run-name)."""
     run_dir = Path(settings.logdir) / (settings.run_name or datetime.now().strftime("%Y%m%d-%H%M%S"))
     ckpt_dir = Path(settings.ckpt_dir) if settings.ckpt_dir else run_dir
     folders = {run_dir: "--run-name", ckpt_dir: "--ckpt-dir"} if settings.ckpt_dir else {run_dir: "--run-name"}
@@ -78,9 +73,8 @@ def say_nothing_to_train(s, start_epoch):
 
 
 def stop_if_not_finite(losses, test_loss, step, epoch, s):
-    """A diverged run stops before anything of its epoch is saved, so best.pth and last.pth stay good.
-    Each step's loss is computed before its update, so weights that only the epoch's last step broke
-    show up in the test loss alone."""
+    """A diverged run stops before its epoch is saved, so best.pth and last.pth stay good. A step's loss is computed
+    before its update, so weights the epoch's last step broke show in the test loss alone."""
     finite = torch.isfinite(losses)
     if finite.all() and math.isfinite(test_loss):
         return
@@ -91,9 +85,8 @@ def stop_if_not_finite(losses, test_loss, step, epoch, s):
 
 
 def evaluate_checkpoint(s, device, test):
-    """--evaluate: the checkpoint's loss, accuracy and confusion matrix on the test split, scored by
-    TEST (train.py's), and on the images its run held out when it had --val-split. Prints the report and
-    returns a report.Evaluation."""
+    """--evaluate: the checkpoint's loss, accuracy and confusion matrix on the test split, scored by TEST
+    (train.py's), and on the images its run held out (--val-split); printed, and returned as a report.Evaluation."""
     net = load_tudui(s.evaluate, map_location="cpu").to(device, memory_format=torch.channels_last)
     skipped = [] if s.skip_bad_images else None
     images, labels, classes = load_split(s.dataset, s.data_dir, "test", not s.no_download, net.classes, True, skipped)

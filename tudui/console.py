@@ -1,6 +1,5 @@
-"""How train.py and predict.py talk to the person running them: argparse with one-line errors, printing
-and the progress bar, Ctrl-C, run_cli, the one place where the project's exceptions become exit codes,
-and the end of the process. Holds no training code."""
+"""How train.py and predict.py talk to the person running them: one-line errors, printing, the progress
+bar, signals, and run_cli, the one place where the project's exceptions become exit codes. No training."""
 import argparse
 import contextlib
 import os
@@ -12,21 +11,20 @@ from tudui.errors import Interrupted, SettingsError, TuduiError
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
-    """argparse, with a flag it cannot read raised as a one-line SettingsError instead of printing the
-    usage block and exiting: the command line prints it as every other error, a Python caller catches it."""
+    """argparse, a flag it cannot read raised as a one-line SettingsError instead of the usage block and exit."""
 
     def error(self, message):
         raise SettingsError(f"{message}; see {self.prog} --help")
 
 
 def shown(text):
-    """TEXT from a file (a class name, a path, a checkpoint's record) with its control characters escaped,
-    so that it can neither colour the terminal nor start a line of its own."""
+    """TEXT from a file (a name, a path, a record), control characters escaped: it can neither colour the
+    terminal nor start a line of its own."""
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
 
 
 def say(quiet, *parts):
-    """Print PARTS unless QUIET, above a progress bar that is being drawn (tqdm.write), never through it."""
+    """Print PARTS unless QUIET, above a progress bar being drawn (tqdm.write), never through it."""
     if not quiet:
         from tqdm.auto import tqdm
 
@@ -35,16 +33,14 @@ def say(quiet, *parts):
 
 
 def in_notebook():
-    """Whether this process is a Jupyter kernel (IPython running inside an ipykernel app)."""
+    """Whether this process is a Jupyter kernel."""
     ipython = sys.modules.get("IPython")
     shell = ipython.get_ipython() if ipython else None
     return shell is not None and "IPKernelApp" in shell.config
 
 
 def progress_bar(description, enabled):
-    """A function that wraps an iterable in a progress bar, on a terminal and in a notebook, where
-    tqdm.auto draws a widget if ipywidgets is installed and text otherwise. Elsewhere (a log file, a pipe)
-    it draws nothing."""
+    """A function that wraps an iterable in a progress bar on a terminal or in a notebook; none in a log file."""
     from tqdm.auto import tqdm
 
     shown = enabled and (sys.stderr.isatty() or in_notebook())
@@ -55,14 +51,11 @@ STOP_SIGNALS = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(sig
 
 
 class StopOnSignal:
-    """The first Ctrl-C (a notebook's interrupt is one too), SIGTERM (SLURM, Kubernetes, docker stop,
-    timeout) or SIGHUP (a closed terminal) asks the loop to stop after the current step; SIGNAL is then
-    its number, and a line says so when ANNOUNCE. A second one, while that step still runs, raises
-    Interrupted AT_ONCE, which still closes the run's files and releases its lock, so a notebook's kernel
-    can resume the run (not under torchrun, whose ranks must stop after the same step, and whose agent
-    passes the scheduler's SIGTERM on a second time). Once the loop has stopped (interrupted()), more
-    signals are ignored: the files close and the message that says how to resume comes through.
-    Installed from the main thread only, where signal handlers can be set."""
+    """The first Ctrl-C (or a notebook's interrupt), SIGTERM (SLURM, Kubernetes, docker stop) or SIGHUP asks
+    the loop to stop after the current step (SIGNAL: its number; a line says so when ANNOUNCE). A second one
+    raises Interrupted AT_ONCE (not under torchrun, whose ranks stop after the same step and whose agent
+    sends SIGTERM twice); the files still close. Once the loop has stopped (interrupted()), signals are
+    ignored, so that the resume message comes through. Main thread only, where handlers can be set."""
 
     def __init__(self, announce=True, at_once=True):
         self.requested, self.signal, self.previous, self.stopping = False, None, {}, False
@@ -86,7 +79,7 @@ class StopOnSignal:
                   file=sys.stderr, flush=True)
 
     def interrupted(self):
-        """The Interrupted error that stops the loop: from now on, signals wait for the closing."""
+        """The Interrupted that stops the loop: from now on, signals wait for the closing."""
         self.stopping = True
         return Interrupted("", self.signal)
 
@@ -97,8 +90,8 @@ class StopOnSignal:
 
 @contextlib.contextmanager
 def keep_the_resume_call():
-    """A with-block in which an interrupt that lands while a stopped run closes its files (a second Ctrl-C
-    in a notebook) still ends in the Interrupted error that says how to resume."""
+    """A with-block in which an interrupt landing while a stopped run closes its files (a second Ctrl-C in a
+    notebook) still ends in the Interrupted that says how to resume."""
     try:
         yield
     except KeyboardInterrupt as error:
@@ -111,11 +104,10 @@ def keep_the_resume_call():
 
 
 def run_cli(entry):
-    """Run a script's ENTRY() and return its exit code: ENTRY's own (an int, or 0 for anything else),
-    2 for bad input (one line on stderr, never a traceback), 128 + the signal's number for a run stopped
-    by Ctrl-C (130), SIGTERM (143) or SIGHUP (129), 1 when a reader closed the pipe early (`| head`), which
-    ends quietly, as any Unix tool. SIGTERM and SIGHUP outside the training loop (which stops itself
-    cleanly) stop the script as Ctrl-C does: the files it has open are closed, none is left half-written."""
+    """Run a script's ENTRY() and return its exit code: ENTRY's own int (else 0), 2 for bad input (one line,
+    never a traceback), 128 + the signal's number when Ctrl-C (130), SIGTERM (143) or SIGHUP (129) stopped it,
+    1 when a reader closed the pipe early (`| head`). Outside the training loop, SIGTERM and SIGHUP stop the
+    script as Ctrl-C does: the files it has open are closed."""
     def stop_at_once(signum, frame):
         raise Interrupted(f"\n{signal.Signals(signum).name}: stopped; files already saved are intact", signum)
     in_main_thread = threading.current_thread() is threading.main_thread()
@@ -144,9 +136,8 @@ def run_cli(entry):
 
 
 def exit_process(code):
-    """End the script with exit code CODE. Under torchrun, with os._exit once every file is closed: gloo's
-    worker threads outlive destroy_process_group, and tearing them down as Python exited sometimes
-    aborted a finished rank (SIGABRT), which torchrun reports as a failed run (docs/distributed.md)."""
+    """End the script with CODE; under torchrun with os._exit once the files are closed, since gloo's threads
+    tearing down at Python's exit sometimes aborted a finished rank (docs/distributed.md)."""
     if os.environ.get("WORLD_SIZE", "1") != "1":
         sys.stdout.flush()
         sys.stderr.flush()

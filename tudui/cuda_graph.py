@@ -1,20 +1,13 @@
-"""A training step recorded once as a CUDA graph and replayed with a single launch per step, and the one
-place that knows what a graph asks of the step and its optimizer. Knows nothing of what the step
-computes. Why: Tudui is so small that launching an eager step's ~60 kernels, not running them, bounds
-it on a GPU (docs/speed.md)."""
+"""A training step recorded once as a CUDA graph and replayed with one launch per step, and what a graph asks of the
+optimizer. Why: Tudui is so small that launching an eager step's ~60 kernels bounds it on a GPU (docs/speed.md)."""
 import torch
 
 
 class GraphedStep:
-    """STEP(imgs, targets, scale), replayed as a CUDA graph for full batches of BATCH_SIZE images.
-
-    A graph replays the kernels of STEP on the tensors it was captured with, so:
-    - each batch is copied into this class's own input tensors;
-    - the OPTIMIZER's lr becomes a 0-dim device tensor, which torch's lr schedulers write in place, and
-      its SGD groups run torch's fused kernel, which reads the lr there;
-    - SCALE must be the same for every full batch (it is recorded as a number).
-    Smaller batches, such as an epoch's last, run eagerly. Returns what STEP returns: with a graph, the
-    same tensors each time, so copy them before the next call."""
+    """STEP(imgs, targets, scale), replayed as a CUDA graph for full batches of BATCH_SIZE images: each batch is
+    copied into the graph's own inputs; the OPTIMIZER's lr becomes a 0-dim device tensor (which torch's schedulers
+    write in place) read by the fused kernel; SCALE is recorded as a number. Other batches run eagerly. With a
+    graph, the same result tensors come back each time: copy them before the next call."""
 
     EAGER_WARMUP_STEPS = 3  # before capture: cuDNN picks its algorithms and the momentum buffers exist
 
@@ -54,8 +47,7 @@ class GraphedStep:
 
 
 def lr_in_device_tensor(optimizer, device):
-    """Move OPTIMIZER's lr into 0-dim tensors on DEVICE, which a graph reads at each replay, and run its
-    SGD groups as torch's fused kernel, which reads the lr there (Muon's own SGD part does so by itself)."""
+    """OPTIMIZER's lr as 0-dim tensors on DEVICE, which a graph reads at each replay, its SGD groups fused."""
     for group in optimizer.param_groups:
         group["lr"] = torch.tensor(float(group["lr"]), device=device)
         if "fused" in group:

@@ -1,5 +1,5 @@
-"""Which device a run uses, and how the process is set up for it: the --device choice, cuDNN's and
-TF32's settings (--deterministic), and on the CPU glibc's reuse of freed memory. Holds no training code."""
+"""Which device a run uses and how the process is set up for it: --device, cuDNN's and TF32's settings
+(--deterministic), what --amp costs, and on the CPU glibc's reuse of freed memory. No training code."""
 import contextlib
 import ctypes
 import os
@@ -22,11 +22,9 @@ def pick_device(name):
 
 
 def keep_freed_memory():
-    """Make CPU steps reuse the memory the step before freed, instead of mapping fresh pages that fault on
-    their first write (glibc maps large blocks from the system and unmaps them when freed; docs/speed.md).
-    Process-wide, so only `python train.py` calls it, never a notebook's kernel, nor a torchrun rank (gloo's
-    exit then aborted more often, docs/distributed.md); results are unchanged, and other C libraries
-    (macOS, musl) are left as they are."""
+    """Make CPU steps reuse the memory the step before freed, instead of mapping fresh pages that fault on their
+    first write (docs/speed.md). Process-wide, so `python train.py` alone calls it, never a notebook's kernel or a
+    torchrun rank; other C libraries than glibc are left alone."""
     if platform.libc_ver()[0] != "glibc" or os.environ.get("WORLD_SIZE", "1") != "1":
         return
     mallopt = ctypes.CDLL(None).mallopt
@@ -36,8 +34,7 @@ def keep_freed_memory():
 
 
 def native_bfloat16():
-    """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX), from its flags in /proc/cpuinfo;
-    None where there is no such file (macOS, Windows)."""
+    """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX), from /proc/cpuinfo; None without it."""
     try:
         flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
     except (OSError, StopIteration):
@@ -46,7 +43,7 @@ def native_bfloat16():
 
 
 def amp_note(device):
-    """One line on what --amp costs on DEVICE, where that is worth saying: on a CPU without native bf16."""
+    """One line on what --amp costs on DEVICE, where that is worth saying: a CPU without native bf16."""
     if device.type == "cpu" and native_bfloat16() is False:
         return ("--amp: this CPU has no native bfloat16 (no AVX-512 BF16 or AMX), where bf16 autocast ran over 10x "
                 "slower than fp32 (920 against 68 ms a step, docs/speed.md); leave --amp out here")
@@ -55,11 +52,9 @@ def amp_note(device):
 
 @contextlib.contextmanager
 def device_settings(device, deterministic=False, quiet=True, amp=False):
-    """cuDNN picks the fastest algorithm for each convolution (cudnn.benchmark), or with DETERMINISTIC
-    only deterministic algorithms, with TF32 off and torch's deterministic mode on, so that two runs of
-    one seed give equal weights; unless QUIET, a line says what that costs, and what AMP costs where it is
-    slow. Restored on exit, for a notebook that goes on. Nothing changes on a CPU, whose runs are
-    bit-exact anyway."""
+    """cuDNN's fastest algorithms (cudnn.benchmark), or with DETERMINISTIC deterministic ones, no TF32 and torch's
+    deterministic mode, so that runs of one seed give equal weights; unless QUIET a line says what that costs, and
+    what AMP costs where it is slow. Restored on exit; a CPU, bit-exact anyway, is left alone."""
     if deterministic and not quiet:
         print(deterministic_note(device), flush=True)
     if amp and amp_note(device):

@@ -1,6 +1,5 @@
-"""The process a run trains in: under torchrun, joining the process group, each rank's share of the work,
-the sums across ranks and leaving the group; otherwise one process, World(), which never touches
-torch.distributed. Holds no training code."""
+"""The process a run trains in: under torchrun, the process group, each rank's share of the work, the sums across
+ranks and the stop they agree on; otherwise one process, World(), which never touches torch.distributed."""
 import contextlib
 import os
 
@@ -11,9 +10,9 @@ from tudui.errors import SettingsError
 
 
 class World:
-    """This process's place among those torchrun started: rank RANK of SIZE (World() is a plain run).
-    Every rank draws the same order; each takes a contiguous slice of each global batch and of the test
-    set, and the losses and counts are summed across ranks."""
+    """This process's place among those torchrun started: rank RANK of SIZE (World() is a plain run). Every rank
+    draws the same order and takes a contiguous slice of each global batch and of the test set; losses and counts
+    are summed across ranks."""
 
     def __init__(self, rank=0, size=1):
         self.rank, self.size = rank, size
@@ -31,10 +30,9 @@ class World:
                 torch.distributed.all_reduce(tensor)
 
     def agree_to_stop(self, stop, device, synced=True):
-        """Whether a stop was asked for (StopOnSignal STOP), on any rank under torchrun, where every rank
-        calls it after each step: they all-reduce the request after every step on the CPU, and on a GPU
-        after the steps whose host already waits (SYNCED), so that all stop after the same one, with the
-        signal of one that got it."""
+        """Whether a stop was asked for (StopOnSignal STOP) on any rank: under torchrun the ranks all-reduce the
+        request after every step on the CPU, on a GPU after the steps whose host already waits (SYNCED), so that all
+        stop after the same one."""
         if self.size > 1 and not synced and device.type != "cpu":
             return False
         if self.size > 1:
@@ -52,8 +50,8 @@ class World:
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     def leave(self, finished):
-        """Close the process group. After a FINISHED run the ranks first wait for each other: a rank that
-        exited while rank 0 still wrote its files sometimes aborted in gloo's native teardown."""
+        """Close the process group; after a FINISHED run, once the ranks have waited for each other (a rank exiting
+        while rank 0 still wrote its files sometimes aborted in gloo's teardown)."""
         if self.size > 1:
             if finished:
                 torch.distributed.barrier()
@@ -70,8 +68,8 @@ def launched_world_size():
 
 @contextlib.contextmanager
 def start(settings):
-    """(World, device) for this process, for the time of the with-block: its rank's under torchrun
-    (--evaluate always runs alone), left when the block ends; else a plain run on --device."""
+    """(World, device) for the with-block: this rank's under torchrun (--evaluate runs alone), else a plain run on
+    --device."""
     if launched_world_size() > 1 and not settings.evaluate:
         if settings.dry_run:
             raise SettingsError("--dry-run checks one process; run it without torchrun, as python train.py")
@@ -87,8 +85,8 @@ def start(settings):
 
 
 def join_torchrun(args):
-    """Under torchrun: join the process group (nccl on CUDA, gloo on CPU) and return (World, device).
-    --batch-size stays the global batch; only rank 0 prints and writes files."""
+    """Under torchrun: join the process group (nccl on CUDA, gloo on CPU) and return (World, device). --batch-size
+    stays the global batch; only rank 0 prints."""
     missing = [name for name in ("RANK", "MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
     if missing:
         raise SettingsError(f"WORLD_SIZE is {os.environ['WORLD_SIZE']} but {', '.join(missing)} "

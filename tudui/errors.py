@@ -1,6 +1,5 @@
-"""The project's exceptions: one class per kind of bad input, all under TuduiError, each carrying a
-one-line message that says what is wrong and how to fix it. Only console.run_cli turns them into exit codes.
-Holds no logic."""
+"""The project's exceptions, one class per kind of bad input under TuduiError, each with a one-line message saying
+what is wrong and how to fix it; console.run_cli turns them into exit codes."""
 
 
 class TuduiError(Exception):
@@ -20,9 +19,8 @@ class CheckpointError(TuduiError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C (or a notebook's interrupt), SIGTERM or SIGHUP, whose number is SIGNAL_NUMBER, stopped a run
-    cleanly; the message says how to resume it. A KeyboardInterrupt, so that `except Exception` does not
-    swallow it."""
+    """A run stopped cleanly by Ctrl-C, SIGTERM or SIGHUP (SIGNAL_NUMBER); the message says how to resume. A
+    KeyboardInterrupt, which `except Exception` does not swallow."""
 
     def __init__(self, message="", signal_number=2):  # 2: SIGINT, Ctrl-C's
         super().__init__(message)

@@ -1,7 +1,5 @@
-"""Reading one image as the network sees it: any file PIL reads (turned as its EXIF orientation says), a
-PIL image or a tensor, as uint8 or 0-1 float RGB (3, 32, 32), with a one-line DataError for anything it
-cannot use. Reads no dataset and runs no network.
-"""
+"""One image as the network sees it: any file PIL reads (turned as its EXIF orientation says), a PIL image or a
+tensor, as uint8 or 0-1 float RGB (3, 32, 32), with a one-line DataError for anything it cannot use."""
 import os
 from pathlib import Path
 
@@ -16,8 +14,8 @@ MAX_IMAGE_PIXELS = 40_000_000  # about a 6000x6000 photo; anything larger is ref
 
 
 def decode_image(path):
-    """Any image PIL reads (grayscale, RGBA, palette, CMYK ...) as uint8 RGB (3, 32, 32), resized
-    bilinearly as torchvision's Resize((32, 32)) does. Raises DataError naming the problem."""
+    """Any image PIL reads (grayscale, RGBA, palette, CMYK ...) as uint8 RGB (3, 32, 32), resized bilinearly as
+    torchvision's Resize((32, 32)). Raises DataError naming the problem."""
     from PIL import Image, UnidentifiedImageError
 
     if not str(path):  # Path("") is the current folder, which would be named instead
@@ -49,8 +47,7 @@ def decode_image(path):
 
 
 def rgb_32x32(im, name):
-    """A PIL image as uint8 RGB (3, 32, 32), turned as its EXIF orientation says (as a photo is shown);
-    NAME says which image in the DataError it may raise."""
+    """A PIL image as uint8 RGB (3, 32, 32), turned as its EXIF orientation says; NAME names it in a DataError."""
     from PIL import Image, ImageOps
 
     im = ImageOps.exif_transpose(im)
@@ -67,9 +64,8 @@ def rgb_32x32(im, name):
 
 
 def image_pixels(image):
-    """One image as the network sees it before normalization: float (3, 32, 32) on ToTensor's 0-1 scale.
-    IMAGE is a file path (anything decode_image reads), a PIL image, or a (3, H, W) tensor, uint8 or float
-    from 0 to 1; other sizes are resized to 32 x 32 bilinearly. Raises DataError naming the problem."""
+    """IMAGE (a path, a PIL image, or a (3, H, W) tensor, uint8 or float from 0 to 1) as float (3, 32, 32) on
+    ToTensor's 0-1 scale, resized bilinearly. Raises DataError naming the problem."""
     from PIL import Image
 
     if isinstance(image, (str, os.PathLike)):

@@ -1,28 +1,19 @@
 """Muon (Keller Jordan's optimizer) for hidden layers' weights, with SGD for the other parameters, as one
-torch.optim.Optimizer, written as torch.optim.Muon is. Knows nothing of Tudui or of training.
+torch.optim.Optimizer, written as torch.optim.Muon is; its constants: docs/recipes.md. Knows nothing of Tudui.
 
-    optimizer = Muon(hidden_weights_apart(model), lr=0.08)    # Muon for every conv's and Linear's weight
-                                                               # but the last; SGD for the rest
-
-How its constants were chosen: docs/recipes.md.
+    optimizer = Muon(hidden_weights_apart(model), lr=0.08)  # Muon for each conv's and Linear's weight but the last
 """
 import torch
 from torch.optim.sgd import sgd as sgd_update  # torch.optim.SGD's step, as a function
 
 
 class Muon(torch.optim.Optimizer):
-    """Muon for the groups marked use_muon: each weight (a conv's filters as a matrix of one row per
-    output) moves by its Nesterov momentum, orthogonalized, so that every direction of a layer moves at
-    the same rate where SGD moves the few that dominate its gradient. torch.optim.Muon does this for 2-D
-    weights only. The other groups step as torch.optim.SGD with lr, momentum, nesterov and weight_decay.
-
-    Muon's lr is lr x lr_ratio; its momentum is muon_momentum. Its steps have a fixed size whatever the
-    gradient's, so its weights grow all run unless muon_decay shrinks them first (decoupled, each step
-    scaling them by 1 - Muon's lr x muon_decay), which lets their norm settle where the two balance.
-
-    lr may be a 0-dim device tensor, as torch's optimizers allow: the SGD part then runs as torch's fused
-    kernel, which reads it there.
-    """
+    """Muon for the groups marked use_muon: each weight (a conv's filters as a matrix of one row per output) moves
+    by its Nesterov momentum, orthogonalized, so that every direction of a layer moves at the same rate
+    (torch.optim.Muon takes 2-D weights only); the other groups step as torch.optim.SGD. Muon's lr is lr x lr_ratio,
+    its momentum muon_momentum; its fixed-size steps grow the weights unless muon_decay shrinks them, each step
+    scaling them by one minus Muon's lr x muon_decay. lr may be a 0-dim device tensor, which the SGD part's fused
+    kernel reads."""
 
     def __init__(self, params, lr=0.02, momentum=0.9, nesterov=True, weight_decay=0.0, muon_decay=0.0,
                  lr_ratio=0.25, muon_momentum=0.95, ns_steps=5):
@@ -77,8 +68,8 @@ class Muon(torch.optim.Optimizer):
 
 
 def hidden_weights_apart(model):
-    """MODEL's parameters as Muon's two groups: the weights of its hidden layers (every Conv2d and Linear
-    but the last, the layers Muon is meant for) and the rest (biases, the last layer, normalization)."""
+    """MODEL's parameters as Muon's two groups: the weights of every Conv2d and Linear but the last, and the
+    rest."""
     layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     hidden = [layer.weight for layer in layers[:-1]]
     rest = [p for p in model.parameters() if all(p is not weight for weight in hidden)]
@@ -86,10 +77,8 @@ def hidden_weights_apart(model):
 
 
 def orthogonalize(matrices, steps=5):
-    """The nearest matrix with all singular values 1, roughly: those within a factor of 100 of the largest
-    land in about 0.7 to 1.2, smaller ones are only raised toward it. Keller Jordan's quintic Newton-Schulz
-    iteration, as Muon and torch.optim.Muon use it. MATRICES is one matrix or a batch (..., rows, columns)
-    of them, each orthogonalized on its own."""
+    """The nearest matrix with all singular values 1, roughly (those within 100x of the largest land in 0.7 to 1.2):
+    Keller Jordan's quintic Newton-Schulz iteration, on each matrix of a batch (..., rows, columns)."""
     a, b, c = 3.4445, -4.7750, 2.0315
     x = matrices.reshape(-1, *matrices.shape[-2:])
     x = x / (x.norm(dim=(1, 2), keepdim=True) + 1e-7)
@@ -103,10 +92,9 @@ def orthogonalize(matrices, steps=5):
 
 
 def padded_matrices(weights):
-    """Zeros to hold each weight as a matrix of one row per output (transposed when it has more rows
-    than columns), all padded to one size: the padding stays zero through Newton-Schulz and leaves each
-    matrix's result what it is alone. Also each weight's step scale: a tall matrix's step is scaled up to
-    a wide one's."""
+    """Zeros to hold each weight as a matrix of one row per output (transposed when taller than wide), all padded to
+    one size, which Newton-Schulz keeps zero; and each weight's step scale (a tall matrix's scaled up to a wide
+    one's)."""
     shapes = [(w.shape[0], w[0].numel()) for w in weights]
     rows, columns = max(min(shape) for shape in shapes), max(max(shape) for shape in shapes)
     padded = weights[0].new_zeros(len(weights), rows, columns)
@@ -115,7 +103,7 @@ def padded_matrices(weights):
 
 
 def as_weight(matrix, weight):
-    """The part of a padded MATRIX that holds WEIGHT (see padded_matrices), viewed in WEIGHT's shape."""
+    """The part of a padded MATRIX that holds WEIGHT, viewed in WEIGHT's shape."""
     rows, columns = weight.shape[0], weight[0].numel()
     part = matrix[:rows, :columns] if rows <= columns else matrix[:columns, :rows].mT
     return part.view(weight.shape)

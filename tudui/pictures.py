@@ -1,8 +1,6 @@
-"""TensorBoard's pictures of an epoch, and --mistakes' picture, as matplotlib Figures: the confusion matrix,
-test images with what was predicted, and those most confidently misclassified; and the thread that draws
-them beside training. Picks and draws; trains and scores nothing. Matplotlib's object API (a Figure on an
-Agg canvas, never pyplot) is safe on that thread.
-"""
+"""TensorBoard's pictures of an epoch and --mistakes' picture, as matplotlib Figures (object API, never pyplot: safe
+on the thread that draws them beside training): the confusion matrix, test images with what was predicted, and those
+most confidently misclassified. Picks and draws; scores nothing."""
 import math
 import textwrap
 from concurrent.futures import ThreadPoolExecutor
@@ -16,8 +14,7 @@ GRID_IMAGES = 32  # test images shown with their predictions each epoch
 
 
 def most_confident_mistakes(predicted, confidence, labels, count=MISTAKES_SHOWN):
-    """The indices of the COUNT wrong predictions made with the highest probability, most confident first
-    (fewer when there are fewer mistakes). PREDICTED, CONFIDENCE (its probability) and LABELS: one per image."""
+    """The indices of the COUNT wrong predictions of highest probability (CONFIDENCE), most confident first."""
     wrong = (predicted != labels).nonzero().flatten()
     order = confidence[wrong].argsort(descending=True, stable=True)[:count]
     return wrong[order]
@@ -49,8 +46,8 @@ def figure_of(width, height, title):
 
 
 def mosaic(images, captions, title, columns=8):
-    """IMAGES as one picture (a tenth of the time a grid of subplots takes, every epoch), each with its
-    CAPTIONS: (text above, text below, colour below)."""
+    """IMAGES as one picture (a tenth of the time of a grid of subplots), each with its CAPTIONS: (above, below,
+    colour)."""
     count, (height, width) = len(images), images.shape[2:]
     columns = min(columns, max(1, count))
     rows = max(1, math.ceil(count / columns))
@@ -71,8 +68,8 @@ def mosaic(images, captions, title, columns=8):
 
 
 def gallery(images, labels, predicted, confidence, classes, title="most confident mistakes"):
-    """The mistakes picked(): each image under its true class and above, in red, the class predicted with
-    its probability."""
+    """The mistakes picked(): each image under its true class, above the class predicted, in red, with its
+    probability."""
     captions = [(f"true: {classes[true]}", f"{probability:.0%} {classes[guess]}", "tab:red") for true, guess, probability
                 in zip(labels.tolist(), predicted.tolist(), confidence.tolist())]
     figure, ax = mosaic(images, captions, f"{title}\nabove each image its true class; below, in red, the class "
@@ -84,8 +81,7 @@ def gallery(images, labels, predicted, confidence, classes, title="most confiden
 
 
 def prediction_grid(images, labels, predicted, classes):
-    """Test images with the class predicted under each, in green when right, in red with the true one when
-    wrong."""
+    """Test images with the class predicted under each: green when right, red with the true one when wrong."""
     captions = [("", classes[guess], "tab:green") if true == guess else ("", f"{classes[guess]} ({classes[true]})",
                                                                          "tab:red")
                 for true, guess in zip(labels.tolist(), predicted.tolist())]
@@ -93,8 +89,8 @@ def prediction_grid(images, labels, predicted, classes):
 
 
 def confusion_figure(confusion, classes, title="confusion matrix"):
-    """The confusion matrix as a heat map: rows the true class, columns the one predicted, each cell shaded
-    by its share of the row and labelled with its count."""
+    """The confusion matrix as a heat map (rows the true class), each cell shaded by its row share and labelled with
+    its count."""
     counts = np.asarray(confusion, dtype=np.int64)
     shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
     size = 1.2 + 0.45 * len(classes)
@@ -117,7 +113,7 @@ class Painter:
         self.writer, self.pool, self.painting = writer, ThreadPoolExecutor(1), None
 
     def paint(self, images, labels, tested, classes, epoch):
-        """The confusion matrix, predictions and mistakes of TESTED (train.test's result on IMAGES, LABELS)."""
+        """The confusion matrix, predictions and mistakes of TESTED, train.test's result on IMAGES and LABELS."""
         self.wait()
         grid = tuple(t[:GRID_IMAGES].cpu() for t in (images, labels, tested["predicted"]))
         mistakes = picked(images, labels, tested["predicted"], tested["confidence"])
