@@ -1,15 +1,13 @@
-"""The machinery beside train.py, predict.py and model.py, one module per job; none of it imports
-train.py or predict.py (the network comes from model.py).
+"""The machinery beside train.py, predict.py and model.py, one module per job; none imports train.py or
+predict.py (the network comes from model.py).
 
     from tudui import load_tudui
     net = load_tudui("logs_train/RUN/best.pth")     # eval mode, with .classes and .preprocess
 
-settings: the flags, recipes and lr schedule's factor · datasets: CIFAR-10 and image folders from disk
-· images: one image as the network sees it · batches: the data on the device and the batches a run loops
-over · checkpoints: safe loading · training_checkpoints: what a training checkpoint holds, restoring and
-resuming a run · integrity: size and checksum checks · runs: the run folder and what is written to it ·
-report: the text of results · pictures: the confusion matrix, predictions and mistakes, drawn · checks:
---dry-run and --evaluate · console: messages, progress, signals, exit codes · files: atomic writes ·
+settings: flags, recipes, the lr schedule · datasets: CIFAR-10 and image folders from disk · images: one
+image as the network sees it · batches: the data on the device, the batches a run loops over · checkpoints:
+what a checkpoint is, read safely · runs: the run folder, saving and resuming · report: results, lines and
+curves · pictures: what is drawn · checks: --dry-run, --evaluate · console: messages, signals, exit codes ·
 devices, distributed, cuda_graph, muon · errors. weights/: the trained weights the project ships.
 """
 from pathlib import Path

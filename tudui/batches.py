@@ -155,7 +155,7 @@ def channel_stats(images):
 
 
 def normalizer(preprocess, device):
-    """PREPROCESS's (mean, std) as tensors on DEVICE, made once so that no step copies from the host; None for x / 255."""
+    """PREPROCESS's (mean, std) on DEVICE, made once so that no step copies from the host; None for x / 255."""
     if preprocess.get("mean") is None:
         return None
     return tuple(torch.tensor(preprocess[k], device=device).view(1, -1, 1, 1) for k in ("mean", "std"))

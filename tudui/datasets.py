@@ -26,8 +26,8 @@ CIFAR10_ARCHIVE_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 
 
 def downloads(data_dir, no_download=False, dry_run=False):
-    """Whether torchvision's CIFAR10 may fetch what is missing: never in a --dry-run, which writes nothing;
-    with --no-download, only to unpack a cifar-10-python.tar.gz placed in DATA_DIR whose md5 passes."""
+    """Whether torchvision's CIFAR10 may fetch what is missing: never in a --dry-run; with --no-download, only to
+    unpack a cifar-10-python.tar.gz placed in DATA_DIR whose md5 passes."""
     return not dry_run and (not no_download or archive_check(data_dir) == "passes")
 
 
@@ -133,8 +133,8 @@ class ImageFolder(torchvision_datasets.ImageFolder):
 
 
 def refuse_link_loops(folder):
-    """A DataError when a link under FOLDER leads to a folder already listed in it (itself, or a parent),
-    which listing would follow again and again, counting each image many times."""
+    """A DataError when a link under FOLDER leads back to a folder already listed, which listing would follow again
+    and again."""
     if not folder.is_dir():
         return
     seen = {}
@@ -185,7 +185,8 @@ def folder_tensors(dataset, write_cache=True, skipped=None):
 
 
 def decode_folder(files):
-    """(images, labels, [(path, why), ...] of the images that cannot be read) of FILES, [(path, label)]."""
+    """(images, labels, [(path, why), ...] of those that cannot be read) of FILES, [(path, label)], decoded on all
+    cores."""
     def decoded(path):
         try:
             return decode_image(path)
@@ -220,10 +221,9 @@ def dataset_tensors(dataset, write_cache=True, skipped=None):
 
 
 def load_split(kind, data_dir, split, download=True, classes=None, evaluating=False, skipped=None):
-    """(images, labels, classes) of one SPLIT, "train" or "test": torchvision's CIFAR10 (fetched as downloads()
-    says), or DIR/SPLIT/<class>/* (ImageFolder's CLASSES and EVALUATING; when evaluating a checkpoint of
-    CLASSES, labelled in their order if its folders are among them, else in sorted order; SKIPPED: as
-    folder_tensors')."""
+    """(images, labels, classes) of one SPLIT, "train" or "test", of CIFAR-10 (fetched as downloads() says) or of
+    DIR/SPLIT/<class>/* (ImageFolder's CLASSES and EVALUATING; evaluating a checkpoint of CLASSES, labelled in their
+    order when its folders are among them; SKIPPED: folder_tensors')."""
     if kind == "cifar10":
         with cifar10_errors(data_dir, download):
             return dataset_tensors(CIFAR10(str(data_dir), train=split == "train",

@@ -70,8 +70,8 @@ def mosaic(images, captions, title, columns=8):
 def gallery(images, labels, predicted, confidence, classes, title="most confident mistakes"):
     """The mistakes picked(): each image under its true class, above the class predicted, in red, with its
     probability."""
-    captions = [(f"true: {classes[true]}", f"{probability:.0%} {classes[guess]}", "tab:red") for true, guess, probability
-                in zip(labels.tolist(), predicted.tolist(), confidence.tolist())]
+    captions = [(f"true: {classes[true]}", f"{probability:.0%} {classes[guess]}", "tab:red")
+                for true, guess, probability in zip(labels.tolist(), predicted.tolist(), confidence.tolist())]
     figure, ax = mosaic(images, captions, f"{title}\nabove each image its true class; below, in red, the class "
                                           "predicted, with its probability")
     if not captions:
@@ -102,7 +102,8 @@ def confusion_figure(confusion, classes, title="confusion matrix"):
     ax.set_yticks(range(len(classes)), names, fontsize=7)
     ax.xaxis.tick_top()
     for (i, j), count in np.ndenumerate(counts):
-        ax.text(j, i, str(count), ha="center", va="center", fontsize=6, color="white" if shares[i, j] > 0.6 else "black")
+        ax.text(j, i, str(count), ha="center", va="center", fontsize=6,
+                color="white" if shares[i, j] > 0.6 else "black")
     return figure
 
 

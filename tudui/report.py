@@ -35,7 +35,8 @@ class TrainResult:
     def of(cls, run, record, step, best_accuracy):
         history = {}
         if run:
-            records = [json.loads(line) for line in (run.dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+            lines = (run.dir / "metrics.jsonl").read_text().splitlines()
+            records = [json.loads(line) for line in lines if line.strip()]
             history = {key: [r.get(key) for r in records] for key in dict.fromkeys(k for r in records for k in r)}
         return cls(run and run.dir, run and run.ckpt_dir, record.get("epoch"), step, record.get("test_loss"),
                    record.get("test_accuracy"), best_accuracy, history)
@@ -135,7 +136,8 @@ def format_report(evaluation):
                 for c, a in evaluation.per_class_accuracy.items()),
               "", "confusion matrix (rows: true class, columns: predicted)",
               " " * width + "".join(f"{c[:6]:>7}" for c in classes)]
-    lines += [f"{c:<{width}}" + "".join(f"{v:>7}" for v in row) for c, row in zip(classes, evaluation.confusion.tolist())]
+    lines += [f"{c:<{width}}" + "".join(f"{v:>7}" for v in row)
+              for c, row in zip(classes, evaluation.confusion.tolist())]
     return "\n".join(lines)
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from tudui.checkpoints import (CHECKPOINT_FORMAT, _unwrapped, checked_preprocess, load_training_checkpoint, load_weights,
-                               read_checkpoint, weights_checksum)
+from tudui.checkpoints import (CHECKPOINT_FORMAT, _unwrapped, checked_preprocess, load_training_checkpoint,
+                               load_weights, read_checkpoint, weights_checksum)
 from tudui.console import say, shown
 from tudui.errors import CheckpointError, SettingsError
 from tudui.pictures import Painter
@@ -38,9 +38,8 @@ def replace_with_link(source, path):
     """Make PATH a hard link to SOURCE's file, atomically; without hard links (FAT), a copy."""
     try:
         with renamed_into_place(path) as tmp:
-            tmp.unlink(missing_ok=True)
             os.link(source, tmp)
-    except SettingsError:
+    except SettingsError:  # no hard links here, or a stale temporary in the way
         atomic_write(Path(source).read_bytes(), path)
 
 
@@ -78,7 +77,8 @@ def run_lock(folder, flag):
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        raise SettingsError(f"another run is writing to {folder}; wait for it to finish or pick another {flag}") from None
+        raise SettingsError(f"another run is writing to {folder}; wait for it to finish or pick another "
+                            f"{flag}") from None
     return lock
 
 
@@ -160,8 +160,7 @@ class RunFolder:
     def saving(self, epoch, keep_epoch, is_best):
         """`with run.saving(...) as file: torch.save(checkpoint, file)`: last.pth, atomically; then the same file
         as tudui_epoch_EPOCH.pth (KEEP_EPOCH) and best.pth (IS_BEST)."""
-        buffer = io.BytesIO()
-        yield buffer
+        yield (buffer := io.BytesIO())
         last = self.ckpt_dir / "last.pth"
         atomic_write(buffer.getvalue(), last)
         for name in ([f"tudui_epoch_{epoch}.pth"] if keep_epoch else []) + (["best.pth"] if is_best else []):
@@ -223,6 +222,7 @@ def training_checkpoint(model, optimizer, scheduler, settings, data, record, bes
     weights = model.state_dict()
     rng = {"torch": torch.get_rng_state()} | ({"cuda": torch.cuda.get_rng_state(device)} if device.type == "cuda"
                                                else {})
+
     def plain_numbers(state):  # 0-dim tensors (a CUDA graph's lrs) as numbers
         if isinstance(state, dict):
             return {key: plain_numbers(value) for key, value in state.items()}

@@ -1,7 +1,6 @@
-"""A run's settings, in one place: the Settings dataclass, whose fields are train.py's flags and
-train.run's keywords, the two recipes, what a resumed run takes from its checkpoint, the checks, and
-the factor of the learning rate at each step (--schedule, --warmup). Turns flags into settings; runs nothing.
-"""
+"""A run's settings in one place: the Settings dataclass, whose fields are train.py's flags and train.run's
+keywords, the two recipes, what a resumed run takes from its checkpoint, the checks, and the lr schedule's factor at
+each step. Turns flags into settings; runs nothing."""
 import argparse
 import dataclasses
 import math
@@ -32,8 +31,8 @@ def flag(default=None, help="", choices=None, metavar=None):
 
 @dataclass
 class Settings:
-    """Everything a run is told. Each field is a flag of train.py (data_dir is --data-dir) and a keyword of
-    train.run; None in a recipe setting means 'the recipe's value'."""
+    """Everything a run is told: each field is a flag of train.py (data_dir is --data-dir) and a keyword of
+    train.run; None in a recipe setting means the recipe's value."""
     recipe: str = flag("tutorial", "training recipe; the flags below marked 'recipe' override it",
                        choices=sorted(RECIPES))
     epochs: int = flag(10, "total epochs (with --resume: the total to reach)")
@@ -99,8 +98,8 @@ OLDER_RUNS_DID = {"optimizer": "sgd", "muon_decay": 0.0, "val_split": 0}
 
 
 def build_parser():
-    """train.py's flags, one per Settings field. Flags not given are left out of the parsed namespace, so
-    that what the user said can be told from the defaults (resume and the recipes fill the rest)."""
+    """train.py's flags, one per Settings field. Flags not given are left out of the namespace, so that what the
+    user said can be told from the defaults."""
     p = OneLineErrorParser(prog="train.py", description="Train the tutorial's Tudui CNN on CIFAR-10.",
                            argument_default=argparse.SUPPRESS)
     for name, f in FIELDS.items():
@@ -143,8 +142,8 @@ def fits(name, value):
 
 
 def resolve(given, resumed=None):
-    """Settings from GIVEN (what the user said, a dict); the rest from RESUMED's saved settings when
-    resuming, then from the recipe, then the defaults. Checked."""
+    """Settings from GIVEN (what the user said); the rest from RESUMED's saved settings, then the recipe, then the
+    defaults. Checked."""
     saved = saved_settings(resumed, given["resume"]) if resumed else {}
     paths_as_text = {k: os.fspath(v) for k, v in given.items() if isinstance(v, os.PathLike)}
     settings = Settings(**{**saved, **given, **paths_as_text})
@@ -160,8 +159,8 @@ def resolve(given, resumed=None):
 
 
 def saved_settings(checkpoint, path):
-    """A resumed run's saved settings, each value checked against its flag's type and choices, so that a
-    damaged one is refused here rather than failing somewhere in training."""
+    """A resumed run's saved settings, each checked against its flag's type and choices, so that a damaged one is
+    refused here."""
     saved = {**OLDER_RUNS_DID, **checkpoint["config"]}
     kept = {}
     for key, value in saved.items():
@@ -176,10 +175,8 @@ def saved_settings(checkpoint, path):
 
 
 def refuse_changed_foundations(settings, saved):
-    """A resumed run keeps its recipe (which would otherwise be named in config.json while the saved
-    settings still applied), its optimizer (whose saved state is laid out for it), its input
-    normalization (the checkpoint's, which its weights learned) and its validation split (which chose
-    best.pth so far)."""
+    """A resumed run keeps its recipe (config.json names it), its optimizer (its saved state fits no other), its
+    input normalization (which its weights learned) and its validation split (which chose its best.pth)."""
     for key, how, what in (
             ("recipe", f"with --recipe {saved.get('recipe')}",
              "its recipe; flags such as --lr or --epochs still change single settings"),
@@ -234,9 +231,9 @@ def names_a_subfolder(name):
 
 
 def as_command(given, from_command_line, processes=1, only=False, **changes):
-    """How the user would start a run of the settings GIVEN with CHANGES (None drops one; ONLY: CHANGES
-    alone): `python train.py --flag value ...` for the command line (`torchrun --nproc_per_node=N train.py
-    ...` for a run of N PROCESSES), `train.run(name=value, ...)` from Python."""
+    """How the user would start a run of the settings GIVEN with CHANGES (None drops one; ONLY: CHANGES alone):
+    `python train.py --flag value ...` (`torchrun --nproc_per_node=N train.py ...` for N PROCESSES), or
+    `train.run(name=value, ...)` from Python."""
     given = {k: v for k, v in {**({} if only else given), **changes}.items() if v is not None}
     if not from_command_line:
         return "train.run(" + ", ".join(f"{k}={v!r}" for k, v in given.items()) + ")"
@@ -255,8 +252,8 @@ def as_command(given, from_command_line, processes=1, only=False, **changes):
 
 
 def lr_schedule(s, total_steps):
-    """--schedule after --warmup as the factor of the optimizer's lr at each 0-based step, for LambdaLR: a
-    pure function of the step, which a resumed run recomputes for its own --epochs and --batch-size."""
+    """--schedule after --warmup as the factor of the lr at each 0-based step, for LambdaLR: a pure function of the
+    step, which a resumed run recomputes for its own --epochs and --batch-size."""
     warmup = int(s.warmup * total_steps)
 
     def factor(step):
