@@ -56,6 +56,7 @@ def test_the_command_line_sets_up_the_memory_reuse_and_train_main_leaves_a_noteb
     assert ended.value.code == 0 and calls == ["called"]
 
 
+@pytest.mark.slow
 def test_deterministic_changes_nothing_on_the_cpu_whose_runs_are_bit_exact_already(train_args, tmp_path, capsys):
     plain = train.main(train_args + ["--epochs", "2", "--run-name", "plain", "--recipe", "tuned", "--batch-size", "64"])
     capsys.readouterr()

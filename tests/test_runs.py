@@ -120,6 +120,7 @@ def test_resuming_from_an_epoch_older_than_last_pth_in_its_folder_is_refused_and
     assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
 
 
+@pytest.mark.slow
 def test_a_run_branched_from_an_older_epoch_writes_its_own_folder_and_leaves_the_original_intact(train_args, tmp_path):
     train.main(train_args + ["--epochs", "2"])
     run_dir = tmp_path / "logs" / "run"
@@ -330,6 +331,7 @@ def test_a_run_removes_the_temporary_files_a_save_killed_midway_left(train_args,
     assert sorted(p.name for p in run_dir.glob(".*.tmp")) == [".notes.tmp"]
 
 
+@pytest.mark.slow
 def test_a_full_disk_under_the_tensorboard_files_is_one_line_releases_the_lock_and_the_run_resumes_once_freed(
         train_args, tmp_path, capsys, small_disk):
     logs = small_disk("logs", 150_000)  # room for the run's folder, not for five epochs of TensorBoard pictures

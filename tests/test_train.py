@@ -226,6 +226,7 @@ def test_normalization_constants_are_stored_and_applied_by_predict(cifar_dir, tm
     torch.testing.assert_close(probabilities.view(-1), expected.softmax(1).view(-1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["sgd", "muon"])
 def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(train_args, tmp_path, optimizer):
     # Momentum buffers and augmentation must be restored too. (A decaying schedule depends on the total
@@ -242,6 +243,7 @@ def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(train_args, tmp_pa
         assert torch.equal(tensor, resumed["model"][key]), key
 
 
+@pytest.mark.slow
 def test_a_run_resumed_with_another_batch_size_continues_its_lr_schedule_from_the_same_epoch(train_args, tmp_path):
     train.main(train_args + ["--recipe", "tuned", "--epochs", "2"])  # 200 images at 64: 4 steps an epoch, step 4 saved
     run_dir = tmp_path / "logs" / "run"
@@ -414,6 +416,7 @@ def test_main_called_from_python_with_a_kernels_command_line_trains_on_the_defau
     assert (config["epochs"], config["batch_size"], config["lr"], config["data_dir"]) == (10, 64, 0.01, "./data")
 
 
+@pytest.mark.slow
 def test_the_keyword_form_is_the_command_line_under_the_flags_own_names(cifar_dir, tmp_path):
     by_flags = train.main(["--data-dir", str(cifar_dir), "--no-download", "--logdir", str(tmp_path), "--run-name",
                            "flags", "--epochs", "2", "--recipe", "tuned", "--batch-size", "64", "--no-augment"])
@@ -470,6 +473,7 @@ def test_with_a_validation_split_each_epoch_reports_validation_and_still_scores_
     assert torch.load(result.last_path, weights_only=True)["step"] == 2 * 3  # 150 images trained on: 3 steps of 64
 
 
+@pytest.mark.slow
 def test_with_a_validation_split_best_pth_is_the_best_validation_epoch_not_the_best_test_epoch(train_args, tmp_path):
     result = train.main(train_args + ["--epochs", "4", "--lr", "0.05", "--val-split", "50"])
     history = result.history
@@ -478,6 +482,7 @@ def test_with_a_validation_split_best_pth_is_the_best_validation_epoch_not_the_b
     assert best["best_accuracy"] == max(history["val_accuracy"]) == result.best_accuracy
 
 
+@pytest.mark.slow
 def test_a_run_with_a_validation_split_resumes_bit_identical_to_an_uninterrupted_one(train_args, tmp_path):
     flags = ["--val-split", "50", "--momentum", "0.9", "--augment", "--normalize"]
     straight = train.main(train_args + flags + ["--epochs", "3", "--run-name", "straight"])
@@ -670,6 +675,7 @@ def test_a_run_with_a_transform_in_train_py_resumes_bit_exactly(tmp_path, cifar_
     assert all(torch.equal(straight["model"][key], resumed["model"][key]) for key in straight["model"])
 
 
+@pytest.mark.slow
 def test_save_every_keeps_every_nth_epoch_file_and_the_last_and_always_last_and_best(train_args, tmp_path):
     result = train.main(train_args + ["--epochs", "5", "--save-every", "2"])
     assert sorted(p.name for p in result.ckpt_dir.glob("*.pth")) == ["best.pth", "last.pth", "tudui_epoch_1.pth",
@@ -677,6 +683,7 @@ def test_save_every_keeps_every_nth_epoch_file_and_the_last_and_always_last_and_
     assert torch.load(result.last_path, weights_only=True)["epoch"] == 4
 
 
+@pytest.mark.slow
 def test_a_run_saving_every_second_epoch_resumes_bit_exactly_and_still_refuses_a_stale_resume(train_args, tmp_path,
                                                                                                capsys):
     flags = ["--momentum", "0.9", "--save-every", "2"]
