@@ -13,11 +13,12 @@ class GraphedStep:
 
     def __init__(self, step, optimizer, batch_size, device):
         self.step = step
-        lr_in_device_tensor(optimizer, device)
-        self.batch_size = batch_size
-        self.static_inputs = None
-        self.graph = self.static_result = None
-        self.warmup_left = self.EAGER_WARMUP_STEPS
+        for group in optimizer.param_groups:  # the lr as a device tensor, read at each replay by the fused kernel
+            group["lr"] = torch.tensor(float(group["lr"]), device=device)
+            if "fused" in group:  # SGD's; Muon's own SGD part fuses by itself
+                group["fused"] = True
+        self.batch_size, self.warmup_left = batch_size, self.EAGER_WARMUP_STEPS
+        self.static_inputs = self.graph = self.static_result = None
 
     def __call__(self, imgs, targets, scale):
         if len(targets) != self.batch_size:
@@ -44,14 +45,6 @@ class GraphedStep:
             result = self.step(*self.static_inputs, scale)
         torch.cuda.current_stream().wait_stream(side)
         return result
-
-
-def lr_in_device_tensor(optimizer, device):
-    """OPTIMIZER's lr as 0-dim tensors on DEVICE, which a graph reads at each replay, its SGD groups fused."""
-    for group in optimizer.param_groups:
-        group["lr"] = torch.tensor(float(group["lr"]), device=device)
-        if "fused" in group:
-            group["fused"] = True
 
 
 def uses_cuda_graph(settings, device, world):

@@ -126,24 +126,16 @@ class ImageFolder(torchvision_datasets.ImageFolder):
         return classes, {name: i for i, name in enumerate(classes)}
 
     def make_dataset(self, directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
-        for name in class_to_idx:
-            refuse_link_loops(Path(directory) / name)
+        for name in class_to_idx:  # a link back to a listed folder would be followed again and again
+            seen = {}
+            for here, _, _ in os.walk(Path(directory) / name, followlinks=True):
+                real = os.path.realpath(here)
+                if real in seen:
+                    raise DataError(f"{shown(here)} is a link back to {shown(seen[real])}, a folder already listed, "
+                                    "so its images would be counted again and again; remove the link")
+                seen[real] = here
         return [(Path(path), label) for path, label in torchvision_datasets.folder.make_dataset(
             directory, class_to_idx, extensions, is_valid_file, allow_empty)]
-
-
-def refuse_link_loops(folder):
-    """A DataError when a link under FOLDER leads back to a folder already listed, which listing would follow again
-    and again."""
-    if not folder.is_dir():
-        return
-    seen = {}
-    for here, subfolders, _ in os.walk(folder, followlinks=True):
-        real = os.path.realpath(here)
-        if real in seen:
-            raise DataError(f"{shown(here)} is a link back to {shown(seen[real])}, a folder already listed, so its "
-                            "images would be counted again and again; remove the link")
-        seen[real] = here
 
 
 def folder_tensors(dataset, write_cache=True, skipped=None):

@@ -56,7 +56,9 @@ def device_settings(device, deterministic=False, quiet=True, amp=False):
     deterministic mode, so that runs of one seed give equal weights; unless QUIET a line says what that costs, and
     what AMP costs where it is slow. Restored on exit; a CPU, bit-exact anyway, is left alone."""
     if deterministic and not quiet:
-        print(deterministic_note(device), flush=True)
+        print("--deterministic: nothing to change on the CPU, whose runs are bit-exact already" if device.type != "cuda"
+              else "--deterministic: deterministic cuDNN and torch algorithms, no TF32, no cudnn.benchmark: runs of "
+                   "one seed give equal weights, and GPU steps are slower for it (docs/speed.md)", flush=True)
     if amp and amp_note(device):
         print(amp_note(device), file=sys.stderr, flush=True)
     if device.type != "cuda":
@@ -77,11 +79,3 @@ def device_settings(device, deterministic=False, quiet=True, amp=False):
         (backends.cudnn.benchmark, backends.cudnn.deterministic, backends.cudnn.allow_tf32,
          backends.cuda.matmul.allow_tf32) = saved[:4]
         torch.use_deterministic_algorithms(saved[4])
-
-
-def deterministic_note(device):
-    """What --deterministic changes on DEVICE, and what it costs, in one line."""
-    if device.type != "cuda":
-        return "--deterministic: nothing to change on the CPU, whose runs are bit-exact already"
-    return ("--deterministic: deterministic cuDNN and torch algorithms, no TF32, no cudnn.benchmark: runs of one "
-            "seed give equal weights, and GPU steps are slower for it (docs/speed.md)")
