@@ -77,6 +77,23 @@ def test_plain_python_run_never_touches_torch_distributed(train_args):
     assert not torch.distributed.is_initialized()
 
 
+def test_ranks_stop_on_what_they_agreed_not_on_a_signal_that_lands_after_the_all_reduce(monkeypatch):
+    """A signal landing on one rank just after the all-reduce must wait for the next step's, which every rank
+    makes: stopping on it at once left the other ranks in a collective with a peer gone."""
+    from tudui.console import StopOnSignal
+    from tudui.distributed import World
+
+    stop = StopOnSignal()
+
+    def all_reduce_then_a_signal_lands(tensor, op=None):  # the other rank saw no signal: the MAX stays 0
+        stop.requested, stop.signal = True, signal.SIGTERM
+    monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce_then_a_signal_lands)
+    world = World(rank=0, size=2)
+    assert world.agree_to_stop(stop, torch.device("cpu")) is False  # this step: neither rank stops
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda tensor, op=None: None)  # the next: the MAX has it
+    assert world.agree_to_stop(stop, torch.device("cpu")) is True and stop.signal == signal.SIGTERM
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_to_the_whole_process_group_stops_both_ranks_after_one_step_and_rank_0_alone_says_how_to_resume(

@@ -32,15 +32,16 @@ class World:
     def agree_to_stop(self, stop, device, synced=True):
         """Whether a stop was asked for (StopOnSignal STOP) on any rank: under torchrun the ranks all-reduce the
         request after every step on the CPU, on a GPU after the steps whose host already waits (SYNCED), so that all
-        stop after the same one."""
-        if self.size > 1 and not synced and device.type != "cpu":
+        stop after the same one: what they agreed, never a signal that landed after the all-reduce (next step's)."""
+        if self.size == 1:
+            return stop.requested
+        if not synced and device.type != "cpu":
             return False
-        if self.size > 1:
-            asked = torch.tensor([stop.signal or 0], device=device)
-            torch.distributed.all_reduce(asked, torch.distributed.ReduceOp.MAX)
-            if asked.item():
-                stop.requested, stop.signal = True, int(asked.item())
-        return stop.requested
+        asked = torch.tensor([stop.signal or 0], device=device)
+        torch.distributed.all_reduce(asked, torch.distributed.ReduceOp.MAX)
+        if asked.item():
+            stop.requested, stop.signal = True, int(asked.item())
+        return bool(asked.item())
 
     def wrap(self, model, device):
         """MODEL for training: under DistributedDataParallel when there are several processes."""
@@ -58,19 +59,14 @@ class World:
             torch.distributed.destroy_process_group()
 
 
-def launched_world_size():
-    """How many processes torchrun started (WORLD_SIZE); 1 outside torchrun."""
-    value = os.environ.get("WORLD_SIZE", "1")
-    if not value.isdigit() or int(value) < 1:
-        raise SettingsError(f"WORLD_SIZE must be a whole number of processes (got {value!r}); leave it to torchrun")
-    return int(value)
-
-
 @contextlib.contextmanager
 def start(settings):
     """(World, device) for the with-block: this rank's under torchrun (--evaluate runs alone), else a plain run on
     --device."""
-    if launched_world_size() > 1 and not settings.evaluate:
+    launched = os.environ.get("WORLD_SIZE", "1")  # how many processes torchrun started
+    if not launched.isdigit() or int(launched) < 1:
+        raise SettingsError(f"WORLD_SIZE must be a whole number of processes (got {launched!r}); leave it to torchrun")
+    if int(launched) > 1 and not settings.evaluate:
         if settings.dry_run:
             raise SettingsError("--dry-run checks one process; run it without torchrun, as python train.py")
         world, device = join_torchrun(settings)
