@@ -102,6 +102,7 @@ def test_config_json_holds_every_setting_and_metrics_jsonl_one_line_per_epoch(fi
     assert {"test_accuracy", "test_loss", "train_accuracy", "per_class_accuracy", "lr", "images_per_s"} <= set(lines[0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("older", ["tudui_epoch_0.pth", "best.pth"])
 def test_resuming_from_an_epoch_older_than_last_pth_in_its_folder_is_refused_and_changes_nothing(train_args, tmp_path,
                                                                                                  capsys, older):

@@ -45,6 +45,7 @@ def test_checkpoint_is_a_weights_only_dict_with_everything_to_resume(finished_ru
     Tudui().load_state_dict(ckpt["model"])
 
 
+@pytest.mark.slow
 def test_best_checkpoint_holds_the_highest_test_accuracy(train_args, tmp_path):
     train.main(train_args + ["--epochs", "3", "--lr", "0.05"])
     run_dir = tmp_path / "logs" / "run"
