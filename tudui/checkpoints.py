@@ -155,13 +155,13 @@ def unpack_checkpoint(obj, path="checkpoint"):
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         classes = obj.get("classes")
         named = isinstance(classes, (list, tuple)) and classes and all(isinstance(name, str) for name in classes)
-        return (_unwrapped(obj["model"]), (list(classes) if named else None),
+        return (unwrapped(obj["model"]), (list(classes) if named else None),
                 checked_preprocess(obj.get("preprocess"), path))
     for key in ("model_state_dict", "state_dict"):  # PyTorch's recipe for a general checkpoint, and Lightning's
         if isinstance(obj, dict) and _is_state_dict(obj.get(key)):
-            return _unwrapped(obj[key]), None, dict(TUTORIAL_PREPROCESS)
+            return unwrapped(obj[key]), None, dict(TUTORIAL_PREPROCESS)
     if _is_state_dict(obj):
-        return _unwrapped(obj), None, dict(TUTORIAL_PREPROCESS)
+        return unwrapped(obj), None, dict(TUTORIAL_PREPROCESS)
     raise CheckpointError(f"{path} holds no Tudui weights (found {type(obj).__name__}); "
                           "pass a checkpoint written by train.py, a state_dict or a tutorial model file")
 
@@ -170,11 +170,11 @@ def _is_state_dict(obj):
     return isinstance(obj, dict) and obj and all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items())
 
 
-def _unwrapped(state_dict):
+def unwrapped(state_dict):
     """STATE_DICT without the key prefix a wrapper around the model added, when every key has it."""
     for prefix in WRAPPER_PREFIXES:
         if state_dict and all(isinstance(k, str) and k.startswith(prefix) for k in state_dict):
-            return _unwrapped({k[len(prefix):]: v for k, v in state_dict.items()})
+            return unwrapped({k[len(prefix):]: v for k, v in state_dict.items()})
     return state_dict
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from tudui.checkpoints import (CHECKPOINT_FORMAT, _unwrapped, checked_preprocess, load_training_checkpoint,
+from tudui.checkpoints import (CHECKPOINT_FORMAT, checked_preprocess, load_training_checkpoint, unwrapped,
                                load_weights, read_checkpoint, weights_checksum)
 from tudui.console import say, shown
 from tudui.errors import CheckpointError, SettingsError
@@ -253,7 +253,7 @@ def restore(checkpoint, path, model, optimizer, scheduler, device, classes, step
     if checkpoint["classes"] != classes:
         raise SettingsError(f"{path} was trained on classes {checkpoint['classes']}, but this dataset has "
                             f"{classes}; resume with the same --dataset and --data-dir")
-    load_weights(model, _unwrapped(checkpoint["model"]), path, checkpoint.get("network"))
+    load_weights(model, unwrapped(checkpoint["model"]), path, checkpoint.get("network"))
     for what, built in (("optimizer", optimizer), ("scheduler", scheduler)):
         saved = checkpoint.get(f"{what}_class", type(built).__name__)  # older checkpoints record none
         if saved != type(built).__name__:
