@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from tudui.checkpoints import (CHECKPOINT_FORMAT, checked_preprocess, load_training_checkpoint, unwrapped,
-                               load_weights, read_checkpoint, weights_checksum)
+from tudui.checkpoints import (CHECKPOINT_FORMAT, checked_preprocess, load_training_checkpoint, load_weights,
+                               read_checkpoint, unwrapped, weights_checksum)
 from tudui.console import say, shown
 from tudui.errors import CheckpointError, SettingsError
 from tudui.pictures import Painter
