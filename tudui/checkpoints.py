@@ -330,7 +330,5 @@ def load_training_checkpoint(path):
     }
     damaged = [name for name, fine in checks.items() if not fine(obj.get(name))]
     if damaged:
-        raise CheckpointError(f"{path} is a damaged training checkpoint ({', '.join(damaged)} missing or malformed), "
-                              "so it cannot be resumed; resume from another of the run's checkpoints (last.pth, "
-                              "best.pth or an epoch file)")
+        raise CheckpointError.damaged(path, f"{', '.join(damaged)} missing or malformed")
     return obj

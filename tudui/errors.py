@@ -17,6 +17,12 @@ class DataError(TuduiError):
 class CheckpointError(TuduiError):
     """A checkpoint that cannot be used."""
 
+    @classmethod
+    def damaged(cls, path, what):
+        """A training checkpoint at PATH that cannot be resumed, for WHAT is wrong with it."""
+        return cls(f"{path} is a damaged training checkpoint ({what}), so it cannot be resumed; resume from another "
+                   "of the run's checkpoints (last.pth, best.pth or an epoch file)")
+
 
 class Interrupted(KeyboardInterrupt):
     """A run stopped cleanly by Ctrl-C, SIGTERM or SIGHUP (SIGNAL_NUMBER); the message says how to resume. A

@@ -273,9 +273,7 @@ def restore(checkpoint, path, model, optimizer, scheduler, device, classes, step
         if device.type == "cuda" and "cuda" in checkpoint["rng"]:
             torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], device)
     except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:
-        raise CheckpointError(f"{path} is a damaged training checkpoint (its optimizer or RNG state does not load: "
-                              f"{e}), so it cannot be resumed; resume from another of the run's checkpoints "
-                              "(last.pth, best.pth or an epoch file)") from None
+        raise CheckpointError.damaged(path, f"its optimizer or RNG state does not load: {e}") from None
     return (checked_preprocess(checkpoint.get("preprocess"), path), checkpoint["epoch"] + 1, checkpoint["step"],
             checkpoint["best_accuracy"])
 

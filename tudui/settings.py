@@ -167,9 +167,7 @@ def saved_settings(checkpoint, path):
         if key not in FIELDS or key in MACHINE_SPECIFIC:
             continue
         if value is not None and not fits(key, value):
-            raise CheckpointError(f"{path} is a damaged training checkpoint (its configuration has {key} = "
-                                  f"{value!r}), so it cannot be resumed; resume from another of the run's "
-                                  "checkpoints (last.pth, best.pth or an epoch file)")
+            raise CheckpointError.damaged(path, f"its configuration has {key} = {value!r}")
         kept[key] = value
     return kept
 
