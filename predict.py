@@ -68,7 +68,8 @@ def predict(images, checkpoint=None, top_k=1, tta=False, device="auto"):
     IMAGES is a list. An image is a file path, a PIL image, or a (3, H, W) tensor, uint8 or float from 0
     to 1 (as ToTensor gives). CHECKPOINT is any Tudui checkpoint's path (None: the shipped weights), or a
     network: one load_tudui returned, or any other, which gets the image as ToTensor gives it and is in
-    eval mode for the call alone. Raises CheckpointError, DataError or SettingsError with the command line's one-line messages."""
+    eval mode for the call alone. Raises CheckpointError, DataError or SettingsError with the command line's
+    one-line messages."""
     if top_k < 1:
         raise SettingsError(f"--top-k must be at least 1 (got {top_k})")
     device = pick_device(device)

@@ -78,8 +78,8 @@ class TrainBatches:
     def __iter__(self):
         n, device = len(self.labels), self.labels.device
         generator = epoch_generator(self.seed, self.epoch)
-        order = (torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)).to(device,
-                                                                                                  non_blocking=True)
+        order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
+        order = order.to(device, non_blocking=True)
         if self.augment:
             flips, shifts = (t.to(device) for t in augment_plan(n, generator, self.translate))
         for step, (start, size) in enumerate(zip(range(0, n, self.batch_size), self.batch_sizes())):

@@ -315,8 +315,12 @@ def load_training_checkpoint(path):
         raise CheckpointError(f"{path} is not a training checkpoint written by train.py (it lacks the optimizer "
                               "state, epoch and settings to continue from), so it cannot be resumed; --evaluate "
                               "and predict.py take it as it is")
-    def count(v): return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**62
-    def number(v): return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+    def count(v):
+        return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**62
+
+    def number(v):
+        return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
     checks = {
         "model": lambda v: isinstance(v, dict),
         "optimizer": lambda v: isinstance(v, dict) and isinstance(v.get("param_groups"), list),

@@ -98,8 +98,8 @@ def describe_checkpoint(path, provenance):
     """One line: what made the checkpoint at PATH, from its PROVENANCE record (None in older files)."""
     if not isinstance(provenance, dict):
         return f"checkpoint {shown(path)}: no record of what made it (an older train.py, or not train.py, wrote it)"
-    say = {key: shown(provenance.get(key)) for key in ("version", "git_commit", "torch", "torchvision", "device",
-                                                        "command")}
+    keys = ("version", "git_commit", "torch", "torchvision", "device", "command")
+    say = {key: shown(provenance.get(key)) for key in keys}
     commit = f" (git {say['git_commit'][:12]}{say['git_commit'][40:]})" if provenance.get("git_commit") else ""
     return (f"checkpoint {shown(path)}: version {say['version']}{commit}, torch {say['torch']}, torchvision "
             f"{say['torchvision']}, trained on {say['device']} by `{say['command']}`")

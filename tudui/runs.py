@@ -220,8 +220,9 @@ def truncate_metrics(path, last_epoch):
 def training_checkpoint(model, optimizer, scheduler, settings, data, record, best_accuracy, device, made_by):
     """What train.py saves each epoch: a plain dict of what a resumed run needs; RECORD, the epoch's metrics."""
     weights = model.state_dict()
-    rng = {"torch": torch.get_rng_state()} | ({"cuda": torch.cuda.get_rng_state(device)} if device.type == "cuda"
-                                               else {})
+    rng = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
 
     def plain_numbers(state):  # 0-dim tensors (a CUDA graph's lrs) as numbers
         if isinstance(state, dict):
